@@ -1,0 +1,471 @@
+"""The one converter: typed messages <-> JSON text, for both directions.
+
+Conservative writer, tolerant reader (DESIGN.md §3):
+
+* writes camelCase params for ``createBacktestSession``/``continue``, snake_case
+  for struct variants, no ``params`` for unit variants, and omits optional
+  fields that are ``None``;
+* reads either casing of every field, keeps unknown status strings and unknown
+  methods (:class:`~protocol.messages.UnknownResponse`), but is strict about
+  types: ``"5"`` is not a slot number. Every failure is a
+  :class:`~protocol.errors.ProtocolError` naming the field path.
+
+The client functions (``encode_request``, ``decode_response``,
+``encode_subscribe``, ``decode_pubsub``) and the server functions used by the
+local simulator (``decode_request``, ``encode_response``,
+``decode_pubsub_request``, ``encode_pubsub``) share this one converter, so
+the two sides cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import attrs
+import cattrs
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+
+from .errors import ProtocolError
+from .messages import (
+    AccountData,
+    Attach,
+    BacktestError,
+    Close,
+    Completed,
+    ContinueParams,
+    CreateSession,
+    EncodedBinary,
+    Error,
+    ReadyForContinue,
+    Request,
+    Response,
+    Resume,
+    SessionAttached,
+    SessionCreated,
+    SlotNotification,
+    Status,
+    Success,
+    UnknownResponse,
+)
+from .pubsub import (
+    NOTIFICATION_METHOD,
+    SUBSCRIBE_METHODS,
+    UNSUBSCRIBE_METHODS,
+    AccountDiffNotification,
+    JsonRpcError,
+    PubsubMessage,
+    PubsubRequest,
+    StreamKind,
+    Subscribe,
+    SubscribeAck,
+    TransactionNotification,
+    UnknownPubsub,
+    Unsubscribe,
+    UnsubscribeAck,
+)
+
+T = TypeVar("T")
+
+# --- casing ------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=512)
+def snake_case(key: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", key).lower()
+
+
+@functools.lru_cache(maxsize=512)
+def camel_case(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def _lower_first(name: str) -> str:
+    return name[:1].lower() + name[1:]
+
+
+# Params structs whose fields are camelCase on the wire (serde rename_all on the
+# inner struct); every other struct is written snake_case.
+_CAMEL_CASE_CLASSES: frozenset[type] = frozenset(
+    {CreateSession, ContinueParams, AccountData, EncodedBinary}
+)
+
+# --- the converter ---------------------------------------------------------------
+
+converter = cattrs.Converter(detailed_validation=True)
+
+
+def _strict(kind: type, name: str) -> Callable[[Any, Any], Any]:
+    def check(value: Any, _type: Any) -> Any:
+        # bool is an int subclass in Python but never a number on this wire.
+        if type(value) is not kind:
+            raise TypeError(f"expected {name}, got {type(value).__name__} {value!r:.40}")
+        return value
+
+    return check
+
+
+converter.register_structure_hook(int, _strict(int, "integer"))
+converter.register_structure_hook(str, _strict(str, "string"))
+converter.register_structure_hook(bool, _strict(bool, "boolean"))
+
+
+def _structure_hook_factory(cls: type) -> Callable[[Any, Any], Any]:
+    inner: Callable[[Any, Any], Any] = make_dict_structure_fn(cls, converter)
+
+    def structure(value: Any, type_: Any) -> Any:
+        if not isinstance(value, Mapping):
+            raise TypeError(f"expected an object, got {type(value).__name__}")
+        # Tolerant reader: accept camelCase and snake_case for every field.
+        return inner({snake_case(k): v for k, v in value.items()}, type_)
+
+    return structure
+
+
+def _unstructure_hook_factory(cls: type) -> Callable[[Any], Any]:
+    camel = cls in _CAMEL_CASE_CLASSES
+    overrides = {
+        field.name: override(
+            rename=camel_case(field.name) if camel else None,
+            # Conservative writer: an unset optional field is not sent at all.
+            omit_if_default=field.default is None,
+        )
+        for field in attrs.fields(cls)
+    }
+    return make_dict_unstructure_fn(cls, converter, **overrides)  # type: ignore[arg-type]
+
+
+converter.register_structure_hook_factory(attrs.has, _structure_hook_factory)
+converter.register_unstructure_hook_factory(attrs.has, _unstructure_hook_factory)
+
+
+def _structure(value: Any, cls: type[T], path: str, frame: str | bytes) -> T:
+    try:
+        return converter.structure(value, cls)
+    except (cattrs.BaseValidationError, TypeError, ValueError, KeyError) as exc:
+        raise _validation_error(exc, path, frame) from None
+
+
+def _validation_error(exc: Exception, path: str, frame: str | bytes) -> ProtocolError:
+    if isinstance(exc, cattrs.BaseValidationError):
+        first = cattrs.transform_error(exc, path=path, format_exception=_describe)[0]
+        detail, _, where = first.rpartition(" @ ")
+        return ProtocolError(where or path, detail or first, frame)
+    return ProtocolError(path, _describe(exc, None), frame)
+
+
+def _describe(exc: BaseException, _type: Any) -> str:
+    if isinstance(exc, KeyError):
+        return "required field missing"
+    return str(exc) or type(exc).__name__
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+def _load(frame: str | bytes) -> Any:
+    """Bytes -> text -> JSON; both failures name the frame, never leak another type."""
+    text: str | bytes = frame
+    if isinstance(frame, bytes | bytearray | memoryview):
+        try:
+            text = bytes(frame).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ProtocolError("$", f"not UTF-8 ({exc.reason})", bytes(frame)) from None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError("$", f"not JSON ({exc})", frame) from None
+
+
+def _object(value: Any, path: str, frame: str | bytes) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ProtocolError(path, f"expected an object, got {type(value).__name__}", frame)
+    return value
+
+
+def _field(obj: Mapping[str, Any], name: str, kind: type[T], path: str,
+           frame: str | bytes, *, optional: bool = False) -> T:
+    value = obj.get(name)
+    if value is None and optional:
+        return value  # type: ignore[return-value]
+    if value is None and name not in obj:
+        raise ProtocolError(f"{path}.{name}", "required field missing", frame)
+    if type(value) is not kind:
+        raise ProtocolError(
+            f"{path}.{name}", f"expected {kind.__name__}, got {type(value).__name__}", frame
+        )
+    return value
+
+
+# --- control channel ---------------------------------------------------------------
+
+_REQUEST_METHODS: dict[type, str] = {
+    CreateSession: "createBacktestSession",
+    ContinueParams: "continue",
+    Attach: "attachBacktestSession",
+    Resume: "resumeAttachedSession",
+    Close: "closeBacktestSession",
+}
+_REQUEST_TYPES = {method: cls for cls, method in _REQUEST_METHODS.items()}
+_UNIT_REQUESTS = (Resume, Close)
+
+_RESPONSE_METHODS: dict[type, str] = {
+    SessionCreated: "sessionCreated",
+    SessionAttached: "sessionAttached",
+    ReadyForContinue: "readyForContinue",
+    SlotNotification: "slotNotification",
+    Status: "status",
+    Completed: "completed",
+    Success: "success",
+    Error: "error",
+}
+
+
+def encode_request(msg: Request) -> str:
+    """A control request as the JSON text frame the server expects."""
+    method = _REQUEST_METHODS.get(type(msg))
+    if method is None:
+        raise TypeError(f"not a control request: {type(msg).__name__}")
+    if isinstance(msg, _UNIT_REQUESTS):
+        return _dumps({"method": method})
+    return _dumps({"method": method, "params": converter.unstructure(msg)})
+
+
+def decode_request(frame: str | bytes) -> Request:
+    """Server side: a client's control frame. Unknown methods are an error here."""
+    obj = _object(_load(frame), "$", frame)
+    method = _field(obj, "method", str, "$", frame)
+    cls = _REQUEST_TYPES.get(method)
+    if cls is None:
+        raise ProtocolError("$.method", f"unknown request method {method!r}", frame)
+    if cls in _UNIT_REQUESTS:
+        return cls()
+    params = obj.get("params", {} if cls is ContinueParams else None)
+    return _structure(params, cls, "$.params", frame)
+
+
+def encode_backtest_error(error: BacktestError) -> Any:
+    """Externally tagged, camelCase variant; a unit variant is a bare string."""
+    return {error.kind: error.fields} if error.fields else error.kind
+
+
+def decode_backtest_error(params: Any, frame: str | bytes) -> BacktestError:
+    if isinstance(params, str) and params:
+        return BacktestError(_lower_first(params))
+    if isinstance(params, dict) and len(params) == 1:
+        ((kind, fields),) = params.items()
+        if isinstance(fields, dict):
+            return BacktestError(_lower_first(kind), {snake_case(k): v for k, v in fields.items()})
+        if fields is None:
+            return BacktestError(_lower_first(kind))
+        # Newtype variants carry a bare value; keep it under a neutral name.
+        return BacktestError(_lower_first(kind), {"value": fields})
+    raise ProtocolError(
+        "$.params", "expected an error variant name or a one-key object", frame
+    )
+
+
+def encode_response(msg: Response, seq_id: int | None = None) -> str:
+    """Server side: a response frame, with the top-level ``seqId`` when sequenced."""
+    out: dict[str, Any] = {} if seq_id is None else {"seqId": seq_id}
+    if isinstance(msg, UnknownResponse):
+        out["method"] = msg.method
+        if msg.params is not None:
+            out["params"] = msg.params
+        return _dumps(out)
+    out["method"] = _RESPONSE_METHODS[type(msg)]
+    if isinstance(msg, SlotNotification):
+        out["params"] = msg.slot
+    elif isinstance(msg, Error):
+        out["params"] = encode_backtest_error(msg.error)
+    elif isinstance(msg, Completed):
+        out["params"] = {"summary": msg.summary}
+    elif not isinstance(msg, ReadyForContinue | Success):
+        out["params"] = converter.unstructure(msg)
+    return _dumps(out)
+
+
+def decode_response(frame: str | bytes) -> tuple[int | None, Response]:
+    """Client side: ``(seq_id or None, message)`` for one control frame."""
+    obj = _object(_load(frame), "$", frame)
+    method = _field(obj, "method", str, "$", frame)
+    seq_id = obj.get("seqId", obj.get("seq_id"))
+    if seq_id is not None and (type(seq_id) is not int or seq_id < 0):
+        raise ProtocolError("$.seqId", f"expected integer >= 0, got {seq_id!r:.40}", frame)
+    params = obj.get("params")
+    msg: Response
+    if method in ("sessionCreated", "sessionAttached"):
+        if method == "sessionCreated":
+            msg = _structure(params, SessionCreated, "$.params", frame)
+        else:
+            msg = _structure(params, SessionAttached, "$.params", frame)
+    elif method == "readyForContinue":
+        msg = ReadyForContinue()
+    elif method == "success":
+        msg = Success()
+    elif method == "slotNotification":
+        if isinstance(params, dict):  # tolerate {"slot": n}
+            params = params.get("slot")
+        if type(params) is not int or params < 0:
+            raise ProtocolError("$.params", f"expected a slot number, got {params!r:.40}", frame)
+        msg = SlotNotification(params)
+    elif method == "status":
+        body = _object(params, "$.params", frame)
+        msg = Status(_field(body, "status", str, "$.params", frame))
+    elif method == "completed":
+        body = {} if params is None else _object(params, "$.params", frame)
+        summary = body.get("summary")
+        if summary is not None:
+            summary = {snake_case(k): v for k, v in _object(summary, "$.params.summary",
+                                                            frame).items()}
+        msg = Completed(summary)
+    elif method == "error":
+        msg = Error(decode_backtest_error(params, frame))
+    else:
+        msg = UnknownResponse(method, params)
+    return seq_id, msg
+
+
+# --- PubSub ------------------------------------------------------------------------
+
+_SUBSCRIBE_METHOD = {kind: method for method, kind in SUBSCRIBE_METHODS.items()}
+_UNSUBSCRIBE_METHOD = {
+    "transactions": "transactionUnsubscribe",
+    "account_diffs": "accountDiffUnsubscribe",
+}
+
+
+def encode_subscribe(msg: PubsubRequest) -> str:
+    """A subscribe or unsubscribe request as a JSON-RPC 2.0 text frame."""
+    if isinstance(msg, Unsubscribe):
+        return _dumps({"jsonrpc": "2.0", "id": msg.id, "method": _UNSUBSCRIBE_METHOD[msg.kind],
+                       "params": [msg.subscription]})
+    config: dict[str, Any] = {}
+    if msg.replay_from_slot is not None:
+        config["replayFromSlot"] = msg.replay_from_slot
+    target: Any = {"mentions": [msg.address]} if msg.kind == "transactions" else msg.address
+    return _dumps({"jsonrpc": "2.0", "id": msg.id, "method": _SUBSCRIBE_METHOD[msg.kind],
+                   "params": [target, config]})
+
+
+def decode_pubsub_request(frame: str | bytes) -> PubsubRequest:
+    """Server side: a subscribe/unsubscribe request."""
+    obj = _object(_load(frame), "$", frame)
+    request_id = _field(obj, "id", int, "$", frame)
+    method = _field(obj, "method", str, "$", frame)
+    params = obj.get("params", [])
+    if not isinstance(params, list) or not params:
+        raise ProtocolError("$.params", "expected a non-empty array", frame)
+    if method in UNSUBSCRIBE_METHODS:
+        if type(params[0]) is not int:
+            raise ProtocolError("$.params[0]", "expected a subscription id", frame)
+        kind: StreamKind = (
+            "transactions" if method.startswith("transaction") else "account_diffs"
+        )
+        return Unsubscribe(request_id, kind, params[0])
+    stream = SUBSCRIBE_METHODS.get(method)
+    if stream is None:
+        raise ProtocolError("$.method", f"unknown method {method!r}", frame)
+    target = params[0]
+    if stream == "transactions":
+        mentions = target.get("mentions") if isinstance(target, dict) else None
+        if not (isinstance(mentions, list) and len(mentions) == 1
+                and isinstance(mentions[0], str) and mentions[0]):
+            raise ProtocolError("$.params[0].mentions", "expected one address", frame)
+        address = mentions[0]
+    else:
+        if not isinstance(target, str) or not target:
+            raise ProtocolError("$.params[0]", "expected an account address", frame)
+        address = target
+    config = params[1] if len(params) > 1 else {}
+    replay = config.get("replayFromSlot") if isinstance(config, dict) else None
+    if replay is not None and (type(replay) is not int or replay < 0):
+        raise ProtocolError("$.params[1].replayFromSlot", "expected a slot number", frame)
+    return Subscribe(request_id, stream, address, replay)
+
+
+def encode_notification_result(msg: TransactionNotification | AccountDiffNotification) -> str:
+    """The ``result`` object of a notification, so a server can encode it once per item."""
+    if isinstance(msg, TransactionNotification):
+        result: dict[str, Any] = {"slot": msg.slot, "signature": msg.signature,
+                                  "transaction": msg.transaction, "meta": msg.meta}
+    else:
+        result = {"context": {"slot": msg.slot}, "account": msg.account,
+                  "signature": msg.signature, "pre": msg.pre, "post": msg.post}
+    return _dumps(result)
+
+
+def notification_frame(method: str, result_json: str, subscription: int) -> str:
+    """Wrap a pre-encoded result for one subscriber (no re-encoding per subscriber)."""
+    return (f'{{"jsonrpc":"2.0","method":"{method}","params":'
+            f'{{"result":{result_json},"subscription":{subscription}}}}}')
+
+
+def encode_pubsub(msg: PubsubMessage) -> str:
+    """Server side: an ack, error or notification frame."""
+    if isinstance(msg, SubscribeAck):
+        return _dumps({"jsonrpc": "2.0", "result": msg.subscription, "id": msg.id})
+    if isinstance(msg, UnsubscribeAck):
+        return _dumps({"jsonrpc": "2.0", "result": msg.result, "id": msg.id})
+    if isinstance(msg, JsonRpcError):
+        return _dumps({"jsonrpc": "2.0", "id": msg.id,
+                       "error": {"code": msg.code, "message": msg.message}})
+    if isinstance(msg, TransactionNotification | AccountDiffNotification):
+        stream: StreamKind = (
+            "transactions" if isinstance(msg, TransactionNotification) else "account_diffs"
+        )
+        return notification_frame(NOTIFICATION_METHOD[stream], encode_notification_result(msg),
+                                  msg.subscription)
+    return _dumps({"jsonrpc": "2.0", "method": msg.method, "params": msg.params})
+
+
+def decode_pubsub(frame: str | bytes) -> PubsubMessage:
+    """Client side: one PubSub frame."""
+    obj = _object(_load(frame), "$", frame)
+    method = obj.get("method")
+    if method is None:
+        request_id = obj.get("id")
+        if "error" in obj:
+            err = _object(obj["error"], "$.error", frame)
+            return JsonRpcError(
+                request_id if type(request_id) is int else None,
+                _field(err, "code", int, "$.error", frame),
+                _field(err, "message", str, "$.error", frame),
+            )
+        request_id = _field(obj, "id", int, "$", frame)
+        result = obj.get("result")
+        if type(result) is int:
+            return SubscribeAck(request_id, result)
+        if type(result) is bool:
+            return UnsubscribeAck(request_id, result)
+        raise ProtocolError("$.result", "expected a subscription id or a boolean", frame)
+    if type(method) is not str:
+        raise ProtocolError("$.method", "expected str", frame)
+    if method not in ("transactionNotification", "accountDiffNotification"):
+        return UnknownPubsub(method, obj.get("params"))
+    params = _object(obj.get("params"), "$.params", frame)
+    subscription = _field(params, "subscription", int, "$.params", frame)
+    result = _object(params.get("result"), "$.params.result", frame)
+    path = "$.params.result"
+    if method == "transactionNotification":
+        return TransactionNotification(
+            subscription,
+            _field(result, "slot", int, path, frame),
+            _field(result, "signature", str, path, frame),
+            result.get("transaction"),
+            result.get("meta"),
+        )
+    context = _object(result.get("context"), f"{path}.context", frame)
+    return AccountDiffNotification(
+        subscription,
+        _field(context, "slot", int, f"{path}.context", frame),
+        _field(result, "account", str, path, frame),
+        _field(result, "signature", str, path, frame),
+        result.get("pre"),
+        result.get("post"),
+    )

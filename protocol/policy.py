@@ -1,0 +1,112 @@
+"""Timing values and the reconnect backoff policy.
+
+Names follow the reference crate's ``managed`` module. Where the crate's value
+is not public (managed-behavior.md §1 marks them [P]) the value below is the
+reference notes' proposal, and every one of them is configurable through
+:class:`Timing` / :class:`ReconnectPolicy` rather than patched.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import attrs
+
+CONNECT_TIMEOUT = 30.0
+# > 100 s: management may park a subscribe upgrade during a cold start (reference §1).
+HANDSHAKE_RESPONSE_TIMEOUT = 180.0
+KEEPALIVE_INTERVAL = 15.0
+KEEPALIVE_MISS_DEADLINE = 45.0  # roughly three missed pings
+GRACEFUL_CLOSE_TIMEOUT = 10.0
+
+RECONNECT_INITIAL_BACKOFF = 0.5
+RECONNECT_BACKOFF_MULTIPLIER = 2.0
+RECONNECT_MAX_BACKOFF = 30.0
+RECONNECT_JITTER = 0.2
+RECONNECT_MAX_ATTEMPTS = 10
+RECONNECT_MAX_TOTAL = 300.0  # below the 900 s disconnect timeout, or the server drops us first
+RECONNECT_UPTIME_RESET = 60.0
+
+
+def _positive(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{attribute.name}: expected a number > 0, got {value!r}")
+
+
+def _non_negative(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{attribute.name}: expected a number >= 0, got {value!r}")
+
+
+@attrs.frozen
+class Timing:
+    """Every time bound of a connection's lifecycle, in seconds."""
+
+    connect: float = attrs.field(default=CONNECT_TIMEOUT, validator=_positive)
+    handshake: float = attrs.field(default=HANDSHAKE_RESPONSE_TIMEOUT, validator=_positive)
+    keepalive_interval: float = attrs.field(default=KEEPALIVE_INTERVAL, validator=_positive)
+    keepalive_deadline: float = attrs.field(default=KEEPALIVE_MISS_DEADLINE, validator=_positive)
+    graceful_close: float = attrs.field(default=GRACEFUL_CLOSE_TIMEOUT, validator=_positive)
+
+    @keepalive_deadline.validator
+    def _deadline_after_interval(self, _a: attrs.Attribute[float], value: float) -> None:
+        if value <= self.keepalive_interval:
+            raise ValueError(
+                "keepalive_deadline: must exceed keepalive_interval "
+                f"({self.keepalive_interval}), got {value}"
+            )
+
+
+@attrs.frozen
+class ReconnectPolicy:
+    """Exponential backoff with multiplicative jitter and two budgets.
+
+    ``delay(attempt)`` is pure given ``rng``: ``min(initial * multiplier**(attempt-1),
+    max_delay) * (1 + jitter * u)`` with ``u`` uniform in ``[-1, 1]``. An outage
+    ends in failure when ``exhausted(attempt, elapsed)`` says so: either
+    ``max_attempts`` restarts were made or ``max_total`` seconds have passed
+    since the outage began.
+    """
+
+    initial: float = attrs.field(default=RECONNECT_INITIAL_BACKOFF, validator=_non_negative)
+    multiplier: float = attrs.field(default=RECONNECT_BACKOFF_MULTIPLIER, validator=_positive)
+    max_delay: float = attrs.field(default=RECONNECT_MAX_BACKOFF, validator=_non_negative)
+    jitter: float = attrs.field(default=RECONNECT_JITTER, validator=_non_negative)
+    max_attempts: int = attrs.field(default=RECONNECT_MAX_ATTEMPTS)
+    max_total: float = attrs.field(default=RECONNECT_MAX_TOTAL, validator=_positive)
+    uptime_reset: float = attrs.field(default=RECONNECT_UPTIME_RESET, validator=_positive)
+    rng: random.Random | None = attrs.field(default=None, eq=False)
+
+    @jitter.validator
+    def _jitter_below_one(self, _a: attrs.Attribute[float], value: float) -> None:
+        if value >= 1:
+            raise ValueError(f"jitter: expected a fraction in [0, 1), got {value!r}")
+
+    @max_attempts.validator
+    def _attempts(self, _a: attrs.Attribute[int], value: int) -> None:
+        if type(value) is not int or value < 1:
+            raise ValueError(f"max_attempts: expected an integer >= 1, got {value!r}")
+
+    def base_delay(self, attempt: int) -> float:
+        """The delay before restart ``attempt`` (1-based), before jitter."""
+        if attempt < 1:
+            raise ValueError(f"attempt: expected >= 1, got {attempt}")
+        # Cap the exponent so huge attempt numbers cannot overflow a float.
+        exponent = min(attempt - 1, 1024)
+        try:
+            raw = self.initial * self.multiplier**exponent
+        except OverflowError:
+            raw = float("inf")
+        return min(raw, self.max_delay)
+
+    def delay(self, attempt: int) -> float:
+        base = self.base_delay(attempt)
+        if self.jitter == 0 or base == 0:
+            return base
+        u = (self.rng or random).uniform(-1.0, 1.0)
+        return base * (1.0 + self.jitter * u)
+
+    def exhausted(self, attempt: int, outage_elapsed: float) -> bool:
+        """True when restart ``attempt`` may not be made (budget spent)."""
+        return attempt > self.max_attempts or outage_elapsed >= self.max_total

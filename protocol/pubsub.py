@@ -1,0 +1,102 @@
+"""PubSub (JSON-RPC 2.0) messages on ``/backtest/<session_id>``.
+
+Two streams are supported, as in the reference client: ``transactionSubscribe``
+(filter ``{"mentions": [address]}``) and ``accountDiffSubscribe`` (filter: the
+account address). ``replay_from_slot`` is inclusive (DESIGN.md §3).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import attrs
+
+StreamKind = Literal["transactions", "account_diffs"]
+
+SUBSCRIBE_METHODS: dict[str, StreamKind] = {
+    "transactionSubscribe": "transactions",
+    "accountDiffSubscribe": "account_diffs",
+}
+UNSUBSCRIBE_METHODS = {"transactionUnsubscribe", "accountDiffUnsubscribe"}
+NOTIFICATION_METHOD: dict[StreamKind, str] = {
+    "transactions": "transactionNotification",
+    "account_diffs": "accountDiffNotification",
+}
+
+# JSON-RPC 2.0 error codes the simulator uses.
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+
+
+@attrs.frozen
+class Subscribe:
+    """One subscribe request; ``kind`` picks the method."""
+
+    id: int
+    kind: StreamKind
+    address: str
+    replay_from_slot: int | None = None
+
+
+@attrs.frozen
+class Unsubscribe:
+    id: int
+    kind: StreamKind
+    subscription: int
+
+
+@attrs.frozen
+class SubscribeAck:
+    id: int
+    subscription: int
+
+
+@attrs.frozen
+class UnsubscribeAck:
+    id: int
+    result: bool
+
+
+@attrs.frozen
+class JsonRpcError:
+    id: int | None
+    code: int
+    message: str
+
+
+@attrs.frozen
+class TransactionNotification:
+    subscription: int
+    slot: int
+    signature: str
+    transaction: Any = None
+    meta: Any = None
+
+
+@attrs.frozen
+class AccountDiffNotification:
+    subscription: int
+    slot: int
+    account: str
+    signature: str
+    pre: Any = None
+    post: Any = None
+
+
+@attrs.frozen
+class UnknownPubsub:
+    method: str
+    params: Any = None
+
+
+PubsubRequest = Subscribe | Unsubscribe
+PubsubMessage = (
+    SubscribeAck
+    | UnsubscribeAck
+    | JsonRpcError
+    | TransactionNotification
+    | AccountDiffNotification
+    | UnknownPubsub
+)
