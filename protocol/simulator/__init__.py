@@ -1,1 +1,88 @@
-"""Local simulator."""
+"""The local backtest simulator: a protocol-faithful server with fault injection.
+
+It is both the embedded default of the command-line job (try the library with
+no key and no network) and the harness every actor test runs against over
+real sockets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from types import TracebackType
+
+from .chain import Chain, Expected
+from .faults import Faults
+from .server import SessionStats, SimulatorServer
+
+DEFAULT_API_KEY = "local-dev-key"
+
+
+class LocalSimulator:
+    """A simulator serving on ``host:port`` (``port=0``: a free port) in a thread.
+
+    Use it as a context manager; :attr:`url` is the control URL.
+    """
+
+    def __init__(self, api_key: str = DEFAULT_API_KEY, seed: int = 0, slots: int = 2000,
+                 host: str = "127.0.0.1", port: int = 0, *, txs_per_slot: int = 4) -> None:
+        self.chain = Chain(seed, slots, txs_per_slot=txs_per_slot)
+        self._server = SimulatorServer(self.chain, api_key, host, port)
+        self.faults = Faults(self._server)
+        self.host = host
+        self._started = False
+
+    def start(self) -> LocalSimulator:
+        if not self._started:
+            self._server.start()
+            self._started = True
+        return self
+
+    def close(self) -> None:
+        """Stop serving; drops every connection, leaves no thread or socket behind."""
+        if self._started:
+            self._started = False
+            self._server.stop()
+
+    def __enter__(self) -> LocalSimulator:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    @property
+    def port(self) -> int:
+        return self._server.port
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.host}:{self.port}/backtest"
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        return self.chain.addresses
+
+    def available_range(self) -> tuple[int, int]:
+        return self.chain.available_range()
+
+    def expected(self, start_slot: int, end_slot: int, *, transactions: Iterable[str] = (),
+                 account_diffs: Iterable[str] = ()) -> Expected:
+        return self.chain.expected(start_slot, end_slot, transactions=transactions,
+                                   account_diffs=account_diffs)
+
+    def session_stats(self, session_id: str) -> SessionStats:
+        """Server-side counters of one session (continues received, blocks executed)."""
+        return self._server.call(lambda: self._server.session_stats(session_id))
+
+    def session_ids(self) -> list[str]:
+        return self._server.call(lambda: list(self._server.sessions))
+
+    def upgrade_requests(self) -> dict[str, int]:
+        """WebSocket upgrade requests seen, by role (``control``/``pubsub``)."""
+        return self._server.call(lambda: dict(self._server.upgrade_requests))
+
+    def fault_counts(self) -> dict[str, int]:
+        return self._server.call(lambda: self._server.fault_counts.as_dict())
+
+
+__all__ = ["DEFAULT_API_KEY", "Chain", "Expected", "Faults", "LocalSimulator", "SessionStats"]
