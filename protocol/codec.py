@@ -164,8 +164,7 @@ def _describe(exc: BaseException, _type: Any) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def _load(frame: str | bytes) -> Any:

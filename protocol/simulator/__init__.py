@@ -72,17 +72,18 @@ class LocalSimulator:
 
     def session_stats(self, session_id: str) -> SessionStats:
         """Server-side counters of one session (continues received, blocks executed)."""
-        return self._server.call(lambda: self._server.session_stats(session_id))
+        stats: SessionStats = self._server.call(lambda: self._server.session_stats(session_id))
+        return stats
 
     def session_ids(self) -> list[str]:
-        return self._server.call(lambda: list(self._server.sessions))
+        return list(self._server.call(lambda: list(self._server.sessions)))
 
     def upgrade_requests(self) -> dict[str, int]:
         """WebSocket upgrade requests seen, by role (``control``/``pubsub``)."""
-        return self._server.call(lambda: dict(self._server.upgrade_requests))
+        return dict(self._server.call(lambda: dict(self._server.upgrade_requests)))
 
     def fault_counts(self) -> dict[str, int]:
-        return self._server.call(lambda: self._server.fault_counts.as_dict())
+        return dict(self._server.call(lambda: self._server.fault_counts.as_dict()))
 
 
 __all__ = ["DEFAULT_API_KEY", "Chain", "Expected", "Faults", "LocalSimulator", "SessionStats"]

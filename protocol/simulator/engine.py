@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import attrs
 
@@ -28,8 +28,13 @@ from ..messages import (
     SlotNotification,
     Status,
 )
-from ..pubsub import AccountDiffNotification, StreamKind, TransactionNotification
-from .chain import Chain
+from ..pubsub import (
+    NOTIFICATION_METHOD,
+    AccountDiffNotification,
+    StreamKind,
+    TransactionNotification,
+)
+from .chain import Chain, Tx
 
 PUBSUB_BUFFER_SLOTS = 100  # "subscription events are buffered for the last 100 slots"
 
@@ -44,40 +49,64 @@ CONTINUE_STAGES = (
 FINAL_STAGE = "executedBlockTransactions"
 
 
-@attrs.frozen
-class Item:
-    """One notification of an executed slot, its ``result`` already encoded once."""
+class ExecutedSlot:
+    """A block that was executed, kept for live delivery and the replay buffer.
 
-    kind: StreamKind
-    address: str  # the subscription filter it matches
-    result_json: str
+    A notification's ``result`` is encoded on first use and then reused for every
+    subscriber and every replay, so the cost is paid only for what is sent.
+    """
+
+    __slots__ = ("slot", "txs", "_tx_json", "_diff_json")
+
+    def __init__(self, slot: int, txs: tuple[Tx, ...]) -> None:
+        self.slot = slot
+        self.txs = txs
+        self._tx_json: dict[int, str] = {}
+        self._diff_json: dict[tuple[int, int], str] = {}
+
+    def notifications(self, subs: Mapping[tuple[StreamKind, str], list[int]]
+                      ) -> Iterator[tuple[str, str, int]]:
+        """``(method, result_json, subscription)`` for each match, in chain order."""
+        tx_method = NOTIFICATION_METHOD["transactions"]
+        diff_method = NOTIFICATION_METHOD["account_diffs"]
+        for i, tx in enumerate(self.txs):
+            for address in tx.mentions:
+                for sub_id in subs.get(("transactions", address), ()):
+                    yield tx_method, self._tx_result(i), sub_id
+            for j, diff in enumerate(tx.diffs):
+                for sub_id in subs.get(("account_diffs", diff.account), ()):
+                    yield diff_method, self._diff_result(i, j), sub_id
+
+    def _tx_result(self, i: int) -> str:
+        cached = self._tx_json.get(i)
+        if cached is None:
+            tx = self.txs[i]
+            cached = self._tx_json[i] = encode_notification_result(TransactionNotification(
+                0, self.slot, tx.signature,
+                {"signatures": [tx.signature], "message": {"accountKeys": list(tx.mentions)}},
+                {"err": None, "fee": 5000},
+            ))
+        return cached
+
+    def _diff_result(self, i: int, j: int) -> str:
+        cached = self._diff_json.get((i, j))
+        if cached is None:
+            tx = self.txs[i]
+            diff = tx.diffs[j]
+            cached = self._diff_json[(i, j)] = encode_notification_result(
+                AccountDiffNotification(0, self.slot, diff.account, tx.signature,
+                                        {"lamports": diff.pre}, {"lamports": diff.post}))
+        return cached
 
 
 @attrs.frozen
 class SlotStep:
-    """A block was executed: push its items, then send its slot notification."""
+    """A block was executed: push its notifications, then send its slot notification."""
 
-    slot: int
-    items: tuple[Item, ...]
+    executed: ExecutedSlot
 
 
 Step = Response | SlotStep
-
-
-def slot_items(chain: Chain, slot: int) -> tuple[Item, ...]:
-    items: list[Item] = []
-    for tx in chain.block(slot):
-        result = encode_notification_result(TransactionNotification(
-            0, slot, tx.signature,
-            {"signatures": [tx.signature], "message": {"accountKeys": list(tx.mentions)}},
-            {"err": None, "fee": 5000},
-        ))
-        items.extend(Item("transactions", address, result) for address in tx.mentions)
-        for diff in tx.diffs:
-            items.append(Item("account_diffs", diff.account, encode_notification_result(
-                AccountDiffNotification(0, slot, diff.account, tx.signature,
-                                        {"lamports": diff.pre}, {"lamports": diff.post}))))
-    return tuple(items)
 
 
 @attrs.define(eq=False)
@@ -93,7 +122,7 @@ class Session:
     completed: bool = False
     next_seq: int = 1
     log: list[tuple[int, str]] = attrs.field(factory=list)
-    buffer: deque[tuple[int, tuple[Item, ...]]] = attrs.field(
+    buffer: deque[ExecutedSlot] = attrs.field(
         factory=lambda: deque(maxlen=PUBSUB_BUFFER_SLOTS))
     continues_received: int = 0
     blocks_executed: int = 0
@@ -162,11 +191,11 @@ class Session:
             yield Status(stage)
         for _ in range(min(advance_count, len(self.pending_slots))):
             slot = self.pending_slots.popleft()
-            items = slot_items(self.chain, slot)
-            self.buffer.append((slot, items))
+            executed = ExecutedSlot(slot, self.chain.block(slot))
+            self.buffer.append(executed)
             self.blocks_executed += 1
-            self.transactions_executed += len(self.chain.block(slot))
-            yield SlotStep(slot, items)
+            self.transactions_executed += len(executed.txs)
+            yield SlotStep(executed)
         yield Status(FINAL_STAGE)
         yield from self._pause()
 
@@ -188,8 +217,8 @@ class Session:
             "blocks_executed": self.blocks_executed,
         }
 
-    def buffered_since(self, slot: int) -> list[tuple[int, tuple[Item, ...]]]:
-        return [(s, items) for s, items in self.buffer if s >= slot]
+    def buffered_since(self, slot: int) -> list[ExecutedSlot]:
+        return [executed for executed in self.buffer if executed.slot >= slot]
 
 
 def error_frame(session: Session | None, error: BacktestError) -> str:

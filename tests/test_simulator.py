@@ -1,0 +1,254 @@
+"""The local simulator driven by bare websocket-client connections (no actors)."""
+
+from __future__ import annotations
+
+import gc
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import psutil
+import pytest
+import websocket
+
+from protocol import (
+    AccountDiffNotification,
+    Attach,
+    BacktestError,
+    Completed,
+    ContinueParams,
+    CreateSession,
+    Error,
+    ProtocolError,
+    ReadyForContinue,
+    Resume,
+    SessionAttached,
+    SlotNotification,
+    Success,
+    TransactionNotification,
+    decode_response,
+    encode_request,
+)
+from protocol.messages import Close
+from protocol.simulator import LocalSimulator
+from tests.wire import control, create, drain_pubsub, read_until, subscribe
+
+
+@pytest.fixture
+def sim() -> Iterator[LocalSimulator]:
+    with LocalSimulator(seed=3, slots=400) as simulator:
+        yield simulator
+
+
+def test_full_session_matches_the_chain(sim: LocalSimulator) -> None:
+    first, _ = sim.available_range()
+    end = first + 120
+    tx_addrs, diff_addrs = list(sim.addresses[:3]), list(sim.addresses[2:5])
+    ws, sid, msgs = create(sim, first, end)
+    txs, _ = subscribe(sim, sid, "transactions", tx_addrs)
+    diffs, _ = subscribe(sim, sid, "account_diffs", diff_addrs)
+    slots = [m.slot for _, m in msgs if isinstance(m, SlotNotification)]
+    while True:
+        ws.send(encode_request(ContinueParams(advance_count=7)))
+        batch = read_until(ws, ReadyForContinue, Completed)
+        slots += [m.slot for _, m in batch if isinstance(m, SlotNotification)]
+        if isinstance(batch[-1][1], Completed):
+            break
+    signatures: list[str] = []
+    for note in drain_pubsub(txs):
+        assert isinstance(note, TransactionNotification)
+        if note.signature not in signatures:  # a tx mentioning two addresses comes twice
+            signatures.append(note.signature)
+    diff_keys = [(n.signature, n.account) for n in drain_pubsub(diffs)
+                 if isinstance(n, AccountDiffNotification)]
+    expected = sim.expected(first, end, transactions=tx_addrs, account_diffs=diff_addrs)
+    assert slots == expected.slots
+    assert signatures == expected.signatures
+    assert diff_keys == expected.diff_keys
+    assert len(expected.signatures) > 100 and len(expected.diff_keys) > 100
+    assert sim.session_stats(sid).blocks_executed == len(expected.slots) - 1
+
+
+def test_wrong_api_key_gets_401(sim: LocalSimulator) -> None:
+    for key in ("wrong", ""):
+        with pytest.raises(websocket.WebSocketBadStatusException) as info:
+            control(sim, api_key=key)
+        assert info.value.status_code == 401
+    assert sim.upgrade_requests()["control"] == 2
+
+
+def test_attach_after_drop_replays_exactly_after_last_sequence(sim: LocalSimulator) -> None:
+    first, _ = sim.available_range()
+    ws, sid, msgs = create(sim, first, first + 50)
+    ws.send(encode_request(ContinueParams(advance_count=5)))
+    batch = read_until(ws, ReadyForContinue)
+    seen = msgs + batch
+    cut = len(msgs) + 3  # pretend the client only processed up to here
+    last_sequence = seen[cut - 1][0]
+    sim.faults.drop("control")
+    with pytest.raises((websocket.WebSocketConnectionClosedException, ConnectionError)):
+        ws.recv()
+    ws2 = control(sim)
+    ws2.send(encode_request(Attach(sid, last_sequence)))
+    _, attached = decode_response(ws2.recv())
+    assert attached == SessionAttached(sid, f"/backtest/{sid}")
+    replay = [decode_response(ws2.recv()) for _ in range(len(seen) - cut)]
+    assert replay == seen[cut:]
+    ws2.send(encode_request(Resume()))
+    assert decode_response(ws2.recv()) == (None, Success())
+    # The session goes on from where it was: one more continue, one more block.
+    ws2.send(encode_request(ContinueParams()))
+    more = read_until(ws2, ReadyForContinue)
+    assert [m.slot for _, m in more if isinstance(m, SlotNotification)] == (
+        sim.expected(first, first + 50).slots[6:7])
+    assert more[0][0] == seen[-1][0] + 1  # sequence numbers continue without a gap
+    assert sim.session_stats(sid).continues_received == 2
+
+
+def test_replay_from_slot_redelivers_boundary_and_nothing_older(sim: LocalSimulator) -> None:
+    first, _ = sim.available_range()
+    ws, sid, _ = create(sim, first, first + 60)
+    ws.send(encode_request(ContinueParams(advance_count=20)))
+    slots = [m.slot for _, m in read_until(ws, ReadyForContinue)
+             if isinstance(m, SlotNotification)]
+    boundary = slots[10]
+    sub, early = subscribe(sim, sid, "transactions", list(sim.addresses),
+                           replay_from_slot=boundary)
+    replayed = early + drain_pubsub(sub)
+    got = sorted({n.slot for n in replayed if isinstance(n, TransactionNotification)})
+    assert got == slots[10:]
+    live, early = subscribe(sim, sid, "transactions", list(sim.addresses))
+    assert early + drain_pubsub(live) == []  # no replay without replayFromSlot
+
+
+def test_session_errors(sim: LocalSimulator) -> None:
+    first, last = sim.available_range()
+    ws = control(sim)
+    ws.send(encode_request(CreateSession(last - 5, last + 5)))
+    assert decode_response(ws.recv())[1] == Error(BacktestError(
+        "bundleNotFound", {"start_slot": last - 5, "end_slot": last + 5}))
+    ws.send(encode_request(Attach("backtest_nope", 3)))
+    assert decode_response(ws.recv())[1] == Error(BacktestError(
+        "sessionNotFound", {"session_id": "backtest_nope"}))
+    ws.send('{"method": "continue", "params": {"advanceCount": "x"}}')
+    _, msg = decode_response(ws.recv())
+    assert isinstance(msg, Error) and msg.error.kind == "invalidRequest"
+    assert "advance_count" in msg.error.fields["error"]
+
+    owner, sid, _ = create(sim, first, first + 3)
+    owner.send(encode_request(ContinueParams()))
+    owner.send(encode_request(ContinueParams()))  # second one while the first runs
+    batch = read_until(owner, ReadyForContinue)
+    errors = [m for _, m in batch if isinstance(m, Error)]
+    assert [e.error.kind for e in errors] == ["invalidRequest"]
+    busy = control(sim)
+    busy.send(encode_request(Attach(sid, None)))
+    assert decode_response(busy.recv())[1].error.kind == "sessionOwnershipBusy"  # type: ignore[union-attr]
+    owner.send(encode_request(ContinueParams(advance_count=10)))
+    assert isinstance(read_until(owner, Completed)[-1][1], Completed)
+    owner.send(encode_request(ContinueParams()))
+    assert decode_response(owner.recv())[1] == Error(BacktestError("noMoreBlocks"))
+    owner.send(encode_request(Close()))
+    assert decode_response(owner.recv())[1] == Success()
+    assert sid not in sim.session_ids()
+
+
+# --- faults ---------------------------------------------------------------------------
+
+def test_fault_drop_now_and_at_slot(sim: LocalSimulator) -> None:
+    first, _ = sim.available_range()
+    ws, sid, _ = create(sim, first, first + 40)
+    sub, _ = subscribe(sim, sid, "transactions", list(sim.addresses))
+    slots = sim.expected(first, first + 40).slots
+    sim.faults.drop("transactions", at_slot=slots[3])
+    ws.send(encode_request(ContinueParams(advance_count=5)))
+    read_until(ws, ReadyForContinue)
+    with pytest.raises((websocket.WebSocketConnectionClosedException, ConnectionError)):
+        while True:
+            sub.recv()
+    sim.faults.drop("control")
+    with pytest.raises((websocket.WebSocketConnectionClosedException, ConnectionError)):
+        ws.recv()
+    assert sim.fault_counts()["drop"] == 2
+
+
+def test_fault_blackhole_keeps_tcp_open_but_silent(sim: LocalSimulator) -> None:
+    first, _ = sim.available_range()
+    ws, sid, _ = create(sim, first, first + 40)
+    sim.faults.blackhole("control")
+    sim.fault_counts()  # a round trip through the loop: the fault is applied
+    ws.settimeout(0.3)
+    ws.ping(b"are you there")
+    ws.send(encode_request(ContinueParams()))
+    with pytest.raises(websocket.WebSocketTimeoutException):
+        ws.recv_data_frame(control_frame=True)  # no pong, no answer
+    # The TCP connection is still established: nothing was closed or reset.
+    assert ws.sock is not None and ws.sock.getpeername()[1] == sim.port
+    ws.sock.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        ws.sock.recv(1)  # would block: open and silent (EOF would return b"")
+    assert sim.session_stats(sid).continues_received == 0
+
+
+def test_fault_refuse_connections(sim: LocalSimulator) -> None:
+    sim.faults.refuse(0.5)
+    sim.fault_counts()
+    started = time.monotonic()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", sim.port), timeout=1)
+    deadline = started + 5
+    while True:  # accepted again once the refusal ends
+        try:
+            control(sim).close()
+            break
+        except ConnectionRefusedError:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    assert time.monotonic() - started >= 0.45
+
+
+def test_fault_delay_handshake(sim: LocalSimulator) -> None:
+    first, _ = sim.available_range()
+    sim.faults.delay_handshake(0.4, "control")
+    started = time.monotonic()
+    create(sim, first, first + 5)
+    assert time.monotonic() - started >= 0.4
+    started = time.monotonic()
+    create(sim, first, first + 5)  # count=1: only the first is delayed
+    assert time.monotonic() - started < 0.4
+
+
+def test_fault_malformed_frame(sim: LocalSimulator) -> None:
+    first, _ = sim.available_range()
+    ws, _, _ = create(sim, first, first + 5)
+    sim.faults.malformed("control")
+    with pytest.raises(ProtocolError, match="not JSON"):
+        decode_response(ws.recv())
+
+
+@pytest.mark.parametrize("status", [401, 503])
+def test_fault_http_status(sim: LocalSimulator, status: int) -> None:
+    sim.faults.http_status(status, "control")
+    sim.fault_counts()
+    with pytest.raises(websocket.WebSocketBadStatusException) as info:
+        control(sim)
+    assert info.value.status_code == status
+    control(sim).close()  # count=1: the next upgrade succeeds
+
+
+def test_fifty_simulators_leave_nothing_behind() -> None:
+    gc.collect()  # sockets left by earlier tests' clients must not count either way
+    threads_before = threading.active_count()
+    process = psutil.Process()
+    fds_before = process.num_fds()
+    ports = []
+    for seed in range(50):
+        with LocalSimulator(seed=seed, slots=50) as simulator:
+            ports.append(simulator.port)
+            control(simulator).close()
+    gc.collect()
+    assert threading.active_count() == threads_before
+    assert process.num_fds() == fds_before
+    listening = {c.laddr.port for c in process.net_connections() if c.status == "LISTEN"}
+    assert listening.isdisjoint(ports)
