@@ -1,1 +1,35 @@
-"""Actors."""
+"""The running system: supervised connection actors behind a managed session.
+
+Plain code uses :class:`ManagedBacktestSession`; application actors pass
+``listener=their_ref`` and drive the supervisor with the messages below.
+"""
+
+from .events import (
+    AccountDiff,
+    Closed,
+    Completed,
+    Connecting,
+    ConnectionChanged,
+    ConnectionStatus,
+    Error,
+    Failed,
+    ManagedEvent,
+    ManagedSessionError,
+    ReadyForContinue,
+    Reconnecting,
+    SessionFailed,
+    SessionInfo,
+    Slot,
+    Status,
+    Transaction,
+    Up,
+)
+from .session import ManagedBacktestSession
+from .supervisor import GetStats, GetStatus, SendContinue, SessionSupervisor
+
+__all__ = [
+    "AccountDiff", "Closed", "Completed", "Connecting", "ConnectionChanged", "ConnectionStatus",
+    "Error", "Failed", "GetStats", "GetStatus", "ManagedBacktestSession", "ManagedEvent",
+    "ManagedSessionError", "ReadyForContinue", "Reconnecting", "SendContinue", "SessionFailed",
+    "SessionInfo", "SessionSupervisor", "Slot", "Status", "Transaction", "Up",
+]

@@ -23,6 +23,10 @@ NOTIFICATION_METHOD: dict[StreamKind, str] = {
     "account_diffs": "accountDiffNotification",
 }
 
+# "Subscription events are buffered for the last 100 slots" (DESIGN.md §3): how far
+# back a ``replayFromSlot`` can reach, so how long a client must remember what it saw.
+PUBSUB_BUFFER_SLOTS = 100
+
 # JSON-RPC 2.0 error codes the simulator uses.
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600

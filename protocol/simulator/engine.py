@@ -30,13 +30,12 @@ from ..messages import (
 )
 from ..pubsub import (
     NOTIFICATION_METHOD,
+    PUBSUB_BUFFER_SLOTS,
     AccountDiffNotification,
     StreamKind,
     TransactionNotification,
 )
 from .chain import Chain, Tx
-
-PUBSUB_BUFFER_SLOTS = 100  # "subscription events are buffered for the last 100 slots"
 
 STARTUP_STAGES = ("preparingBundle", "bundleReady", "startingRuntime")
 CONTINUE_STAGES = (

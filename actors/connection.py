@@ -1,0 +1,235 @@
+"""One WebSocket (websocket-client) and the reader thread that owns its blocking calls.
+
+The reader thread connects (bounded by ``Timing.connect``), then loops on
+``recv``; it decodes each frame once with the codec it was given and only
+``tell``s its actor: ``Opened``, ``ConnectFailed``, ``Received`` (a batch),
+``ReaderPaused``/``ReaderResumed``, ``Disconnected``. The actor thread may
+``send``/``ping`` beside it (websocket-client locks sends).
+
+Flow control is by credits: the reader takes one credit per data frame and
+stops reading at zero, so TCP flow control slows the server instead of memory
+growing. Whoever finally consumes the frame's event gives the credit back
+(:meth:`Connection.grant`).
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import pykka
+import websocket
+
+from protocol import ProtocolError
+
+# Frames drained from the socket into one message when they are already there:
+# one hop per batch instead of one per frame.
+MAX_BATCH = 512
+
+
+@attrs.frozen
+class Opened:
+    pass
+
+
+@attrs.frozen
+class ConnectFailed:
+    reason: str
+    status: int | None = None  # the HTTP status when the upgrade was answered
+
+
+@attrs.frozen
+class Pong:
+    payload: bytes
+
+
+@attrs.frozen
+class Received:
+    """Decoded messages, ``ProtocolError`` for malformed frames, and ``Pong``s, in order."""
+
+    items: list[Any]
+
+
+@attrs.frozen
+class ReaderPaused:
+    """The reader ran out of credits and stopped reading."""
+
+
+@attrs.frozen
+class ReaderResumed:
+    pass
+
+
+@attrs.frozen
+class Disconnected:
+    reason: str
+
+
+class Connection:
+    def __init__(self, url: str, *, owner: pykka.ActorRef[Any],
+                 decode: Callable[[bytes], Any], window: int, connect_timeout: float,
+                 headers: dict[str, str] | None = None, name: str = "ws",
+                 sslopt: dict[str, Any] | None = None) -> None:
+        self._url = url
+        self._owner = owner
+        self._decode = decode
+        self._credits = window
+        self._connect_timeout = connect_timeout
+        # Never logged: the API key travels in here.
+        self._headers = [f"{k}: {v}" for k, v in (headers or {}).items()]
+        self._sslopt = sslopt
+        self._ws = websocket.WebSocket(skip_utf8_validation=True, enable_multithread=True,
+                                       sslopt=sslopt)
+        self._condition = threading.Condition()
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name=f"reader-{name}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    # --- called from the actor thread ------
+
+    def send(self, text: str) -> None:
+        """Raises ``OSError``/``WebSocketException`` when the socket is gone."""
+        self._ws.send(text)
+
+    def ping(self, payload: bytes = b"") -> None:
+        try:
+            self._ws.ping(payload)
+        except (OSError, websocket.WebSocketException):
+            pass  # the reader reports the broken socket
+
+    def grant(self, credits: int) -> None:
+        with self._condition:
+            self._credits += credits
+            self._condition.notify()
+
+    def send_close(self) -> None:
+        """Start the closing handshake (close frame); the reader sees the answer."""
+        try:
+            self._ws.send_close()
+        except (OSError, websocket.WebSocketException):
+            pass
+
+    def abort(self) -> None:
+        """Unblock the reader and end it: shut the socket down (no close frame)."""
+        with self._condition:
+            self._closing = True
+            self._condition.notify()
+        sock = self._ws.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def join(self, timeout: float) -> bool:
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    # --- the reader thread ------
+
+    def _tell(self, message: Any) -> None:
+        try:
+            self._owner.tell(message)
+        except pykka.ActorDeadError:
+            pass  # the actor already reported the loss and stopped
+
+    def _run(self) -> None:
+        try:
+            self._connect()
+        except websocket.WebSocketBadStatusException as exc:
+            self._tell(ConnectFailed(f"upgrade answered HTTP {exc.status_code}",
+                                     exc.status_code))
+            self._ws.shutdown()
+            return
+        except Exception as exc:  # noqa: BLE001 - every connect failure is reported
+            self._tell(ConnectFailed(f"{type(exc).__name__}: {exc}"))
+            self._ws.shutdown()
+            return
+        try:
+            self._read_loop()
+        finally:
+            self._ws.shutdown()
+
+    def _connect(self) -> None:
+        self._ws.connect(self._url, header=self._headers, timeout=self._connect_timeout,
+                         suppress_origin=True)
+        self._ws.settimeout(None)  # liveness is the actor's keepalive deadline
+        with self._condition:
+            if self._closing:
+                raise ConnectionAbortedError("closed while connecting")
+        self._tell(Opened())
+
+    def _read_loop(self) -> None:
+        paused = False
+        while True:
+            with self._condition:
+                while self._credits <= 0 and not self._closing:
+                    if not paused:
+                        paused = True
+                        self._tell(ReaderPaused())
+                    self._condition.wait()
+                if self._closing:
+                    return
+            if paused:
+                paused = False
+                self._tell(ReaderResumed())
+            batch: list[Any] = []
+            try:
+                while True:
+                    item = self._read_one()
+                    if item is None:
+                        return
+                    batch.append(item)
+                    if len(batch) >= MAX_BATCH or not self._more_ready():
+                        break
+            except Exception as exc:  # noqa: BLE001 - any read failure ends the connection
+                if batch:
+                    self._tell(Received(batch))
+                with self._condition:
+                    closing = self._closing
+                if not closing:
+                    self._tell(Disconnected(f"{type(exc).__name__}: {exc}"))
+                return
+            self._tell(Received(batch))
+
+    def _read_one(self) -> Any:
+        """One decoded item, or ``None`` when the peer closed the connection."""
+        opcode, frame = self._ws.recv_data_frame(control_frame=True)
+        if opcode in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
+            with self._condition:
+                self._credits -= 1
+            try:
+                return self._decode(frame.data)
+            except ProtocolError as exc:
+                return exc
+        if opcode == websocket.ABNF.OPCODE_PONG:
+            return Pong(bytes(frame.data))
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            with self._condition:
+                closing = self._closing
+            if not closing:
+                code = int.from_bytes(frame.data[:2], "big") if len(frame.data) >= 2 else None
+                self._tell(Disconnected(f"closed by server (code {code})"))
+            return None
+        return Pong(b"") if opcode == websocket.ABNF.OPCODE_PING else None
+
+    def _more_ready(self) -> bool:
+        """True when another frame can be read without blocking (and a credit is left)."""
+        with self._condition:
+            if self._credits <= 0 or self._closing:
+                return False
+        sock = self._ws.sock
+        if sock is None:
+            return False
+        pending = getattr(sock, "pending", None)  # TLS may hold decrypted bytes
+        if pending is not None and pending() > 0:
+            return True
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable)

@@ -1,0 +1,154 @@
+"""What the application sees: events, connection statuses and the session error.
+
+Events are frozen value objects with no receive timestamps inside, so two runs
+over the same chain deliver equal events and a test can compare runs directly.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import attrs
+
+from protocol import BacktestError
+
+# --- connection status ----------------------------------------------------------------
+
+
+@attrs.frozen
+class Connecting:
+    """Before the first ``Up`` of this connection."""
+
+
+@attrs.frozen
+class Up:
+    """Connected, handshake done, streaming."""
+
+
+@attrs.frozen
+class Reconnecting:
+    """Lost; restart ``attempt`` will be made after ``delay`` seconds."""
+
+    attempt: int
+    delay: float
+    reason: str
+
+
+@attrs.frozen
+class Failed:
+    """Gave up: terminal error or reconnect budget spent."""
+
+    reason: str
+
+
+@attrs.frozen
+class Closed:
+    """Closed on purpose (end of session or shutdown)."""
+
+
+ConnectionStatus = Connecting | Up | Reconnecting | Failed | Closed
+
+# --- session identity ------------------------------------------------------------------
+
+
+@attrs.frozen
+class SessionInfo:
+    """Identity of a created session; ``rpc_endpoint`` is an absolute http(s) URL."""
+
+    session_id: str
+    rpc_endpoint: str
+    task_id: str | None = None
+
+
+# --- events -----------------------------------------------------------------------------
+
+
+@attrs.frozen
+class ReadyForContinue:
+    """The session is paused and accepts the next continue."""
+
+
+@attrs.frozen
+class Slot:
+    slot: int
+
+
+@attrs.frozen
+class Status:
+    stage: str
+
+
+@attrs.frozen
+class Transaction:
+    slot: int
+    signature: str
+    transaction: Any = None
+    meta: Any = None
+
+
+@attrs.frozen
+class AccountDiff:
+    slot: int
+    account: str
+    signature: str
+    pre: Any = None
+    post: Any = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.signature, self.account)
+
+
+@attrs.frozen
+class Completed:
+    """End of range; every subscription item was delivered before this."""
+
+    summary: dict[str, Any] | None = None
+
+
+@attrs.frozen
+class Error:
+    """A server error that is not terminal for the session; the application decides."""
+
+    error: BacktestError
+
+
+@attrs.frozen
+class ConnectionChanged:
+    name: str  # "control", "transactions" or "account_diffs"
+    status: ConnectionStatus
+
+
+ManagedEvent = (
+    ReadyForContinue | Slot | Status | Transaction | AccountDiff | Completed | Error
+    | ConnectionChanged
+)
+
+# --- errors -------------------------------------------------------------------------------
+
+ErrorKind = Literal[
+    "create", "control_failed", "subscription_failed", "cancelled", "closed",
+    "continue_outstanding",
+]
+
+
+class ManagedSessionError(Exception):
+    """The session cannot go on (or a request was refused); ``kind`` says why.
+
+    ``create``: the session was never created. ``control_failed`` /
+    ``subscription_failed``: a connection failed for good. ``cancelled`` /
+    ``closed``: the session was shut down. ``continue_outstanding``: a continue
+    was sent while another one had not been answered yet.
+    """
+
+    def __init__(self, kind: ErrorKind, reason: str = "") -> None:
+        self.kind = kind
+        self.reason = reason
+        super().__init__(f"{kind}: {reason}" if reason else kind)
+
+
+@attrs.frozen
+class SessionFailed:
+    """Told to a ``listener`` actor once, as the last message, when the session fails."""
+
+    error: ManagedSessionError = attrs.field(eq=False)

@@ -1,0 +1,219 @@
+"""ManagedBacktestSession: the blocking facade for plain (non-actor) code.
+
+It owns the session's scheduler thread and supervisor actor and only talks to
+the supervisor by messages: a blocking call is a message carrying a pykka
+future, and the facade waits on that future.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import pykka
+
+from protocol import ContinueParams, CreateSession, ReconnectPolicy, Timing, backtest_ws_url
+from protocol.pubsub import StreamKind
+
+from .events import ConnectionStatus, ManagedEvent, ManagedSessionError, SessionInfo
+from .supervisor import (
+    DEFAULT_MAX_QUEUE,
+    LINKS_PER_SESSION,
+    CancelTake,
+    GetStats,
+    GetStatus,
+    SendContinue,
+    SessionSupervisor,
+    Shutdown,
+    SubscribeStream,
+    TakeEvent,
+)
+from .timers import Scheduler
+
+# Extra time shutdown() allows beyond Timing.graceful_close for actors to end.
+SHUTDOWN_MARGIN = 1.0
+
+
+def _check_addresses(field: str, addresses: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(addresses, str):
+        raise TypeError(f"{field}: expected a list of addresses, got one string")
+    out = tuple(addresses)
+    if not out:
+        raise ValueError(f"{field}: at least one address is needed")
+    for i, address in enumerate(out):
+        if not isinstance(address, str) or not address.strip():
+            raise ValueError(f"{field}[{i}]: expected a non-empty address, got {address!r}")
+    if len(set(out)) != len(out):
+        raise ValueError(f"{field}: duplicate addresses")
+    return out
+
+
+class ManagedBacktestSession:
+    """A created backtest session whose connections are kept alive for you."""
+
+    def __init__(self, supervisor: pykka.ActorRef[Any], scheduler: Scheduler,
+                 info: SessionInfo, timing: Timing) -> None:
+        self._supervisor = supervisor
+        self._scheduler = scheduler
+        self._info = info
+        self._timing = timing
+        self._closed = False
+        self._lock = threading.Lock()  # makes shutdown() idempotent across threads
+
+    @classmethod
+    def start(cls, url: str, api_key: str, create: CreateSession, *,
+              policy: ReconnectPolicy | None = None, timing: Timing | None = None,
+              listener: pykka.ActorRef[Any] | None = None,
+              max_queue: int = DEFAULT_MAX_QUEUE,
+              sslopt: dict[str, Any] | None = None) -> ManagedBacktestSession:
+        """Connect, create the session, return once its identity is known.
+
+        Raises ``ManagedSessionError(kind="create")`` when the session cannot be
+        created; bad arguments raise ``ValueError``/``TypeError`` before any
+        connection is made. ``sslopt`` goes to websocket-client for ``wss://``
+        (e.g. ``{"ca_certs": path}``); certificates are verified by default.
+        """
+        control_url = backtest_ws_url(url)
+        if not isinstance(api_key, str) or not api_key:
+            raise ValueError("api_key: expected a non-empty string")
+        if not isinstance(create, CreateSession):
+            raise TypeError(f"create: expected CreateSession, got {type(create).__name__}")
+        if type(max_queue) is not int or max_queue < LINKS_PER_SESSION:
+            raise ValueError(f"max_queue: expected an integer >= {LINKS_PER_SESSION}, "
+                             f"got {max_queue!r}")
+        timing = timing or Timing()
+        scheduler = Scheduler()
+        started: pykka.ThreadingFuture[SessionInfo] = pykka.ThreadingFuture()
+        supervisor = SessionSupervisor.start(
+            url=control_url, api_key=api_key, create=create, policy=policy or ReconnectPolicy(),
+            timing=timing, scheduler=scheduler, started=started, listener=listener,
+            max_queue=max_queue, sslopt=sslopt)
+        session = cls(supervisor, scheduler, SessionInfo("", ""), timing)
+        try:
+            session._info = started.get()
+        except BaseException:
+            session.shutdown()
+            raise
+        return session
+
+    # --- identity and status ------
+
+    @property
+    def session_info(self) -> SessionInfo:
+        return self._info
+
+    @property
+    def supervisor(self) -> pykka.ActorRef[Any]:
+        """The supervisor actor: application actors ``tell``/``ask`` it directly."""
+        return self._supervisor
+
+    def status(self) -> dict[str, ConnectionStatus]:
+        result: dict[str, ConnectionStatus] = self._ask(GetStatus())
+        return result
+
+    def stats(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._ask(GetStats())
+        return result
+
+    # --- subscriptions ------
+
+    def subscribe_transactions(self, addresses: Iterable[str]) -> None:
+        """Subscribe before the first continue so the first slot is captured."""
+        self._subscribe("transactions", _check_addresses("addresses", addresses))
+
+    def subscribe_account_diffs(self, addresses: Iterable[str]) -> None:
+        self._subscribe("account_diffs", _check_addresses("addresses", addresses))
+
+    def _subscribe(self, kind: StreamKind, addresses: tuple[str, ...]) -> None:
+        self._ask(SubscribeStream(kind, addresses))
+
+    # --- events and continues ------
+
+    def next_event(self, timeout: float | None = None) -> ManagedEvent:
+        """The next event; ``TimeoutError`` if none within ``timeout`` seconds.
+
+        Raises ``ManagedSessionError`` once the session cannot go on (after every
+        event that came before the failure was returned).
+        """
+        reply: pykka.ThreadingFuture[ManagedEvent] = pykka.ThreadingFuture()
+        self._tell(TakeEvent(reply))
+        try:
+            event: ManagedEvent = reply.get(timeout=timeout)
+            return event
+        except pykka.Timeout:
+            pass
+        # Withdraw the take; if an event was put in it meanwhile, it is ours.
+        try:
+            withdrawn = self._supervisor.ask(CancelTake(reply))
+        except pykka.ActorDeadError:
+            withdrawn = True
+        if withdrawn:
+            raise TimeoutError(f"no event within {timeout}s")
+        late: ManagedEvent = reply.get()
+        return late
+
+    def send_continue(self, params: ContinueParams | None = None,
+                      timeout: float | None = None) -> None:
+        """Write a continue once every connection is Up; returns when it is written.
+
+        Raises ``ManagedSessionError(kind="continue_outstanding")`` while the
+        previous continue has not been answered, or the session's error.
+        """
+        params = ContinueParams() if params is None else params
+        if not isinstance(params, ContinueParams):
+            raise TypeError(f"params: expected ContinueParams, got {type(params).__name__}")
+        reply: pykka.ThreadingFuture[None] = pykka.ThreadingFuture()
+        self._tell(SendContinue(params, reply))
+        try:
+            reply.get(timeout=timeout)
+        except pykka.Timeout:
+            raise TimeoutError(f"continue not written within {timeout}s") from None
+
+    # --- shutdown ------
+
+    def shutdown(self) -> None:
+        """Close everything; idempotent, never raises, bounded by graceful_close + margin."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        deadline = time.monotonic() + self._timing.graceful_close + SHUTDOWN_MARGIN
+        try:
+            reply: pykka.ThreadingFuture[list[pykka.ActorRef[Any]]] = pykka.ThreadingFuture()
+            self._supervisor.tell(Shutdown(reply))
+            leftovers = reply.get(timeout=max(0.1, deadline - time.monotonic()))
+            for ref in leftovers:
+                ref.stop(block=True, timeout=max(0.1, deadline - time.monotonic()))
+        except Exception:  # noqa: BLE001 - shutdown never raises
+            pass
+        try:
+            self._supervisor.stop(block=True, timeout=max(0.1, deadline - time.monotonic()))
+        except Exception:  # noqa: BLE001
+            pass
+        self._scheduler.stop(timeout=max(0.1, deadline - time.monotonic()))
+
+    def __enter__(self) -> ManagedBacktestSession:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown()
+
+    # --- internals ------
+
+    def _tell(self, message: Any) -> None:
+        if self._closed:
+            raise ManagedSessionError("closed", "session shut down")
+        try:
+            self._supervisor.tell(message)
+        except pykka.ActorDeadError:
+            raise ManagedSessionError("closed", "session shut down") from None
+
+    def _ask(self, message: Any) -> Any:
+        if self._closed:
+            raise ManagedSessionError("closed", "session shut down")
+        try:
+            return self._supervisor.ask(message)
+        except pykka.ActorDeadError:
+            raise ManagedSessionError("closed", "session shut down") from None

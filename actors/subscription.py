@@ -1,0 +1,149 @@
+"""SubscriptionActor: one PubSub WebSocket for one stream kind, many addresses.
+
+It subscribes every address (each ack bounded by ``Timing.handshake``), turns
+notifications into events tagged with the address they matched, and forwards
+them. A restart subscribes with ``replayFromSlot`` = the last slot the
+application received for that address (inclusive: the boundary slot comes
+again and the supervisor drops what was already delivered).
+
+Drain barrier: the supervisor asks for one when the session completes. The
+link sends a WebSocket ping carrying a token; the server answers a ping after
+everything it queued before it, so the pong proves every notification written
+before ``completed`` has been read and forwarded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from protocol import (
+    AccountDiffNotification,
+    JsonRpcError,
+    ProtocolError,
+    Subscribe,
+    SubscribeAck,
+    TransactionNotification,
+    decode_pubsub,
+    encode_subscribe,
+)
+from protocol.pubsub import StreamKind
+
+from .connection import Pong
+from .events import AccountDiff, Transaction
+from .link import LinkActor
+
+# --- what a subscription link reports -------------------------------------------------
+
+
+@attrs.frozen
+class StreamItems:
+    """``(address, event)`` pairs in arrival order."""
+
+    name: str
+    generation: int
+    items: list[tuple[str, Transaction | AccountDiff]]
+
+
+@attrs.frozen
+class BarrierReached:
+    name: str
+    generation: int
+    token: bytes
+
+
+# --- what a subscription link receives ------------------------------------------------
+
+
+@attrs.frozen
+class Barrier:
+    token: bytes
+
+
+class SubscriptionActor(LinkActor):
+    def __init__(self, *, kind: StreamKind, addresses: tuple[str, ...],
+                 replay_from: dict[str, int], **kwargs: Any) -> None:
+        super().__init__(name=kind, **kwargs)
+        self._kind = kind
+        self._addresses = addresses
+        self._replay_from = replay_from
+        self._by_subscription: dict[int, str] = {}
+        self._by_request: dict[int, str] = {}
+
+    def decode(self, frame: bytes) -> Any:
+        return decode_pubsub(frame)
+
+    def on_opened(self) -> None:
+        for request_id, address in enumerate(self._addresses, 1):
+            self._by_request[request_id] = address
+            try:
+                self.conn.send(encode_subscribe(Subscribe(
+                    request_id, self._kind, address, self._replay_from.get(address))))
+            except Exception as exc:  # noqa: BLE001 - the reader reports the broken socket
+                self.log.info("subscribe write failed: %s", exc)
+                return
+        self.expect_handshake_answer()
+
+    def on_items(self, items: list[Any]) -> None:
+        out: list[tuple[str, Transaction | AccountDiff]] = []
+        malformed: list[Exception] = []
+        consumed = 0
+        for item in items:
+            if isinstance(item, TransactionNotification):
+                address = self._by_subscription.get(item.subscription)
+                if address is None:
+                    consumed += 1
+                    continue
+                out.append((address, Transaction(item.slot, item.signature, item.transaction,
+                                                  item.meta)))
+            elif isinstance(item, AccountDiffNotification):
+                address = self._by_subscription.get(item.subscription)
+                if address is None:
+                    consumed += 1
+                    continue
+                out.append((address, AccountDiff(item.slot, item.account, item.signature,
+                                                 item.pre, item.post)))
+            elif isinstance(item, Pong):
+                if item.payload:
+                    self._flush(out, malformed, consumed)
+                    out, malformed, consumed = [], [], 0
+                    self.report(BarrierReached(self.name, self.generation, item.payload))
+            elif isinstance(item, ProtocolError):
+                malformed.append(item)
+            elif isinstance(item, SubscribeAck):
+                consumed += 1
+                self._acked(item)
+            elif isinstance(item, JsonRpcError):
+                self._flush(out, malformed, consumed + 1)
+                address = self._by_request.get(item.id or -1, "?")
+                self.lost(f"subscribe for {address} rejected: {item.message}", terminal=True)
+                return
+            else:
+                consumed += 1  # unsubscribe acks, unknown methods: nothing to deliver
+        self._flush(out, malformed, consumed)
+
+    def on_command(self, message: Any) -> None:
+        if isinstance(message, Barrier):
+            self.conn.ping(message.token)
+        else:
+            super().on_command(message)
+
+    def _acked(self, ack: SubscribeAck) -> None:
+        address = self._by_request.get(ack.id)
+        if address is None:
+            return
+        self._by_subscription[ack.subscription] = address
+        if len(self._by_subscription) == len(self._addresses):
+            self.mark_up()
+        else:
+            self.expect_handshake_answer()
+
+    def _flush(self, out: list[tuple[str, Transaction | AccountDiff]],
+               malformed: list[Exception], consumed: int) -> None:
+        if out:
+            self.report(StreamItems(self.name, self.generation, out))
+        if malformed:
+            self.malformed(malformed)
+        if consumed:
+            self.conn.grant(consumed)
