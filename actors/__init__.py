@@ -25,11 +25,11 @@ from .events import (
     Up,
 )
 from .session import ManagedBacktestSession
-from .supervisor import GetStats, GetStatus, SendContinue, SessionSupervisor
+from .supervisor import GetStats, GetStatus, SendContinue, SessionSupervisor, SubscribeStream
 
 __all__ = [
     "AccountDiff", "Closed", "Completed", "Connecting", "ConnectionChanged", "ConnectionStatus",
     "Error", "Failed", "GetStats", "GetStatus", "ManagedBacktestSession", "ManagedEvent",
     "ManagedSessionError", "ReadyForContinue", "Reconnecting", "SendContinue", "SessionFailed",
-    "SessionInfo", "SessionSupervisor", "Slot", "Status", "Transaction", "Up",
+    "SessionInfo", "SessionSupervisor", "Slot", "Status", "SubscribeStream", "Transaction", "Up",
 ]

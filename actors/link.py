@@ -69,6 +69,15 @@ class ChildClosed:
 
 
 @attrs.frozen
+class LinkFlow:
+    """The reader paused (out of credits) or resumed: for stats and tests."""
+
+    name: str
+    generation: int
+    paused: bool
+
+
+@attrs.frozen
 class FramesMalformed:
     name: str
     generation: int
@@ -172,9 +181,11 @@ class LinkActor(pykka.ThreadingActor):
             self.on_disconnected(message.reason)
         elif isinstance(message, ReaderPaused):
             self._paused = True
+            self.report(LinkFlow(self.name, self._generation, True))
         elif isinstance(message, ReaderResumed):
             self._paused = False
             self._last_inbound = time.monotonic()
+            self.report(LinkFlow(self.name, self._generation, False))
         elif isinstance(message, KeepaliveTick):
             self._keepalive()
         elif isinstance(message, HandshakeDeadline):

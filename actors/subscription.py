@@ -6,6 +6,14 @@ them. A restart subscribes with ``replayFromSlot`` = the last slot the
 application received for that address (inclusive: the boundary slot comes
 again and the supervisor drops what was already delivered).
 
+Slot order across a resume: the server replays address after address, so the
+replayed items of two addresses would interleave by slot. After the last ack
+the link sends a ping (``resume`` barrier); its pong comes after every replay.
+Items read until then are held, sorted by slot (stably) and forwarded in one
+batch, so the stream stays in slot order. Should the replay outgrow half the
+flow-control window, the held part is forwarded early (still exactly once,
+sorted per part) rather than stall the reader.
+
 Drain barrier: the supervisor asks for one when the session completes. The
 link sends a WebSocket ping carrying a token; the server answers a ping after
 everything it queued before it, so the pong proves every notification written
@@ -70,6 +78,8 @@ class SubscriptionActor(LinkActor):
         self._replay_from = replay_from
         self._by_subscription: dict[int, str] = {}
         self._by_request: dict[int, str] = {}
+        self._resume_token: bytes | None = None
+        self._held: list[tuple[str, Transaction | AccountDiff]] = []
 
     def decode(self, frame: bytes) -> Any:
         return decode_pubsub(frame)
@@ -105,7 +115,12 @@ class SubscriptionActor(LinkActor):
                 out.append((address, AccountDiff(item.slot, item.account, item.signature,
                                                  item.pre, item.post)))
             elif isinstance(item, Pong):
-                if item.payload:
+                if item.payload and item.payload == self._resume_token:
+                    self._release_held(out)
+                    out = []
+                    self._resume_token = None
+                    self.mark_up()
+                elif item.payload:
                     self._flush(out, malformed, consumed)
                     out, malformed, consumed = [], [], 0
                     self.report(BarrierReached(self.name, self.generation, item.payload))
@@ -134,14 +149,30 @@ class SubscriptionActor(LinkActor):
         if address is None:
             return
         self._by_subscription[ack.subscription] = address
-        if len(self._by_subscription) == len(self._addresses):
+        if len(self._by_subscription) < len(self._addresses):
+            self.expect_handshake_answer()
+        elif not self._replay_from:
             self.mark_up()
         else:
+            self._resume_token = f"resume-{self.generation}".encode()
+            self.conn.ping(self._resume_token)
             self.expect_handshake_answer()
+
+    def _release_held(self, out: list[tuple[str, Transaction | AccountDiff]]) -> None:
+        held = self._held + out
+        self._held = []
+        held.sort(key=lambda pair: pair[1].slot)  # stable: chain order within a slot
+        if held:
+            self.report(StreamItems(self.name, self.generation, held))
 
     def _flush(self, out: list[tuple[str, Transaction | AccountDiff]],
                malformed: list[Exception], consumed: int) -> None:
-        if out:
+        if self._resume_token is not None:
+            self._held.extend(out)
+            if len(self._held) >= max(1, self._window // 2):
+                self.log.info("replay larger than half the window: forwarded in parts")
+                self._release_held([])
+        elif out:
             self.report(StreamItems(self.name, self.generation, out))
         if malformed:
             self.malformed(malformed)

@@ -15,10 +15,9 @@ handshake, run and report; this actor:
 * bounds memory: each connection may hold ``max_queue // 3`` undelivered frames
   (credits); a credit comes back when its event leaves the client.
 
-Ordering choice: items are delivered in slot order per subscription (stream
-and address). After a reconnect each address's replay comes in slot order, but
-the server replays address after address, so two addresses of one stream can
-interleave by slot across the replay; every item still arrives exactly once.
+Ordering: each stream is delivered in slot order, across its addresses and
+across reconnects (the subscription link sorts a resume's replay, see
+:mod:`actors.subscription`).
 """
 
 from __future__ import annotations
@@ -68,7 +67,7 @@ from .events import (
     Transaction,
     Up,
 )
-from .link import ChildClosed, ChildLost, ChildUp, CloseLink, FramesMalformed, Grant
+from .link import ChildClosed, ChildLost, ChildUp, CloseLink, FramesMalformed, Grant, LinkFlow
 from .logs import SessionLogger
 from .subscription import Barrier, BarrierReached, StreamItems, SubscriptionActor
 from .timers import Scheduler, TimerHandle
@@ -162,6 +161,7 @@ class _Child:
     ungranted: int = 0  # credits owed to the current connection, sent in batches
     barrier: bytes | None = None  # drain token sent to a subscription
     drained: bool = False
+    paused: bool = False  # its reader is out of credits (the application is behind)
 
 
 @attrs.define
@@ -269,6 +269,9 @@ class SessionSupervisor(pykka.ThreadingActor):
             self._on_barrier(message)
         elif isinstance(message, FramesMalformed):
             self._stats["malformed_frames"] += message.count
+        elif isinstance(message, LinkFlow):
+            if message.generation == self._child(message.name).generation:
+                self._child(message.name).paused = message.paused
         elif isinstance(message, RestartChild):
             self._on_restart(message)
         elif isinstance(message, UptimeCheck):
@@ -307,6 +310,7 @@ class SessionSupervisor(pykka.ThreadingActor):
         child.ungranted = 0
         child.barrier = None
         child.drained = False
+        child.paused = False
         common: dict[str, Any] = {
             "supervisor": self.actor_ref, "generation": child.generation,
             "timing": self._timing, "scheduler": self._scheduler,
@@ -692,6 +696,7 @@ class SessionSupervisor(pykka.ThreadingActor):
             **self._stats,
             "held": len(self._outbox),
             "reconnects": {name: c.restarts for name, c in self._children.items()},
+            "paused": {name: c.paused for name, c in self._children.items()},
             "last_seq": self._last_seq,
             "continue_state": self._continue_state,
         }

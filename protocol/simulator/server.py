@@ -150,6 +150,7 @@ class SimulatorServer:
         self.host = host
         self.port = port
         self.sessions: dict[str, SessionState] = {}
+        self.retired: dict[str, SessionState] = {}  # closed or expired: stats only
         self.peers: set[Peer] = set()
         self.slot_triggers: list[SlotTrigger] = []
         self.handshake_delays: list[CountedFault] = []
@@ -158,6 +159,7 @@ class SimulatorServer:
         self.upgrade_requests: dict[str, int] = defaultdict(int)
         self._servers: list[Server] = []
         self._listening: Server | None = None
+        self._reopen: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever,
@@ -212,9 +214,11 @@ class SimulatorServer:
             self._listening.server.close()  # stop accepting; live connections go on
             self._listening = None
             log.info("refusing connections for %.3fs", seconds)
-            self._loop.call_later(seconds, self._spawn, self._listen())
+            self._reopen = self._loop.call_later(seconds, lambda: self._spawn(self._listen()))
 
     async def _shutdown(self) -> None:
+        if self._reopen is not None:
+            self._reopen.cancel()
         for state in self.sessions.values():
             if state.expiry:
                 state.expiry.cancel()
@@ -236,7 +240,7 @@ class SimulatorServer:
     # --- statistics (call through ``call``) --------------------------------------
 
     def session_stats(self, session_id: str) -> SessionStats:
-        state = self.sessions[session_id]
+        state = self.sessions.get(session_id) or self.retired[session_id]
         s = state.session
         return SessionStats(session_id, s.continues_received, s.blocks_executed, s.completed,
                             state.owner is not None, len(state.subscribers))
@@ -421,6 +425,7 @@ class SimulatorServer:
     def _remove(self, state: SessionState, reason: str) -> None:
         if self.sessions.pop(state.session.id, None) is None:
             return
+        self.retired[state.session.id] = state
         log.info("session %s removed: %s", state.session.id, reason)
         if state.expiry is not None:
             state.expiry.cancel()

@@ -1,0 +1,104 @@
+"""Shared pieces of the actor tests: fast timing, a driver loop, exact checks."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pykka
+
+from actors import (
+    AccountDiff,
+    Completed,
+    ConnectionChanged,
+    ManagedBacktestSession,
+    ManagedEvent,
+    ReadyForContinue,
+    Slot,
+    Transaction,
+)
+from protocol import ContinueParams, CreateSession, ReconnectPolicy, Timing
+from protocol.simulator import DEFAULT_API_KEY, LocalSimulator
+from protocol.simulator.chain import Expected
+
+FAST = Timing(connect=2.0, handshake=2.0, keepalive_interval=0.05, keepalive_deadline=0.25,
+              graceful_close=1.0)
+QUICK_RETRY = ReconnectPolicy(initial=0.01, multiplier=2.0, max_delay=0.1, jitter=0.2,
+                              max_attempts=20, max_total=20.0, uptime_reset=5.0,
+                              rng=random.Random(0))
+
+
+def start(sim: LocalSimulator, start_slot: int, end_slot: int, **kwargs: Any
+          ) -> ManagedBacktestSession:
+    kwargs.setdefault("timing", FAST)
+    kwargs.setdefault("policy", QUICK_RETRY)
+    return ManagedBacktestSession.start(sim.url, DEFAULT_API_KEY,
+                                        CreateSession(start_slot, end_slot), **kwargs)
+
+
+def drive(session: ManagedBacktestSession, *, advance: int = 1, timeout: float = 10.0,
+          on_event: Callable[[ManagedEvent], None] | None = None) -> list[ManagedEvent]:
+    """Answer every ReadyForContinue with a continue until Completed; all events."""
+    events: list[ManagedEvent] = []
+    while True:
+        event = session.next_event(timeout=timeout)
+        events.append(event)
+        if on_event is not None:
+            on_event(event)
+        if isinstance(event, ReadyForContinue):
+            session.send_continue(ContinueParams(advance_count=advance), timeout=timeout)
+        elif isinstance(event, Completed):
+            return events
+
+
+def check_exact(events: list[ManagedEvent], expected: Expected) -> None:
+    """0 missing, 0 duplicated, slot order per subscription, items before Completed."""
+    slots = [e.slot for e in events if isinstance(e, Slot)]
+    assert slots == expected.slots
+    txs = [e for e in events if isinstance(e, Transaction)]
+    diffs = [e for e in events if isinstance(e, AccountDiff)]
+    signatures = [t.signature for t in txs]
+    diff_keys = [d.key for d in diffs]
+    assert len(signatures) == len(set(signatures)), "duplicated transactions"
+    assert len(diff_keys) == len(set(diff_keys)), "duplicated diffs"
+    assert sorted(signatures) == sorted(expected.signatures), "missing or extra transactions"
+    assert sorted(diff_keys) == sorted(expected.diff_keys), "missing or extra diffs"
+    completed_at = next(i for i, e in enumerate(events) if isinstance(e, Completed))
+    items_at = [i for i, e in enumerate(events) if isinstance(e, Transaction | AccountDiff)]
+    assert not items_at or max(items_at) < completed_at, "an item came after Completed"
+    # Slot order per stream, across addresses and across reconnects.
+    assert [t.slot for t in txs] == sorted(t.slot for t in txs), "transactions out of order"
+    assert [d.slot for d in diffs] == sorted(d.slot for d in diffs), "diffs out of order"
+
+
+def connection_changes(events: list[ManagedEvent], name: str) -> list[str]:
+    return [type(e.status).__name__ for e in events
+            if isinstance(e, ConnectionChanged) and e.name == name]
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll ``condition`` until truthy; a deadline, never a fixed sleep."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.005)
+
+
+@contextmanager
+def no_leaks(grace: float) -> Iterator[None]:
+    """Threads and pykka actors after the block == before, within ``grace`` seconds."""
+    threads_before = threading.active_count()
+    actors_before = len(pykka.ActorRegistry.get_all())
+    yield
+    wait_for(lambda: threading.active_count() == threads_before
+             and len(pykka.ActorRegistry.get_all()) == actors_before, grace,
+             f"threads back to {threads_before} (now {threading.active_count()}: "
+             f"{[t.name for t in threading.enumerate()]}) and actors to {actors_before}")

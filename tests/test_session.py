@@ -1,0 +1,336 @@
+"""ManagedBacktestSession against the local simulator over real sockets."""
+
+from __future__ import annotations
+
+import ast
+import logging
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pykka
+import pytest
+
+from actors import (
+    ConnectionChanged,
+    Error,
+    ManagedBacktestSession,
+    ManagedSessionError,
+    ReadyForContinue,
+    Reconnecting,
+    Slot,
+    Status,
+    Up,
+)
+from protocol import BacktestError, ContinueParams, CreateSession, ReconnectPolicy, Timing
+from protocol.simulator import LocalSimulator
+from tests.harness import (
+    FAST,
+    QUICK_RETRY,
+    check_exact,
+    connection_changes,
+    drive,
+    no_leaks,
+    start,
+    wait_for,
+)
+
+
+@pytest.fixture
+def sim() -> Iterator[LocalSimulator]:
+    with LocalSimulator(seed=11, slots=700) as simulator:
+        yield simulator
+
+
+def test_500_slots_both_subscriptions_exact(sim: LocalSimulator) -> None:
+    first, _ = sim.available_range()
+    end = first + 500
+    tx_addrs, diff_addrs = list(sim.addresses[:3]), list(sim.addresses[1:4])
+    with no_leaks(FAST.graceful_close + 1):
+        session = start(sim, first, end)
+        session.subscribe_transactions(tx_addrs)
+        session.subscribe_account_diffs(diff_addrs)
+        events = drive(session)
+        stats = session.stats()
+        session.shutdown()
+    expected = sim.expected(first, end, transactions=tx_addrs, account_diffs=diff_addrs)
+    check_exact(events, expected)
+    # With no faults the stream order is the chain's order, across addresses too.
+    assert [e.signature for e in events if hasattr(e, "signature") and not hasattr(
+        e, "account")] == expected.signatures
+    assert len(expected.slots) > 400 and len(expected.signatures) > 1000
+    assert stats["continues_written"] == len(expected.slots) - 1
+    assert stats["reconnects"] == {"control": 0, "transactions": 0, "account_diffs": 0}
+
+
+def test_drops_of_every_connection_lose_and_duplicate_nothing(sim: LocalSimulator) -> None:
+    first, _ = sim.available_range()
+    end = first + 500
+    tx_addrs, diff_addrs = list(sim.addresses[:3]), list(sim.addresses[2:5])
+    expected = sim.expected(first, end, transactions=tx_addrs, account_diffs=diff_addrs)
+    rng = random.Random(1234)
+    drop_slots = sorted(rng.sample(expected.slots[5:-5], 15))
+    targets = ["control", "transactions", "account_diffs"] * 5
+    rng.shuffle(targets)
+    session = start(sim, first, end)
+    try:
+        session.subscribe_transactions(tx_addrs)
+        session.subscribe_account_diffs(diff_addrs)
+        sid = session.session_info.session_id
+        for slot, target in zip(drop_slots, targets, strict=True):
+            sim.faults.drop(target, at_slot=slot, session_id=sid)  # type: ignore[arg-type]
+        events = drive(session)
+        stats = session.stats()
+        server = sim.session_stats(sid)
+    finally:
+        session.shutdown()
+    check_exact(events, expected)
+    assert sim.fault_counts()["drop"] == 15
+    assert server.continues_received == stats["continues_written"] == len(expected.slots) - 1
+    assert server.blocks_executed == len(expected.slots) - 1
+    assert stats["reconnects"] == {"control": 5, "transactions": 5, "account_diffs": 5}
+    for name in ("control", "transactions", "account_diffs"):
+        changes = connection_changes(events, name)
+        assert changes.count("Reconnecting") == 5
+        # every Reconnecting is followed by Up before the next Reconnecting
+        pairs = [s for s in changes if s in ("Reconnecting", "Up")]
+        assert "Reconnecting,Reconnecting" not in ",".join(pairs)
+        assert pairs[-1] == "Up" or changes[-1] == "Closed"
+
+
+def test_blackhole_is_detected_within_deadline_plus_interval(sim: LocalSimulator) -> None:
+    first, _ = sim.available_range()
+    session = start(sim, first, first + 60)
+    try:
+        session.subscribe_transactions(sim.addresses[:2])
+        events: list[object] = []
+        lost_at: list[float] = []
+        blackholed_at: list[float] = []
+
+        def watch(event: object) -> None:
+            if (isinstance(event, ConnectionChanged) and event.name == "transactions"
+                    and isinstance(event.status, Reconnecting) and not lost_at):
+                lost_at.append(time.monotonic())
+            if isinstance(event, Slot) and event.slot == sim.expected(first, first + 60
+                                                                      ).slots[10]:
+                sim.faults.blackhole("transactions")
+                sim.fault_counts()  # applied once this returns
+                blackholed_at.append(time.monotonic())
+
+        events = drive(session, on_event=watch)
+    finally:
+        session.shutdown()
+    assert lost_at and blackholed_at
+    detection = lost_at[0] - blackholed_at[0]
+    assert detection <= FAST.keepalive_deadline + FAST.keepalive_interval + 0.1
+    reason = next(e.status.reason for e in events if isinstance(e, ConnectionChanged)
+                  and isinstance(e.status, Reconnecting))
+    assert "keepalive deadline" in reason
+    check_exact(events, sim.expected(first, first + 60, transactions=sim.addresses[:2]))
+
+
+def test_refused_connects_follow_the_policy_delays(sim: LocalSimulator) -> None:
+    first, _ = sim.available_range()
+    policy = ReconnectPolicy(initial=0.04, multiplier=2.0, max_delay=1.0, jitter=0.2,
+                             max_attempts=10, rng=random.Random(99))
+    reference = ReconnectPolicy(initial=0.04, multiplier=2.0, max_delay=1.0, jitter=0.2,
+                                rng=random.Random(99))
+    session = start(sim, first, first + 20, policy=policy)
+    try:
+        wait_ready(session)
+        sim.faults.refuse(0.5)
+        sim.faults.drop("control")
+        seen: list[tuple[float, ConnectionChanged]] = []
+        while True:
+            event = session.next_event(timeout=5)
+            if isinstance(event, ConnectionChanged) and event.name == "control":
+                seen.append((time.monotonic(), event))
+                if isinstance(event.status, Up):
+                    break
+    finally:
+        session.shutdown()
+    retries = [(t, e.status) for t, e in seen if isinstance(e.status, Reconnecting)]
+    assert len(retries) >= 3  # 0.04 + 0.08 + 0.16 < 0.5: at least three refused
+    assert [s.delay for _, s in retries] == [reference.delay(n) for n in
+                                             range(1, len(retries) + 1)]
+    assert [s.attempt for _, s in retries] == list(range(1, len(retries) + 1))
+    for (t0, s0), (t1, _) in zip(retries, retries[1:], strict=False):
+        assert t1 - t0 >= s0.delay  # the next attempt waited its delay
+    assert all("Refused" in s.reason or "refused" in s.reason for _, s in retries[1:])
+
+
+def test_exhausted_budget_fails_with_control_failed(sim: LocalSimulator) -> None:
+    first, _ = sim.available_range()
+    policy = ReconnectPolicy(initial=0.01, max_delay=0.02, max_attempts=3, rng=random.Random(1))
+    with no_leaks(FAST.graceful_close + 1):
+        session = start(sim, first, first + 20, policy=policy)
+        sim.faults.refuse(10)
+        sim.faults.drop("control")
+        with pytest.raises(ManagedSessionError) as info:
+            while True:
+                session.next_event(timeout=5)
+        assert info.value.kind == "control_failed"
+        assert "budget spent after 3 restarts" in str(info.value)
+        with pytest.raises(ManagedSessionError):  # it stays failed
+            session.send_continue(ContinueParams())
+        assert isinstance(session.status()["control"], type(session.status()["control"]))
+        session.shutdown()
+
+
+def test_wrong_api_key_fails_start_after_one_attempt(sim: LocalSimulator) -> None:
+    first, _ = sim.available_range()
+    started = time.monotonic()
+    with no_leaks(FAST.graceful_close + 1):
+        with pytest.raises(ManagedSessionError) as info:
+            ManagedBacktestSession.start(sim.url, "not-the-key", CreateSession(first, first + 5),
+                                         timing=FAST, policy=QUICK_RETRY)
+    assert info.value.kind == "create"
+    assert "401" in str(info.value) and "not-the-key" not in str(info.value)
+    assert time.monotonic() - started < 1.0
+    assert sim.upgrade_requests() == {"control": 1}
+
+
+def test_bad_arguments_are_rejected_before_connecting(sim: LocalSimulator) -> None:
+    first, _ = sim.available_range()
+    with pytest.raises(ValueError, match="^api_key"):
+        ManagedBacktestSession.start(sim.url, "", CreateSession(first, first + 5))
+    with pytest.raises(ValueError, match="^url"):
+        ManagedBacktestSession.start("http://x", "k", CreateSession(first, first + 5))
+    with pytest.raises(ValueError, match="^max_queue"):
+        start(sim, first, first + 5, max_queue=0)
+    assert sim.upgrade_requests() == {}
+    session = start(sim, first, first + 5)
+    try:
+        with pytest.raises(ValueError, match=r"^addresses\[1\]"):
+            session.subscribe_transactions(["a", ""])
+        with pytest.raises(TypeError, match="^addresses"):
+            session.subscribe_transactions("abc")
+        with pytest.raises(TypeError, match="^params"):
+            session.send_continue({"advance_count": 1})  # type: ignore[arg-type]
+    finally:
+        session.shutdown()
+
+
+def test_malformed_frame_is_logged_counted_and_survived(sim: LocalSimulator,
+                                                        caplog: pytest.LogCaptureFixture
+                                                        ) -> None:
+    first, _ = sim.available_range()
+    end = first + 30
+    caplog.set_level(logging.INFO, logger="backtest_actors")
+    session = start(sim, first, end)
+    try:
+        session.subscribe_transactions(sim.addresses[:2])
+        sid = session.session_info.session_id
+        slots = sim.expected(first, end).slots
+        sim.faults.malformed("control", at_slot=slots[5], frame='{"method": "status", "par')
+        sim.faults.malformed("transactions", at_slot=slots[8], frame=b"\xff\xfe not utf-8")
+        sim.faults.malformed("control", at_slot=slots[10],
+                             frame='{"method":"error","params":{"internal":{"error":"boom"}}}')
+        events = drive(session)
+        stats = session.stats()
+    finally:
+        session.shutdown()
+    check_exact(events, sim.expected(first, end, transactions=sim.addresses[:2]))
+    assert stats["malformed_frames"] == 2
+    warnings = [r for r in caplog.records if "malformed frame dropped" in r.getMessage()]
+    assert len(warnings) == 2
+    assert "'{\"method\": \"status\", \"par'" in warnings[0].getMessage()
+    assert "not UTF-8" in warnings[1].getMessage()
+    assert [e for e in events if isinstance(e, Error)] == [
+        Error(BacktestError("internal", {"error": "boom"}))]
+    records = [r for r in caplog.records if r.name.startswith("backtest_actors")]
+    assert records and all(getattr(r, "session_id", None) in (sid, "(creating)")
+                           for r in records)
+    assert all(sid in r.getMessage() or "(creating)" in r.getMessage() for r in records)
+
+
+def test_continue_outstanding_is_rejected(sim: LocalSimulator) -> None:
+    first, _ = sim.available_range()
+    sim.faults.delay_handshake(0.5, "transactions")
+    session = start(sim, first, first + 20)
+    try:
+        session.subscribe_transactions(sim.addresses[:1])
+        assert isinstance(wait_ready(session), ReadyForContinue)
+        session.send_continue()  # waits for the subscription (its ack is delayed)
+        with pytest.raises(ManagedSessionError) as info:
+            session.send_continue()
+        assert info.value.kind == "continue_outstanding"
+    finally:
+        session.shutdown()
+    assert sim.session_stats(session.session_info.session_id).continues_received == 1
+
+
+def wait_ready(session: ManagedBacktestSession) -> object:
+    while not isinstance(event := session.next_event(timeout=5), ReadyForContinue):
+        pass
+    return event
+
+
+def test_next_event_timeout_loses_nothing(sim: LocalSimulator) -> None:
+    first, _ = sim.available_range()
+    session = start(sim, first, first + 10)
+    try:
+        wait_ready(session)
+        with pytest.raises(TimeoutError):
+            session.next_event(timeout=0.05)
+        session.send_continue()
+        assert isinstance(session.next_event(timeout=5), Status)
+    finally:
+        session.shutdown()
+
+
+@pytest.mark.parametrize("state", ["mid_handshake", "reconnecting", "blackholed",
+                                   "completed", "failed"])
+def test_shutdown_from_any_state_leaves_nothing(sim: LocalSimulator, state: str) -> None:
+    first, _ = sim.available_range()
+    timing = Timing(connect=2.0, handshake=5.0, keepalive_interval=0.05,
+                    keepalive_deadline=0.25, graceful_close=0.5)
+    with no_leaks(timing.graceful_close + 1):
+        session = start(sim, first, first + 10, timing=timing,
+                        policy=ReconnectPolicy(initial=5.0 if state == "reconnecting" else 0.01,
+                                               max_attempts=2, jitter=0))
+        if state == "mid_handshake":
+            sim.faults.delay_handshake(3.0, "transactions")
+            session.subscribe_transactions(sim.addresses[:1])
+            wait_for(lambda: sim.session_stats(session.session_info.session_id).subscribers,
+                     5, "the subscription connection")
+        elif state == "reconnecting":
+            sim.faults.drop("control")
+            wait_for(lambda: isinstance(session.status()["control"], Reconnecting), 5,
+                     "reconnecting")
+        elif state == "blackholed":
+            sim.faults.blackhole("control")
+            sim.fault_counts()
+        elif state == "completed":
+            drive(session, advance=20)
+        elif state == "failed":
+            sim.faults.refuse(10)
+            sim.faults.drop("control")
+            with pytest.raises(ManagedSessionError):
+                while True:
+                    session.next_event(timeout=5)
+        started = time.monotonic()
+        session.shutdown()
+        assert time.monotonic() - started <= timing.graceful_close + 1
+        session.shutdown()  # idempotent
+    with pytest.raises(ManagedSessionError) as info:
+        session.next_event(timeout=0.1)
+    assert info.value.kind == "closed"
+
+
+def test_design_no_json_in_actors_and_no_retry_loop_in_links() -> None:
+    root = Path(__file__).resolve().parent.parent / "actors"
+    for path in root.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                assert all(a.name != "json" for a in node.names), path
+            if isinstance(node, ast.ImportFrom):
+                assert node.module != "json", path
+        assert "json." not in path.read_text(), path
+    for name in ("control.py", "subscription.py", "link.py"):
+        tree = ast.parse((root / name).read_text())
+        assert not any(isinstance(n, ast.While) for n in ast.walk(tree)), name
+        assert "sleep" not in (root / name).read_text(), name
+    assert pykka  # imported for the leak checks in the harness
