@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -21,6 +22,7 @@ from .events import ConnectionStatus, ManagedEvent, ManagedSessionError, Session
 from .supervisor import (
     DEFAULT_MAX_QUEUE,
     LINKS_PER_SESSION,
+    TAKE_BATCH,
     CancelTake,
     GetStats,
     GetStatus,
@@ -28,7 +30,7 @@ from .supervisor import (
     SessionSupervisor,
     Shutdown,
     SubscribeStream,
-    TakeEvent,
+    TakeEvents,
 )
 from .timers import Scheduler
 
@@ -61,6 +63,8 @@ class ManagedBacktestSession:
         self._timing = timing
         self._closed = False
         self._lock = threading.Lock()  # makes shutdown() idempotent across threads
+        # Taken from the supervisor in batches; bounded by TAKE_BATCH, counted in max_queue.
+        self._taken: deque[ManagedEvent] = deque()
 
     @classmethod
     def start(cls, url: str, api_key: str, create: CreateSession, *,
@@ -137,22 +141,23 @@ class ManagedBacktestSession:
         Raises ``ManagedSessionError`` once the session cannot go on (after every
         event that came before the failure was returned).
         """
-        reply: pykka.ThreadingFuture[ManagedEvent] = pykka.ThreadingFuture()
-        self._tell(TakeEvent(reply))
+        if self._taken:
+            return self._taken.popleft()
+        reply: pykka.ThreadingFuture[list[ManagedEvent]] = pykka.ThreadingFuture()
+        self._tell(TakeEvents(reply, TAKE_BATCH))
         try:
-            event: ManagedEvent = reply.get(timeout=timeout)
-            return event
+            batch: list[ManagedEvent] = reply.get(timeout=timeout)
         except pykka.Timeout:
-            pass
-        # Withdraw the take; if an event was put in it meanwhile, it is ours.
-        try:
-            withdrawn = self._supervisor.ask(CancelTake(reply))
-        except pykka.ActorDeadError:
-            withdrawn = True
-        if withdrawn:
-            raise TimeoutError(f"no event within {timeout}s")
-        late: ManagedEvent = reply.get()
-        return late
+            # Withdraw the take; if events were put in it meanwhile, they are ours.
+            try:
+                withdrawn = self._supervisor.ask(CancelTake(reply))
+            except pykka.ActorDeadError:
+                withdrawn = True
+            if withdrawn:
+                raise TimeoutError(f"no event within {timeout}s") from None
+            batch = reply.get()
+        self._taken.extend(batch[1:])
+        return batch[0]
 
     def send_continue(self, params: ContinueParams | None = None,
                       timeout: float | None = None) -> None:

@@ -78,6 +78,7 @@ class SubscriptionActor(LinkActor):
         self._replay_from = replay_from
         self._by_subscription: dict[int, str] = {}
         self._by_request: dict[int, str] = {}
+        self._resuming = bool(replay_from)  # hold items until the replay is complete
         self._resume_token: bytes | None = None
         self._held: list[tuple[str, Transaction | AccountDiff]] = []
 
@@ -118,7 +119,7 @@ class SubscriptionActor(LinkActor):
                 if item.payload and item.payload == self._resume_token:
                     self._release_held(out)
                     out = []
-                    self._resume_token = None
+                    self._resuming, self._resume_token = False, None
                     self.mark_up()
                 elif item.payload:
                     self._flush(out, malformed, consumed)
@@ -167,7 +168,7 @@ class SubscriptionActor(LinkActor):
 
     def _flush(self, out: list[tuple[str, Transaction | AccountDiff]],
                malformed: list[Exception], consumed: int) -> None:
-        if self._resume_token is not None:
+        if self._resuming:
             self._held.extend(out)
             if len(self._held) >= max(1, self._window // 2):
                 self.log.info("replay larger than half the window: forwarded in parts")

@@ -74,6 +74,10 @@ from .timers import Scheduler, TimerHandle
 
 DEFAULT_MAX_QUEUE = 4096
 LINKS_PER_SESSION = 3  # control + transactions + account diffs
+# Events the blocking facade may take per round trip. They leave the supervisor's
+# outbox, so the links' windows share max_queue minus this (memory stays bounded).
+TAKE_BATCH = 128
+PRUNE_EVERY_SLOTS = 16  # dedup keys are pruned in steps, not on every batch
 
 # --- public messages (application actors tell/ask these) -------------------------------
 
@@ -105,17 +109,22 @@ class SubscribeStream:
 
 
 @attrs.frozen
-class TakeEvent:
-    """Complete ``reply`` with the next event (or the session's error) when there is one."""
+class TakeEvents:
+    """Complete ``reply`` with up to ``limit`` events (at least one) or the session's error.
 
-    reply: pykka.Future[ManagedEvent] = attrs.field(eq=False)
+    Taking a batch per round trip instead of one event is what keeps the
+    facade from being the slowest hop.
+    """
+
+    reply: pykka.Future[list[ManagedEvent]] = attrs.field(eq=False)
+    limit: int = 1
 
 
 @attrs.frozen
 class CancelTake:
-    """``ask`` it: True if the take was withdrawn before an event was put in it."""
+    """``ask`` it: True if the take was withdrawn before events were put in it."""
 
-    reply: pykka.Future[ManagedEvent] = attrs.field(eq=False)
+    reply: pykka.Future[list[ManagedEvent]] = attrs.field(eq=False)
 
 
 @attrs.frozen
@@ -170,6 +179,7 @@ class _Stream:
     last_slot: dict[str, int] = attrs.field(factory=dict)  # resume cursor per address
     seen: dict[Any, int] = attrs.field(factory=dict)  # delivered key -> slot
     max_slot: int = -1
+    pruned_below: int = -1
 
 
 class _FailureMarker:
@@ -216,7 +226,8 @@ class SessionSupervisor(pykka.ThreadingActor):
         self._scheduler = scheduler
         self._started: pykka.Future[SessionInfo] | None = started
         self._listener = listener
-        self._window = max(1, max_queue // LINKS_PER_SESSION)
+        self._window = max(1, (max_queue - min(TAKE_BATCH, max_queue // 2))
+                           // LINKS_PER_SESSION)
         self._sslopt = sslopt
         self._log = SessionLogger("supervisor")
         self._info: SessionInfo | None = None
@@ -225,7 +236,7 @@ class SessionSupervisor(pykka.ThreadingActor):
         self._last_seq: int | None = None
         self._outbox: deque[tuple[str | None, ManagedEvent | _FailureMarker]] = deque()
         self._held: dict[str, int] = {}
-        self._takers: deque[pykka.Future[ManagedEvent]] = deque()
+        self._takers: deque[TakeEvents] = deque()
         self._continue_state = "idle"  # idle | pending | handed | outstanding
         self._continue: SendContinue | None = None
         self._completed: Completed | None = None
@@ -246,8 +257,8 @@ class SessionSupervisor(pykka.ThreadingActor):
             self._on_stream_items(message)
         elif isinstance(message, ControlEvents):
             self._on_control_events(message)
-        elif isinstance(message, TakeEvent):
-            self._on_take(message.reply)
+        elif isinstance(message, TakeEvents):
+            self._on_take(message)
         elif isinstance(message, CancelTake):
             return self._on_cancel_take(message.reply)
         elif isinstance(message, SendContinue):
@@ -296,7 +307,7 @@ class SessionSupervisor(pykka.ThreadingActor):
                 child.timer.cancel()
         closed = ManagedSessionError("closed", "session shut down")
         for taker in self._takers:
-            _fail_exception(taker, closed)
+            _fail_exception(taker.reply, closed)
         self._takers.clear()
 
     # --- children ------
@@ -474,10 +485,11 @@ class SessionSupervisor(pykka.ThreadingActor):
                 stream.max_slot = event.slot
             self._deliver(message.name, event)
         self._stats["duplicates_dropped"] += dropped
-        if len(stream.seen) > 4 * self._window + 10_000:
-            # A replay can reach back at most the server's buffer: older keys never return.
-            horizon = stream.max_slot - PUBSUB_BUFFER_SLOTS - 1
+        horizon = stream.max_slot - PUBSUB_BUFFER_SLOTS - 1
+        if horizon >= stream.pruned_below + PRUNE_EVERY_SLOTS:
+            # A replay reaches back at most the server's buffer: older keys never return.
             stream.seen = {k: s for k, s in stream.seen.items() if s >= horizon}
+            stream.pruned_below = horizon
         if message.generation == self._child(message.name).generation:
             self._give_back(message.name, dropped)
 
@@ -587,9 +599,7 @@ class SessionSupervisor(pykka.ThreadingActor):
                     self._listener.tell(event)
             except pykka.ActorDeadError:
                 self._log.warning("listener is gone; event dropped")
-            self._stats["events_delivered"] += 1
-            if source is not None:
-                self._give_back(source, 1)
+            self._delivered(source, 1)
             return
         if self._takers and not self._outbox:
             self._hand(self._takers.popleft(), source, event)
@@ -599,35 +609,52 @@ class SessionSupervisor(pykka.ThreadingActor):
             self._held[source] = self._held.get(source, 0) + 1
         self._stats["peak_held"] = max(self._stats["peak_held"], len(self._outbox))
 
-    def _hand(self, reply: pykka.Future[ManagedEvent], source: str | None,
+    def _hand(self, taker: TakeEvents, source: str | None,
               event: ManagedEvent | _FailureMarker) -> None:
         if isinstance(event, _FailureMarker):
             self._outbox.appendleft((source, event))  # every later take fails the same way
-            _fail_exception(reply, event.error)
+            _fail_exception(taker.reply, event.error)
             return
-        reply.set(event)
-        self._stats["events_delivered"] += 1
-        if source is not None:
-            self._give_back(source, 1)
+        taker.reply.set([event])
+        self._delivered(source, 1)
 
-    def _on_take(self, reply: pykka.Future[ManagedEvent]) -> None:
+    def _delivered(self, source: str | None, count: int) -> None:
+        self._stats["events_delivered"] += count
+        if source is not None:
+            self._give_back(source, count)
+
+    def _on_take(self, taker: TakeEvents) -> None:
         if not self._outbox:
             if self._shutdown is not None:
-                _fail_exception(reply, ManagedSessionError("closed", "session shut down"))
+                _fail_exception(taker.reply, ManagedSessionError("closed", "session shut down"))
             else:
-                self._takers.append(reply)
+                self._takers.append(taker)
             return
-        source, event = self._outbox.popleft()
-        if source is not None:
-            self._held[source] -= 1
-        self._hand(reply, source, event)
+        if isinstance(self._outbox[0][1], _FailureMarker):
+            _fail_exception(taker.reply, self._outbox[0][1].error)
+            return
+        batch: list[ManagedEvent] = []
+        returned: dict[str, int] = {}
+        while self._outbox and len(batch) < taker.limit:
+            source, event = self._outbox[0]
+            if isinstance(event, _FailureMarker):
+                break  # the next take gets the error, after these events
+            self._outbox.popleft()
+            batch.append(event)
+            if source is not None:
+                self._held[source] -= 1
+                returned[source] = returned.get(source, 0) + 1
+        taker.reply.set(batch)
+        self._stats["events_delivered"] += len(batch)
+        for source, count in returned.items():
+            self._give_back(source, count)
 
-    def _on_cancel_take(self, reply: pykka.Future[ManagedEvent]) -> bool:
-        try:
-            self._takers.remove(reply)
-            return True
-        except ValueError:
-            return False
+    def _on_cancel_take(self, reply: pykka.Future[list[ManagedEvent]]) -> bool:
+        for taker in self._takers:
+            if taker.reply is reply:
+                self._takers.remove(taker)
+                return True
+        return False
 
     def _give_back(self, name: str, credits: int) -> None:
         """Return flow-control credits in batches: one tell per window/8 events."""
@@ -669,7 +696,7 @@ class SessionSupervisor(pykka.ThreadingActor):
             self._timing.graceful_close, self.actor_ref, ShutdownDeadline())
         closed = ManagedSessionError("closed", "session shut down")
         while self._takers:
-            _fail_exception(self._takers.popleft(), closed)
+            _fail_exception(self._takers.popleft().reply, closed)
         if self._started is not None:
             _fail_exception(self._started, ManagedSessionError("cancelled", "shut down"))
             self._started = None

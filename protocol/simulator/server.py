@@ -10,6 +10,7 @@ other threads except through :meth:`SimulatorServer.call_soon` / ``call``.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 import threading
@@ -129,6 +130,7 @@ class SessionState:
     subscribers: set[Peer] = attrs.field(factory=set)
     expiry: asyncio.TimerHandle | None = None
     next_sub_id: int = 1
+    notifications_sent: int = 0
 
 
 @attrs.frozen
@@ -139,6 +141,7 @@ class SessionStats:
     completed: bool
     owner_connected: bool
     subscribers: int
+    notifications_sent: int
 
 
 class SimulatorServer:
@@ -160,6 +163,7 @@ class SimulatorServer:
         self._servers: list[Server] = []
         self._listening: Server | None = None
         self._reopen: asyncio.TimerHandle | None = None
+        self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever,
@@ -217,6 +221,7 @@ class SimulatorServer:
             self._reopen = self._loop.call_later(seconds, lambda: self._spawn(self._listen()))
 
     async def _shutdown(self) -> None:
+        self._stopping.set()
         if self._reopen is not None:
             self._reopen.cancel()
         for state in self.sessions.values():
@@ -243,7 +248,8 @@ class SimulatorServer:
         state = self.sessions.get(session_id) or self.retired[session_id]
         s = state.session
         return SessionStats(session_id, s.continues_received, s.blocks_executed, s.completed,
-                            state.owner is not None, len(state.subscribers))
+                            state.owner is not None, len(state.subscribers),
+                            state.notifications_sent)
 
     # --- faults -------------------------------------------------------------------
 
@@ -277,7 +283,10 @@ class SimulatorServer:
                     self.handshake_delays.remove(fault)
                 self.fault_counts.delay_handshake += 1
                 log.info("delaying %s handshake answer by %.3fs", role, fault.value)
-                await asyncio.sleep(fault.value)
+                try:  # a stopping server does not wait out an injected delay
+                    await asyncio.wait_for(self._stopping.wait(), fault.value)
+                except TimeoutError:
+                    pass
                 return
 
     # --- HTTP upgrade -------------------------------------------------------------
@@ -285,6 +294,8 @@ class SimulatorServer:
     def _process_request(self, connection: ServerConnection, request: Request
                          ) -> Response | None:
         path = request.path.split("?", 1)[0]
+        if "websocket" not in request.headers.get("Upgrade", "").lower():
+            return self._http(connection, path)
         role = "control" if path == CONTROL_PATH else "pubsub"
         self.upgrade_requests[role] += 1
         for fault in self.http_faults:
@@ -303,6 +314,22 @@ class SimulatorServer:
                 path[len(SESSION_PATH_PREFIX):] not in self.sessions):
             return connection.respond(404, "no such session\n")
         return None
+
+    def _http(self, connection: ServerConnection, path: str) -> Response:
+        """Plain HTTP: ``/health``, ``/available-ranges`` and (local only) ``/stats``."""
+        if path == "/health":
+            return connection.respond(200, "ok")
+        if path == "/available-ranges":
+            first, last = self.chain.available_range()
+            body: Any = [{"bundleStartSlot": first, "maxBundleEndSlot": last}]
+        elif path == "/stats":
+            body = {sid: attrs.asdict(self.session_stats(sid))
+                    for sid in [*self.sessions, *self.retired]}
+        else:
+            return connection.respond(404, "not found\n")
+        response = connection.respond(200, json.dumps(body))
+        response.headers["Content-Type"] = "application/json"
+        return response
 
     async def _handle(self, ws: ServerConnection) -> None:
         path = ws.request.path.split("?", 1)[0] if ws.request else ""
@@ -462,8 +489,10 @@ class SimulatorServer:
                     batch.append(notification_frame(method, result_json, sub_id))
                     if len(batch) >= PUBLISH_BATCH:
                         await peer.send_batch(batch)
+                        state.notifications_sent += len(batch)
                         batch = []
             await peer.send_batch(batch)
+            state.notifications_sent += len(batch)
 
     # --- PubSub -------------------------------------------------------------------
 
