@@ -4,6 +4,8 @@ Plain code uses :class:`ManagedBacktestSession`; application actors pass
 ``listener=their_ref`` and drive the supervisor with the messages below.
 """
 
+import logging
+
 from .events import (
     AccountDiff,
     Closed,
@@ -26,6 +28,9 @@ from .events import (
 )
 from .session import ManagedBacktestSession
 from .supervisor import GetStats, GetStatus, SendContinue, SessionSupervisor, SubscribeStream
+
+# A library logs; the application decides where records go (and at what level).
+logging.getLogger("backtest_actors").addHandler(logging.NullHandler())
 
 __all__ = [
     "AccountDiff", "Closed", "Completed", "Connecting", "ConnectionChanged", "ConnectionStatus",

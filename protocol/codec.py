@@ -330,6 +330,28 @@ def decode_response(frame: str | bytes) -> tuple[int | None, Response]:
     return seq_id, msg
 
 
+def encode_record(obj: Any, **extra: Any) -> str:
+    """Any attrs value object as one JSON line, tagged with its type (event logs).
+
+    Nested attrs values are tagged too, so a status inside an event stays
+    readable: ``{"type": "ConnectionChanged", "status": {"type": "Up"}}``.
+    """
+    return _dumps({**extra, **_tagged(obj)})
+
+
+def _tagged(obj: Any) -> Any:
+    if attrs.has(type(obj)):
+        out = {"type": type(obj).__name__}
+        for field in attrs.fields(type(obj)):
+            out[field.name] = _tagged(getattr(obj, field.name))
+        return out
+    if isinstance(obj, tuple | list):
+        return [_tagged(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _tagged(v) for k, v in obj.items()}
+    return converter.unstructure(obj)
+
+
 # --- PubSub ------------------------------------------------------------------------
 
 _SUBSCRIBE_METHOD = {kind: method for method, kind in SUBSCRIBE_METHODS.items()}

@@ -200,7 +200,9 @@ class SimulatorServer:
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout)
 
     async def _listen(self) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted sockets only
+        # when it is given; without it Nagle + delayed ACK added 40 ms to small answers.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.port))
         self.port = sock.getsockname()[1]

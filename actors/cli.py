@@ -1,0 +1,415 @@
+"""``backtest-actors``: run a backtest (``run``) or the local simulator (``simulator``).
+
+Without ``--url`` the run goes against an embedded :class:`LocalSimulator`, so a
+newcomer needs no key and no network. Progress goes to stderr: a live line on
+a terminal (rich), plain periodic lines otherwise; the summary table goes to
+stdout. Exit codes: 0 completed, 1 the session failed, 2 bad arguments
+(nothing is sent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+import sys
+import time
+from collections.abc import Sequence
+from typing import IO, Any, NoReturn
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from protocol import ContinueParams, CreateSession, ReconnectPolicy, Timing, backtest_ws_url
+from protocol.codec import encode_record
+from protocol.pubsub import PUBSUB_BUFFER_SLOTS
+from protocol.simulator import DEFAULT_API_KEY, LocalSimulator
+
+from .events import (
+    AccountDiff,
+    Completed,
+    ConnectionChanged,
+    Error,
+    ManagedEvent,
+    ManagedSessionError,
+    ReadyForContinue,
+    Reconnecting,
+    Slot,
+    Status,
+    Transaction,
+)
+from .session import ManagedBacktestSession
+
+API_KEY_ENV = "BACKTEST_API_KEY"
+DEFAULT_SLOT_COUNT = 300
+DUPLICATE_HORIZON = 2 * PUBSUB_BUFFER_SLOTS
+PLAIN_PROGRESS_EVERY = 2.0  # seconds between progress lines when stderr is not a terminal
+# The embedded simulator is on this machine: a dead peer is found in seconds,
+# not the 45 s the defaults allow a real network.
+EMBEDDED_TIMING = Timing(connect=5, handshake=10, keepalive_interval=0.25,
+                         keepalive_deadline=1.0, graceful_close=2)
+EMBEDDED_POLICY = ReconnectPolicy(initial=0.05, max_delay=1.0, max_attempts=10,
+                                  uptime_reset=5.0)
+
+
+class UsageError(Exception):
+    """A bad argument: exit 2 with one line, nothing sent."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def _slot(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a slot number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a slot number >= 0, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="backtest-actors",
+                     description="Managed backtest sessions on a Solana simulator.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = sub.add_parser("run", help="run a backtest (embedded local simulator by default)")
+    run.add_argument("--url", help="simulator host or ws(s):// URL; default: embedded local")
+    run.add_argument("--api-key", help=f"API key (or ${API_KEY_ENV}); never printed")
+    run.add_argument("--start-slot", type=_slot, help="first slot (default: start of range)")
+    span = run.add_mutually_exclusive_group()
+    span.add_argument("--slot-count", type=_positive,
+                      help=f"slots to replay (default {DEFAULT_SLOT_COUNT})")
+    span.add_argument("--end-slot", type=_slot, help="last slot, inclusive")
+    run.add_argument("--advance", type=_positive, default=1, help="slots per continue")
+    run.add_argument("--transactions", action="append", default=[], metavar="ADDR",
+                     help="subscribe to transactions mentioning ADDR (repeatable)")
+    run.add_argument("--account-diffs", action="append", default=[], metavar="ADDR",
+                     help="subscribe to account diffs of ADDR (repeatable)")
+    run.add_argument("--out", metavar="FILE", help="write every event as a JSON line")
+    run.add_argument("--chaos", action="store_true",
+                     help="embedded mode: drop and silence connections during the run")
+    run.add_argument("--seed", type=int, default=0, help="embedded chain and chaos seed")
+    run.add_argument("-v", "--verbose", action="store_true", help="log reconnects to stderr")
+    sim = sub.add_parser("simulator", help="run the local simulator standalone")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8900)
+    sim.add_argument("--api-key", default=DEFAULT_API_KEY)
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--slots", type=int, default=2000)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(args_list)
+        if args.command == "simulator":
+            from protocol.simulator.__main__ import main as simulator_main
+
+            return simulator_main(args_list[1:])
+        plan = _Plan.from_args(args)
+    except UsageError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return 2
+    return plan.execute()
+
+
+class _Plan:
+    """A validated run: everything checked before a connection is made."""
+
+    def __init__(self, args: argparse.Namespace, api_key: str) -> None:
+        self.args = args
+        self.api_key = api_key
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> _Plan:
+        if args.url is None:
+            if args.api_key:
+                raise UsageError("backtest-actors run: --api-key needs --url")
+            return cls(args, DEFAULT_API_KEY)
+        if args.chaos:
+            raise UsageError("backtest-actors run: --chaos works only with the embedded "
+                             "simulator (no --url)")
+        try:
+            backtest_ws_url(args.url)
+        except ValueError as exc:
+            raise UsageError(f"backtest-actors run: --url: {exc}") from None
+        key = args.api_key or os.environ.get(API_KEY_ENV, "")
+        if not key:
+            raise UsageError(f"backtest-actors run: --url needs --api-key or ${API_KEY_ENV}")
+        if args.start_slot is None:
+            raise UsageError("backtest-actors run: --url needs --start-slot")
+        return cls(args, key)
+
+    def execute(self) -> int:
+        args = self.args
+        console = Console(stderr=True)
+        if args.verbose:
+            logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                                format="%(asctime)s %(name)s %(message)s")
+        simulator: LocalSimulator | None = None
+        try:
+            if args.url is None:
+                simulator = LocalSimulator(seed=args.seed).start()
+                url, timing, policy = simulator.url, EMBEDDED_TIMING, EMBEDDED_POLICY
+                first, last = simulator.available_range()
+                start = first if args.start_slot is None else args.start_slot
+            else:
+                url, timing, policy = args.url, Timing(), ReconnectPolicy()
+                start, last = args.start_slot, None
+            end = self._end(start, last)
+            create = CreateSession(start, end)
+            tx_addrs, diff_addrs = args.transactions, args.account_diffs
+            if simulator is not None and not tx_addrs and not diff_addrs:
+                tx_addrs, diff_addrs = list(simulator.addresses[:2]), list(
+                    simulator.addresses[2:4])
+        except (UsageError, ValueError) as exc:
+            if simulator is not None:
+                simulator.close()
+            sys.stderr.write(f"backtest-actors run: {exc}\n".replace("run: backtest-actors "
+                                                                     "run: ", "run: "))
+            return 2
+        out: IO[str] | None = None
+        try:
+            out = open(args.out, "w", encoding="utf-8") if args.out else None  # noqa: SIM115
+            return _Run(console, url, self.api_key, create, timing, policy, tx_addrs,
+                        diff_addrs, args.advance, out, simulator if args.chaos else None,
+                        args.seed).run()
+        except OSError as exc:
+            sys.stderr.write(f"backtest-actors run: --out: {exc}\n")
+            return 2
+        finally:
+            if out is not None:
+                out.close()
+            if simulator is not None:
+                simulator.close()
+
+    def _end(self, start: int, last: int | None) -> int:
+        args = self.args
+        if args.end_slot is not None:
+            end: int = args.end_slot
+        else:
+            end = start + (args.slot_count or DEFAULT_SLOT_COUNT) - 1
+            if last is not None and args.slot_count is None:
+                end = min(end, last)
+        if end < start:
+            raise UsageError(f"--end-slot {end} is before the start slot {start}")
+        if last is not None and end > last:
+            raise UsageError(f"the embedded simulator holds slots up to {last}; "
+                             f"{end} is beyond it")
+        return end
+
+
+class _Run:
+    """One session, driven to completion, with progress and a summary."""
+
+    def __init__(self, console: Console, url: str, api_key: str, create: CreateSession,
+                 timing: Timing, policy: ReconnectPolicy, tx_addrs: list[str],
+                 diff_addrs: list[str], advance: int, out: IO[str] | None,
+                 chaos: LocalSimulator | None, seed: int) -> None:
+        self.console = console
+        self.url, self.api_key, self.create = url, api_key, create
+        self.timing, self.policy = timing, policy
+        self.tx_addrs, self.diff_addrs = tx_addrs, diff_addrs
+        self.advance, self.out, self.chaos, self.seed = advance, out, chaos, seed
+        self.total = create.end_slot - create.start_slot + 1
+        self.counts = {"events": 0, "slots": 0, "transactions": 0, "account_diffs": 0,
+                       "errors": 0, "reconnects": 0, "duplicates_delivered": 0}
+        # Items seen per slot, kept for the last DUPLICATE_HORIZON slots: a replayed
+        # duplicate can only come from within the server's replay buffer.
+        self.seen: dict[int, set[Any]] = {}
+        self.stage = "connecting"
+        self.last_slot: int | None = None
+        self.summary: dict[str, Any] | None = None
+
+    def run(self) -> int:
+        started = time.monotonic()
+        try:
+            session = ManagedBacktestSession.start(self.url, self.api_key, self.create,
+                                                   timing=self.timing, policy=self.policy)
+        except ManagedSessionError as exc:
+            self.console.print(f"[red]session not created:[/] {exc}", highlight=False)
+            return 1
+        failure: ManagedSessionError | None = None
+        try:
+            if self.tx_addrs:
+                session.subscribe_transactions(self.tx_addrs)
+            if self.diff_addrs:
+                session.subscribe_account_diffs(self.diff_addrs)
+            if self.chaos is not None:
+                self._schedule_chaos(session.session_info.session_id)
+            with self._progress(session.session_info.session_id) as update:
+                while True:
+                    event = session.next_event()
+                    self._count(event)
+                    update()
+                    if isinstance(event, ReadyForContinue):
+                        session.send_continue(ContinueParams(advance_count=self.advance))
+                    elif isinstance(event, Completed):
+                        self.summary = event.summary
+                        break
+        except ManagedSessionError as exc:
+            failure = exc
+        stats = session.stats()
+        session.shutdown()
+        self._print_summary(session.session_info.session_id, stats, time.monotonic() - started,
+                            failure)
+        return 1 if failure else 0
+
+    def _count(self, event: ManagedEvent) -> None:
+        self.counts["events"] += 1
+        if self.out is not None:
+            self.out.write(encode_record(event) + "\n")
+            self.out.flush()  # a crash keeps everything received so far
+        if isinstance(event, Slot):
+            self.counts["slots"] += 1
+            self._check_duplicate(event.slot, ("slot", event.slot))
+            self.last_slot = event.slot
+        elif isinstance(event, Transaction):
+            self.counts["transactions"] += 1
+            self._check_duplicate(event.slot, event.signature)
+        elif isinstance(event, AccountDiff):
+            self.counts["account_diffs"] += 1
+            self._check_duplicate(event.slot, event.key)
+        elif isinstance(event, Status):
+            self.stage = event.stage
+        elif isinstance(event, Error):
+            self.counts["errors"] += 1
+        elif isinstance(event, ConnectionChanged) and isinstance(event.status, Reconnecting):
+            self.counts["reconnects"] += 1
+
+    def _check_duplicate(self, slot: int, key: Any) -> None:
+        keys = self.seen.setdefault(slot, set())
+        if key in keys:
+            self.counts["duplicates_delivered"] += 1
+        keys.add(key)
+        if len(self.seen) > DUPLICATE_HORIZON:
+            for old in sorted(self.seen)[:-DUPLICATE_HORIZON]:
+                del self.seen[old]
+
+    def _done(self) -> int:
+        if self.last_slot is None:
+            return 0
+        return self.last_slot - self.create.start_slot + 1
+
+    def _progress(self, session_id: str) -> Any:
+        return (_LiveProgress(self, session_id) if self.console.is_terminal
+                else _PlainProgress(self, session_id))
+
+    def _schedule_chaos(self, session_id: str) -> None:
+        """Drops and blackholes at random slots on every connection (seeded)."""
+        sim = self.chaos
+        assert sim is not None
+        rng = random.Random(self.seed)
+        slots = sim.expected(self.create.start_slot, self.create.end_slot).slots[3:-3]
+        targets = ["control"] + (["transactions"] if self.tx_addrs else []) + (
+            ["account_diffs"] if self.diff_addrs else [])
+        for target in targets:
+            for slot in rng.sample(slots, min(3, len(slots))):
+                sim.faults.drop(target, at_slot=slot, session_id=session_id)  # type: ignore[arg-type]
+            sim.faults.blackhole(target, at_slot=rng.choice(slots),  # type: ignore[arg-type]
+                                 session_id=session_id)
+
+    def _print_summary(self, session_id: str, stats: dict[str, Any], wall: float,
+                       failure: ManagedSessionError | None) -> None:
+        table = Table(title=f"backtest {session_id}", show_header=True)
+        table.add_column("what")
+        table.add_column("value", justify="right")
+        table.add_row("result", "completed" if failure is None else f"failed: {failure}")
+        table.add_row("slots", f"{self.counts['slots']} ({self._done()}/{self.total} range)")
+        table.add_row("transactions", str(self.counts["transactions"]))
+        table.add_row("account diffs", str(self.counts["account_diffs"]))
+        table.add_row("events", str(self.counts["events"]))
+        for name, count in sorted(stats.get("reconnects", {}).items()):
+            table.add_row(f"reconnects: {name}", str(count))
+        table.add_row("duplicates dropped", str(stats.get("duplicates_dropped", 0)))
+        table.add_row("duplicates delivered", str(self.counts["duplicates_delivered"]))
+        table.add_row("malformed frames", str(stats.get("malformed_frames", 0)))
+        table.add_row("wall time", f"{wall:.2f} s")
+        for key, value in sorted((self.summary or {}).items()):
+            table.add_row(f"server: {key}", str(value))
+        Console(soft_wrap=True).print(table)
+
+
+class _LiveProgress:
+    """A rich progress line on a terminal."""
+
+    def __init__(self, run: _Run, session_id: str) -> None:
+        self.run = run
+        self.progress = Progress(
+            TextColumn("[bold]{task.fields[sid]}"), BarColumn(),
+            TextColumn("{task.completed}/{task.total} slots {task.percentage:>5.1f}%"),
+            TextColumn("{task.fields[rate]:.1f} slots/s"), TimeRemainingColumn(),
+            TextColumn("{task.fields[stage]} · {task.fields[events]} events · "
+                       "{task.fields[reconnects]} reconnects"),
+            console=run.console, transient=False)
+        self.task = self.progress.add_task("run", total=run.total, sid=f"…{session_id[-8:]}",
+                                           rate=0.0, stage="starting", events=0, reconnects=0)
+        self.started = time.monotonic()
+
+    def __enter__(self) -> Any:
+        self.progress.start()
+        return self.update
+
+    def __exit__(self, *exc: object) -> None:
+        self.update()
+        self.progress.stop()
+
+    def update(self) -> None:
+        run = self.run
+        done = run._done()
+        elapsed = max(1e-6, time.monotonic() - self.started)
+        stage = run.stage if run.last_slot is None else f"slot {run.last_slot}"
+        self.progress.update(self.task, completed=done, rate=done / elapsed, stage=stage,
+                             events=run.counts["events"], reconnects=run.counts["reconnects"])
+
+
+class _PlainProgress:
+    """Periodic plain lines (no carriage returns) when stderr is a pipe or a file."""
+
+    def __init__(self, run: _Run, session_id: str) -> None:
+        self.run = run
+        self.session_tail = session_id[-8:]
+        self.started = self.last = time.monotonic()
+
+    def __enter__(self) -> Any:
+        return self.update
+
+    def __exit__(self, *exc: object) -> None:
+        self._line()
+
+    def update(self) -> None:
+        if time.monotonic() - self.last >= PLAIN_PROGRESS_EVERY:
+            self._line()
+
+    def _line(self) -> None:
+        run = self.run
+        self.last = now = time.monotonic()
+        done = run._done()
+        rate = done / max(1e-6, now - self.started)
+        eta = (run.total - done) / rate if rate > 0 else float("nan")
+        stage = run.stage if run.last_slot is None else f"slot {run.last_slot}"
+        sys.stderr.write(
+            f"progress …{self.session_tail}: {done}/{run.total} slots "
+            f"({100 * done / run.total:.1f}%), {rate:.1f} slots/s, ETA {eta:.0f}s, {stage}, "
+            f"{run.counts['events']} events, {run.counts['reconnects']} reconnects\n")
+        sys.stderr.flush()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
