@@ -28,6 +28,7 @@ import pykka
 from protocol import Timing
 
 from .connection import (
+    DEFAULT_MAX_FRAME_SIZE,
     ConnectFailed,
     Connection,
     Disconnected,
@@ -118,7 +119,8 @@ class LinkActor(pykka.ThreadingActor):
     def __init__(self, *, name: str, supervisor: pykka.ActorRef[Any], generation: int,
                  url: str, timing: Timing, scheduler: Scheduler, window: int,
                  session_id: str, headers: dict[str, str] | None = None,
-                 sslopt: dict[str, Any] | None = None) -> None:
+                 sslopt: dict[str, Any] | None = None,
+                 max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         super().__init__()
         self.name = name
         self._supervisor = supervisor
@@ -129,6 +131,7 @@ class LinkActor(pykka.ThreadingActor):
         self._window = window
         self._headers = headers
         self._sslopt = sslopt
+        self._max_frame_size = max_frame_size
         self._log = SessionLogger(name, session_id)
         self._phase: Phase = "connecting"
         self._handshake_step = 0
@@ -160,7 +163,7 @@ class LinkActor(pykka.ThreadingActor):
         self._conn = Connection(
             self._url, owner=self.actor_ref, decode=self.decode, window=self._window,
             connect_timeout=self._timing.connect, headers=self._headers, name=self.name,
-            sslopt=self._sslopt)
+            sslopt=self._sslopt, max_frame_size=self._max_frame_size)
         self._conn.start()
 
     def on_receive(self, message: Any) -> Any:
@@ -176,7 +179,7 @@ class LinkActor(pykka.ThreadingActor):
             self.on_opened()
         elif isinstance(message, ConnectFailed):
             self.lost(f"connect failed: {message.reason}",
-                      terminal=message.status in TERMINAL_HTTP_STATUSES)
+                      terminal=message.terminal or message.status in TERMINAL_HTTP_STATUSES)
         elif isinstance(message, Disconnected):
             self.on_disconnected(message.reason)
         elif isinstance(message, ReaderPaused):

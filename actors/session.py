@@ -18,6 +18,7 @@ import pykka
 from protocol import ContinueParams, CreateSession, ReconnectPolicy, Timing, backtest_ws_url
 from protocol.pubsub import StreamKind
 
+from .connection import DEFAULT_MAX_FRAME_SIZE
 from .events import ConnectionStatus, ManagedEvent, ManagedSessionError, SessionInfo
 from .supervisor import (
     DEFAULT_MAX_QUEUE,
@@ -71,19 +72,25 @@ class ManagedBacktestSession:
               policy: ReconnectPolicy | None = None, timing: Timing | None = None,
               listener: pykka.ActorRef[Any] | None = None,
               max_queue: int = DEFAULT_MAX_QUEUE,
-              sslopt: dict[str, Any] | None = None) -> ManagedBacktestSession:
+              sslopt: dict[str, Any] | None = None,
+              max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> ManagedBacktestSession:
         """Connect, create the session, return once its identity is known.
 
         Raises ``ManagedSessionError(kind="create")`` when the session cannot be
         created; bad arguments raise ``ValueError``/``TypeError`` before any
         connection is made. ``sslopt`` goes to websocket-client for ``wss://``
         (e.g. ``{"ca_certs": path}``); certificates are verified by default.
+        A frame larger than ``max_frame_size`` bytes is refused by its header and
+        the connection is restarted (the frame never enters memory).
         """
         control_url = backtest_ws_url(url)
         if not isinstance(api_key, str) or not api_key:
             raise ValueError("api_key: expected a non-empty string")
         if not isinstance(create, CreateSession):
             raise TypeError(f"create: expected CreateSession, got {type(create).__name__}")
+        if type(max_frame_size) is not int or max_frame_size < 1024:
+            raise ValueError(f"max_frame_size: expected an integer >= 1024, got "
+                             f"{max_frame_size!r}")
         if type(max_queue) is not int or max_queue < LINKS_PER_SESSION:
             raise ValueError(f"max_queue: expected an integer >= {LINKS_PER_SESSION}, "
                              f"got {max_queue!r}")
@@ -93,7 +100,7 @@ class ManagedBacktestSession:
         supervisor = SessionSupervisor.start(
             url=control_url, api_key=api_key, create=create, policy=policy or ReconnectPolicy(),
             timing=timing, scheduler=scheduler, started=started, listener=listener,
-            max_queue=max_queue, sslopt=sslopt)
+            max_queue=max_queue, sslopt=sslopt, max_frame_size=max_frame_size)
         session = cls(supervisor, scheduler, SessionInfo("", ""), timing)
         try:
             session._info = started.get()

@@ -131,10 +131,15 @@ class SubscriptionActor(LinkActor):
                 consumed += 1
                 self._acked(item)
             elif isinstance(item, JsonRpcError):
-                self._flush(out, malformed, consumed + 1)
-                address = self._by_request.get(item.id or -1, "?")
-                self.lost(f"subscribe for {address} rejected: {item.message}", terminal=True)
-                return
+                address = self._by_request.get(item.id if item.id is not None else -1)
+                if address is not None and address not in self._by_subscription.values():
+                    self._flush(out, malformed, consumed + 1)
+                    self.lost(f"subscribe for {address} rejected: {item.message}",
+                              terminal=True)
+                    return
+                # Not an answer to a pending subscribe: noted, never fatal.
+                malformed.append(ValueError(f"unsolicited JSON-RPC error {item.code}: "
+                                            f"{item.message[:80]}"))
             else:
                 consumed += 1  # unsubscribe acks, unknown methods: nothing to deliver
         self._flush(out, malformed, consumed)

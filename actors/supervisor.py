@@ -38,6 +38,7 @@ from protocol import Status as WireStatus
 from protocol.messages import Response
 from protocol.pubsub import PUBSUB_BUFFER_SLOTS, StreamKind
 
+from .connection import DEFAULT_MAX_FRAME_SIZE
 from .control import (
     CONTROL,
     ContinueNotWritten,
@@ -216,7 +217,8 @@ class SessionSupervisor(pykka.ThreadingActor):
     def __init__(self, *, url: str, api_key: str, create: CreateSession,
                  policy: ReconnectPolicy, timing: Timing, scheduler: Scheduler,
                  started: pykka.Future[SessionInfo], listener: pykka.ActorRef[Any] | None,
-                 max_queue: int, sslopt: dict[str, Any] | None = None) -> None:
+                 max_queue: int, sslopt: dict[str, Any] | None = None,
+                 max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         super().__init__()
         self._url = url
         self._api_key = api_key
@@ -229,6 +231,7 @@ class SessionSupervisor(pykka.ThreadingActor):
         self._window = max(1, (max_queue - min(TAKE_BATCH, max_queue // 2))
                            // LINKS_PER_SESSION)
         self._sslopt = sslopt
+        self._max_frame_size = max_frame_size
         self._log = SessionLogger("supervisor")
         self._info: SessionInfo | None = None
         self._children: dict[str, _Child] = {CONTROL: _Child(CONTROL)}
@@ -328,6 +331,7 @@ class SessionSupervisor(pykka.ThreadingActor):
             # Events of this stream still in the outbox count against the new window.
             "window": max(1, self._window - self._held.get(name, 0)),
             "session_id": self._log.session_id, "sslopt": self._sslopt,
+            "max_frame_size": self._max_frame_size,
         }
         if name == CONTROL:
             attach = None if self._info is None else Attach(self._info.session_id,

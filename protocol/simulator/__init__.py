@@ -7,12 +7,13 @@ real sockets.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterable
 from types import TracebackType
 
 from .chain import Chain, Expected
 from .faults import Faults
-from .server import SessionStats, SimulatorServer
+from .server import ServerLimits, SessionStats, SimulatorServer
 
 DEFAULT_API_KEY = "local-dev-key"
 
@@ -24,9 +25,15 @@ class LocalSimulator:
     """
 
     def __init__(self, api_key: str = DEFAULT_API_KEY, seed: int = 0, slots: int = 2000,
-                 host: str = "127.0.0.1", port: int = 0, *, txs_per_slot: int = 4) -> None:
+                 host: str = "127.0.0.1", port: int = 0, *, txs_per_slot: int = 4,
+                 limits: ServerLimits | None = None, extra_api_keys: tuple[str, ...] = (),
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        """``extra_api_keys`` are accepted too (each owns the sessions it creates);
+        ``ssl_context`` serves ``wss://``."""
         self.chain = Chain(seed, slots, txs_per_slot=txs_per_slot)
-        self._server = SimulatorServer(self.chain, api_key, host, port)
+        self._server = SimulatorServer(self.chain, api_key, host, port, limits=limits,
+                                       extra_api_keys=extra_api_keys, ssl_context=ssl_context)
+        self._scheme = "ws" if ssl_context is None else "wss"
         self.faults = Faults(self._server)
         self.host = host
         self._started = False
@@ -56,7 +63,7 @@ class LocalSimulator:
 
     @property
     def url(self) -> str:
-        return f"ws://{self.host}:{self.port}/backtest"
+        return f"{self._scheme}://{self.host}:{self.port}/backtest"
 
     @property
     def addresses(self) -> tuple[str, ...]:
@@ -83,7 +90,10 @@ class LocalSimulator:
         return dict(self._server.call(lambda: dict(self._server.upgrade_requests)))
 
     def fault_counts(self) -> dict[str, int]:
-        return dict(self._server.call(lambda: self._server.fault_counts.as_dict()))
+        """Faults applied, by kind, plus connections refused by the per-client limit."""
+        return dict(self._server.call(lambda: {
+            **self._server.fault_counts.as_dict(), **self._server.fault_counts_limits}))
 
 
-__all__ = ["DEFAULT_API_KEY", "Chain", "Expected", "Faults", "LocalSimulator", "SessionStats"]
+__all__ = ["DEFAULT_API_KEY", "Chain", "Expected", "Faults", "LocalSimulator", "ServerLimits",
+           "SessionStats"]

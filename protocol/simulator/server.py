@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import socket
+import ssl
 import threading
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator
@@ -56,6 +57,21 @@ from .engine import ExecutedSlot, Session, SlotStep, Step, error_frame
 from .faults import CountedFault, FaultCounters, SlotTrigger
 
 log = logging.getLogger("protocol.simulator")
+
+
+class _RedactApiKey(logging.Filter):
+    """websockets logs every request header at DEBUG; the API key must never be."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 2 and str(args[0]).lower() == "x-api-key":
+            record.args = (args[0], "[redacted]")
+        return True
+
+
+# The websockets connections of this server log here, redacted.
+wire_log = logging.getLogger("protocol.simulator.websockets")
+wire_log.addFilter(_RedactApiKey())
 T = TypeVar("T")
 
 CONTROL_PATH = "/backtest"
@@ -72,6 +88,7 @@ class Peer:
     session_id: str | None = None
     subs: dict[tuple[StreamKind, str], list[int]] = attrs.field(factory=dict)
     blackholed: bool = False
+    api_key: str = attrs.field(default="", repr=False)  # never logged
 
     @property
     def kinds(self) -> set[str]:
@@ -134,6 +151,20 @@ class SessionState:
 
 
 @attrs.frozen
+class ServerLimits:
+    """What the simulator accepts from a client: it is a server users will run."""
+
+    max_frame_size: int = 2**20  # bytes; a larger frame closes the connection (1009)
+    max_connections_per_client: int = 256  # live WebSocket connections per client address
+    handshake_timeout: float = 10.0  # TCP open but no complete upgrade: closed after this
+
+
+def _client_of(connection: ServerConnection) -> str:
+    address = connection.remote_address
+    return str(address[0]) if address else "?"
+
+
+@attrs.frozen
 class SessionStats:
     session_id: str
     continues_received: int
@@ -147,9 +178,15 @@ class SessionStats:
 class SimulatorServer:
     """Owns the event loop thread, the listening socket and every session."""
 
-    def __init__(self, chain: Chain, api_key: str, host: str, port: int) -> None:
+    def __init__(self, chain: Chain, api_key: str, host: str, port: int, *,
+                 limits: ServerLimits | None = None, extra_api_keys: tuple[str, ...] = (),
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.chain = chain
         self.api_key = api_key
+        self.api_keys = frozenset((api_key, *extra_api_keys))
+        self.limits = limits or ServerLimits()
+        self.ssl_context = ssl_context
+        self.connections_by_client: dict[str, int] = defaultdict(int)
         self.host = host
         self.port = port
         self.sessions: dict[str, SessionState] = {}
@@ -160,6 +197,7 @@ class SimulatorServer:
         self.http_faults: list[CountedFault] = []
         self.fault_counts = FaultCounters()
         self.upgrade_requests: dict[str, int] = defaultdict(int)
+        self.fault_counts_limits: dict[str, int] = defaultdict(int)
         self._servers: list[Server] = []
         self._listening: Server | None = None
         self._reopen: asyncio.TimerHandle | None = None
@@ -209,7 +247,10 @@ class SimulatorServer:
         server = await serve(
             self._handle, sock=sock, process_request=self._process_request,
             ping_interval=None,  # the client drives keepalive; a blackhole must stay silent
-            compression=None, close_timeout=1, open_timeout=10, server_header=None,
+            compression=None, close_timeout=1, server_header=None, ssl=self.ssl_context,
+            # A client that opens TCP and never finishes the upgrade is closed.
+            open_timeout=self.limits.handshake_timeout,
+            max_size=self.limits.max_frame_size, logger=wire_log,
         )
         self._servers.append(server)
         self._listening = server
@@ -300,6 +341,12 @@ class SimulatorServer:
             return self._http(connection, path)
         role = "control" if path == CONTROL_PATH else "pubsub"
         self.upgrade_requests[role] += 1
+        client = _client_of(connection)
+        if self.connections_by_client[client] >= self.limits.max_connections_per_client:
+            self.fault_counts_limits["connection_limit"] += 1
+            log.info("upgrade refused: %s has %d connections", client,
+                     self.connections_by_client[client])
+            return connection.respond(429, "too many connections from this client\n")
         for fault in self.http_faults:
             if _counted_matches(fault, role, None, None):
                 fault.count -= 1
@@ -308,7 +355,7 @@ class SimulatorServer:
                 self.fault_counts.http_status += 1
                 return connection.respond(int(fault.value), "injected fault\n")
         if role == "control":
-            if request.headers.get("X-API-Key") != self.api_key:
+            if request.headers.get("X-API-Key") not in self.api_keys:
                 log.info("control upgrade rejected: missing or wrong API key")
                 return connection.respond(401, "missing or invalid X-API-Key\n")
             return None
@@ -335,15 +382,21 @@ class SimulatorServer:
 
     async def _handle(self, ws: ServerConnection) -> None:
         path = ws.request.path.split("?", 1)[0] if ws.request else ""
-        if path == CONTROL_PATH:
-            await self._control(ws)
-        else:
-            await self._pubsub(ws, path[len(SESSION_PATH_PREFIX):])
+        client = _client_of(ws)
+        self.connections_by_client[client] += 1
+        try:
+            if path == CONTROL_PATH:
+                await self._control(ws)
+            else:
+                await self._pubsub(ws, path[len(SESSION_PATH_PREFIX):])
+        finally:
+            self.connections_by_client[client] -= 1
 
     # --- control channel ---------------------------------------------------------
 
     async def _control(self, ws: ServerConnection) -> None:
-        peer = Peer(ws, "control")
+        peer = Peer(ws, "control", api_key=ws.request.headers.get("X-API-Key", "")
+                    if ws.request else "")
         self.peers.add(peer)
         log.info("control connection from %s", ws.remote_address)
         state: SessionState | None = None
@@ -396,7 +449,7 @@ class SimulatorServer:
         return state
 
     async def _create(self, peer: Peer, request: CreateSession) -> SessionState | None:
-        session, error = Session.open(request, self.api_key, self.chain)
+        session, error = Session.open(request, peer.api_key, self.chain)
         if session is None:
             assert error is not None
             await peer.send(error_frame(None, error))
@@ -417,7 +470,7 @@ class SimulatorServer:
             await peer.send(error_frame(None, BacktestError(
                 "sessionNotFound", {"session_id": request.session_id})))
             return state
-        if target.session.api_key != self.api_key:
+        if target.session.api_key != peer.api_key:
             await peer.send(error_frame(None, BacktestError("sessionOwnerMismatch")))
             return state
         owner = target.owner

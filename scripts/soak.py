@@ -1,0 +1,237 @@
+"""Chaos soak: N managed sessions against one local simulator, under every fault kind.
+
+    python scripts/soak.py --sessions 20 --slots 300 --seed 7
+
+Each session replays its own range with both subscriptions while faults of
+every kind the simulator has are injected (seeded): abrupt drops and
+blackholes at random slots, malformed frames, refused connects, delayed
+handshakes and 503 answers to upgrades. Prints a markdown table and exits 1
+if anything was lost, duplicated, double-advanced or leaked (or a session
+failed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import psutil  # noqa: E402
+import pykka  # noqa: E402
+
+from actors import (  # noqa: E402
+    AccountDiff,
+    Completed,
+    ManagedBacktestSession,
+    ManagedEvent,
+    ManagedSessionError,
+    ReadyForContinue,
+    Slot,
+    Transaction,
+)
+from protocol import ContinueParams, CreateSession, ReconnectPolicy, Timing  # noqa: E402
+from protocol.simulator import DEFAULT_API_KEY, LocalSimulator  # noqa: E402
+
+TIMING = Timing(connect=2, handshake=3, keepalive_interval=0.1, keepalive_deadline=0.6,
+                graceful_close=2)
+MALFORMED = ['{"method":"slotNotification"', "[]", b"\xff\xfe", '{"jsonrpc":"2.0","result":"x"}',
+             '{"method":"status","params":{"status":1}}']
+
+
+class Soak:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.rng = random.Random(args.seed)
+        self.sim = LocalSimulator(seed=args.seed, slots=args.slots * 3 + 50)
+        self.results: dict[int, dict[str, Any]] = {}
+        self.peak_threads = threading.active_count()
+        self.peak_rss = 0
+        self.done = threading.Event()
+        self.scheduled = 0  # slot-armed faults (counted by the simulator once applied)
+
+    def run(self) -> int:
+        baseline_threads = threading.active_count()
+        baseline_actors = len(pykka.ActorRegistry.get_all())
+        self.sim.start()
+        monitor = threading.Thread(target=self._monitor, daemon=True)
+        monitor.start()
+        started = time.monotonic()
+        drivers = [threading.Thread(target=self._session, args=(i,), name=f"driver-{i}")
+                   for i in range(self.args.sessions)]
+        for driver in drivers:
+            driver.start()
+        injector = threading.Thread(target=self._inject_global, daemon=True)
+        injector.start()
+        for driver in drivers:
+            driver.join()
+        self.done.set()
+        injector.join()
+        monitor.join()
+        wall = time.monotonic() - started
+        faults = self.sim.fault_counts()
+        self.sim.close()
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and (
+                threading.active_count() > baseline_threads
+                or len(pykka.ActorRegistry.get_all()) > baseline_actors):
+            time.sleep(0.01)
+        leaked_threads = threading.active_count() - baseline_threads
+        leaked_actors = len(pykka.ActorRegistry.get_all()) - baseline_actors
+        return self._report(faults, wall, leaked_threads, leaked_actors)
+
+    def _monitor(self) -> None:
+        process = psutil.Process()
+        while not self.done.wait(0.05):
+            self.peak_threads = max(self.peak_threads, threading.active_count())
+            self.peak_rss = max(self.peak_rss, process.memory_info().rss)
+
+    def _inject_global(self) -> None:
+        """Faults that hit whoever connects next: refusals, 503s, slow handshakes."""
+        rng = random.Random(self.args.seed + 1)
+        kinds = ["refuse", "http_status", "delay_handshake"]
+        budget = max(3, self.args.faults // 4)
+        count = 0
+        while budget > 0 and not self.done.wait(rng.uniform(0.05, 0.3)):
+            kind = kinds[count % len(kinds)]  # every kind, in turn
+            count += 1
+            if kind == "refuse":
+                self.sim.faults.refuse(rng.uniform(0.05, 0.3))
+            elif kind == "http_status":
+                self.sim.faults.http_status(503, rng.choice(["control", "subscriptions"]))
+            else:
+                self.sim.faults.delay_handshake(rng.uniform(0.05, 0.4),
+                                                rng.choice(["control", "subscriptions"]))
+            budget -= 1
+
+    def _session(self, index: int) -> None:
+        rng = random.Random(self.args.seed * 1000 + index)
+        first, last = self.sim.available_range()
+        start = rng.randint(first, last - self.args.slots)
+        end = start + self.args.slots - 1
+        addresses = list(self.sim.addresses)
+        txs, diffs = rng.sample(addresses, 2), rng.sample(addresses, 2)
+        expected = self.sim.expected(start, end, transactions=txs, account_diffs=diffs)
+        policy = ReconnectPolicy(initial=0.02, max_delay=0.5, max_attempts=30, max_total=60,
+                                 uptime_reset=2.0, rng=random.Random(index))
+        events: list[ManagedEvent] = []
+        result: dict[str, Any] = {"expected": expected, "events": events, "failed": None}
+        self.results[index] = result
+        try:
+            session = ManagedBacktestSession.start(self.sim.url, DEFAULT_API_KEY,
+                                                   CreateSession(start, end), timing=TIMING,
+                                                   policy=policy)
+        except ManagedSessionError as exc:
+            result["failed"] = str(exc)
+            return
+        try:
+            session.subscribe_transactions(txs)
+            session.subscribe_account_diffs(diffs)
+            sid = session.session_info.session_id
+            self._arm(rng, sid, expected.slots)
+            while True:
+                event = session.next_event(timeout=120)
+                events.append(event)
+                if isinstance(event, ReadyForContinue):
+                    session.send_continue(ContinueParams(advance_count=rng.choice([1, 2, 5])))
+                elif isinstance(event, Completed):
+                    break
+            result["stats"] = session.stats()
+            result["server"] = self.sim.session_stats(sid)
+        except (ManagedSessionError, TimeoutError) as exc:
+            result["failed"] = f"{type(exc).__name__}: {exc}"
+        finally:
+            session.shutdown()
+
+    def _arm(self, rng: random.Random, session_id: str, slots: list[int]) -> None:
+        per_session = max(1, (self.args.faults - self.args.faults // 4) // self.args.sessions)
+        targets = ["control", "transactions", "account_diffs"]
+        for slot in rng.sample(slots[2:-2], min(per_session, len(slots) - 4)):
+            kind = rng.choices(["drop", "blackhole", "malformed"], [5, 1, 2])[0]
+            target: Any = rng.choice(targets)
+            if kind == "drop":
+                self.sim.faults.drop(target, at_slot=slot, session_id=session_id)
+            elif kind == "blackhole":
+                self.sim.faults.blackhole(target, at_slot=slot, session_id=session_id)
+            else:
+                self.sim.faults.malformed(target, frame=rng.choice(MALFORMED), at_slot=slot,
+                                          session_id=session_id)
+
+    def _report(self, faults: dict[str, int], wall: float, leaked_threads: int,
+                leaked_actors: int) -> int:
+        completed = failed = 0
+        expected_total = delivered_total = missing = duplicated = 0
+        continues = advances = double_advances = reconnects = 0
+        failures: list[str] = []
+        for index, result in sorted(self.results.items()):
+            if result["failed"]:
+                failed += 1
+                failures.append(f"session {index}: {result['failed']}")
+                continue
+            completed += 1
+            exp = result["expected"]
+            events = result["events"]
+            got: dict[str, list[Any]] = {
+                "slots": [e.slot for e in events if isinstance(e, Slot)],
+                "txs": [e.signature for e in events if isinstance(e, Transaction)],
+                "diffs": [e.key for e in events if isinstance(e, AccountDiff)],
+            }
+            want = {"slots": exp.slots, "txs": exp.signatures, "diffs": exp.diff_keys}
+            for key in want:
+                expected_total += len(want[key])
+                delivered_total += len(got[key])
+                missing += len(set(want[key]) - set(got[key]))
+                duplicated += len(got[key]) - len(set(got[key]))
+            stats, server = result["stats"], result["server"]
+            continues += stats["continues_written"]
+            advances += server.continues_received
+            reconnects += sum(stats["reconnects"].values())
+            if (server.continues_received != stats["continues_written"]
+                    or server.blocks_executed != len(exp.slots) - 1):
+                double_advances += 1
+        injected = sum(v for k, v in faults.items() if k != "connection_limit")
+        rows = [
+            ("sessions completed / failed", f"{completed} / {failed}"),
+            *((f"faults injected: {k}", str(v)) for k, v in sorted(faults.items())),
+            ("faults injected: total", str(injected)),
+            ("reconnects", str(reconnects)),
+            ("events expected / delivered (slots, txs, diffs)",
+             f"{expected_total} / {delivered_total}"),
+            ("missing", str(missing)),
+            ("duplicated", str(duplicated)),
+            ("continues sent / server-side advances", f"{continues} / {advances}"),
+            ("double advances", str(double_advances)),
+            ("peak threads", str(self.peak_threads)),
+            ("peak RSS", f"{self.peak_rss / 2**20:.0f} MiB"),
+            ("threads left after shutdown", str(leaked_threads)),
+            ("actors left after shutdown", str(leaked_actors)),
+            ("wall time", f"{wall:.1f} s"),
+        ]
+        print(f"soak: {self.args.sessions} sessions x {self.args.slots} slots, "
+              f"seed {self.args.seed}\n")
+        print("| what | value |\n|---|---|")
+        for what, value in rows:
+            print(f"| {what} | {value} |")
+        for line in failures:
+            print(f"\n{line}")
+        bad = (failed or missing or duplicated or double_advances or leaked_threads
+               or leaked_actors or completed == 0)
+        return 1 if bad else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, default=20)
+    parser.add_argument("--slots", type=int, default=300)
+    parser.add_argument("--faults", type=int, default=120, help="about how many to inject")
+    parser.add_argument("--seed", type=int, default=7)
+    return Soak(parser.parse_args(argv)).run()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

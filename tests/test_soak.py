@@ -1,0 +1,36 @@
+"""The bounded chaos soak: 5 sessions, 100 slots, about 30 faults of every kind."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "soak.py"
+
+
+@pytest.mark.timeout(120)
+def test_bounded_soak_loses_duplicates_and_leaks_nothing() -> None:
+    result = subprocess.run([sys.executable, str(SCRIPT), "--sessions", "5", "--slots", "100",
+                             "--faults", "30", "--seed", "1"],
+                            capture_output=True, text=True, timeout=110)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    def row(name: str) -> str:
+        match = re.search(rf"\| {re.escape(name)} \| (.*?) \|", result.stdout)
+        assert match, result.stdout
+        return match.group(1)
+
+    assert row("sessions completed / failed") == "5 / 0"
+    assert row("missing") == row("duplicated") == row("double advances") == "0"
+    assert row("threads left after shutdown") == row("actors left after shutdown") == "0"
+    expected, delivered = row("events expected / delivered (slots, txs, diffs)").split(" / ")
+    assert expected == delivered
+    sent, advanced = row("continues sent / server-side advances").split(" / ")
+    assert sent == advanced
+    assert int(row("faults injected: total")) >= 25
+    for kind in ("drop", "blackhole", "malformed", "refuse", "http_status", "delay_handshake"):
+        assert int(row(f"faults injected: {kind}")) >= 1, kind
