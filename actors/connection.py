@@ -94,6 +94,35 @@ def _limit_frame_size(ws: websocket.WebSocket, max_frame_size: int) -> None:
     setattr(reader, "recv_length", checked)  # noqa: B010 - a method of this one reader
 
 
+class _ReadBuffer:
+    """Socket reads of up to 64 KiB for websocket-client's frame reader.
+
+    Left alone it makes two ``recv`` calls per frame (header, then payload);
+    through this buffer a burst of notifications costs one call per 64 KiB,
+    and "is another frame already here?" is a length check, not a ``select``.
+    """
+
+    CHUNK = 65536
+
+    def __init__(self, ws: websocket.WebSocket) -> None:
+        reader = ws.frame_buffer
+        self._raw = reader.recv
+        self._data = b""
+        self._pos = 0
+        setattr(reader, "recv", self.recv)  # noqa: B010 - this connection's reader only
+
+    def recv(self, size: int) -> bytes:
+        if self._pos >= len(self._data):
+            self._data = self._raw(self.CHUNK)
+            self._pos = 0
+        chunk = self._data[self._pos:self._pos + size]
+        self._pos += len(chunk)
+        return chunk
+
+    def pending(self) -> int:
+        return len(self._data) - self._pos
+
+
 class Connection:
     def __init__(self, url: str, *, owner: pykka.ActorRef[Any],
                  decode: Callable[[bytes], Any], window: int, connect_timeout: float,
@@ -114,6 +143,7 @@ class Connection:
         self._ws = websocket.WebSocket(skip_utf8_validation=True, enable_multithread=True,
                                        sslopt=sslopt)
         _limit_frame_size(self._ws, max_frame_size)
+        self._read_buffer = _ReadBuffer(self._ws)
         self._condition = threading.Condition()
         self._closing = False
         self._thread = threading.Thread(target=self._run, name=f"reader-{name}", daemon=True)
@@ -212,54 +242,65 @@ class Connection:
                     self._condition.wait()
                 if self._closing:
                     return
+                # Credits are taken per batch, not per frame: one lock round per batch.
+                allowance = min(self._credits, MAX_BATCH)
             if paused:
                 paused = False
                 self._tell(ReaderResumed())
             batch: list[Any] = []
+            data_frames = 0
+            ended = False
             try:
                 while True:
-                    item = self._read_one()
+                    item, is_data = self._read_one()
                     if item is None:
-                        return
+                        ended = True
+                        break
                     batch.append(item)
-                    if len(batch) >= MAX_BATCH or not self._more_ready():
+                    data_frames += is_data
+                    if data_frames >= allowance or len(batch) >= MAX_BATCH or (
+                            not self._more_ready()):
                         break
             except Exception as exc:  # noqa: BLE001 - any read failure ends the connection
-                if batch:
-                    self._tell(Received(batch))
+                self._flush(batch, data_frames)
                 with self._condition:
                     closing = self._closing
                 if not closing:
                     self._tell(Disconnected(f"{type(exc).__name__}: {exc}"))
                 return
+            self._flush(batch, data_frames)
+            if ended:
+                return
+
+    def _flush(self, batch: list[Any], data_frames: int) -> None:
+        with self._condition:
+            self._credits -= data_frames
+        if batch:
             self._tell(Received(batch))
 
-    def _read_one(self) -> Any:
-        """One decoded item, or ``None`` when the peer closed the connection."""
+    def _read_one(self) -> tuple[Any, bool]:
+        """One decoded item and whether it was a data frame; ``None`` once the peer closed."""
         opcode, frame = self._ws.recv_data_frame(control_frame=True)
-        if opcode in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
-            with self._condition:
-                self._credits -= 1
+        if opcode == websocket.ABNF.OPCODE_TEXT or opcode == websocket.ABNF.OPCODE_BINARY:
             try:
-                return self._decode(frame.data)
+                return self._decode(frame.data), True
             except ProtocolError as exc:
-                return exc
+                return exc, True
         if opcode == websocket.ABNF.OPCODE_PONG:
-            return Pong(bytes(frame.data))
+            return Pong(bytes(frame.data)), False
         if opcode == websocket.ABNF.OPCODE_CLOSE:
             with self._condition:
                 closing = self._closing
             if not closing:
                 code = int.from_bytes(frame.data[:2], "big") if len(frame.data) >= 2 else None
                 self._tell(Disconnected(f"closed by server (code {code})"))
-            return None
-        return Pong(b"") if opcode == websocket.ABNF.OPCODE_PING else None
+            return None, False
+        return Pong(b""), False  # a ping (answered by websocket-client): proof of life
 
     def _more_ready(self) -> bool:
-        """True when another frame can be read without blocking (and a credit is left)."""
-        with self._condition:
-            if self._credits <= 0 or self._closing:
-                return False
+        """True when another frame can be read without blocking."""
+        if self._read_buffer.pending():
+            return True
         sock = self._ws.sock
         if sock is None:
             return False

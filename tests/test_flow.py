@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+import threading
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -44,6 +45,8 @@ def remote_sim() -> Iterator[tuple[str, int]]:
         assert proc.stderr is not None
         for line in proc.stderr:
             if match := re.search(r"serving (ws://127\.0\.0\.1:(\d+)/backtest)", line):
+                # Keep reading its log, or a full pipe would stall the server.
+                threading.Thread(target=proc.stderr.read, daemon=True).start()
                 yield match.group(1), int(match.group(2))
                 break
         else:

@@ -1,0 +1,323 @@
+"""Benchmarks: the actor pipeline against a raw socket loop, codec cost, recovery, scale.
+
+    python scripts/bench.py [--quick] [--out FILE]
+
+Each figure is the median of several runs; the managed/raw ratio is computed
+pair by pair in the same run. The simulator runs in its own process, so the
+client's figures (time, threads, RSS) are the client's alone. Prints markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import timeit
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import psutil  # noqa: E402
+import websocket  # noqa: E402
+
+from actors import (  # noqa: E402
+    Completed,
+    ConnectionChanged,
+    ManagedBacktestSession,
+    ReadyForContinue,
+    Reconnecting,
+    Transaction,
+    Up,
+)
+from protocol import (  # noqa: E402
+    ContinueParams,
+    CreateSession,
+    ReconnectPolicy,
+    SessionCreated,
+    Subscribe,
+    Timing,
+    decode_pubsub,
+    decode_response,
+    encode_request,
+    encode_subscribe,
+)
+from protocol.simulator import DEFAULT_API_KEY, LocalSimulator  # noqa: E402
+from protocol.simulator.chain import Chain  # noqa: E402
+
+TIMING = Timing(connect=5, handshake=10, keepalive_interval=0.1, keepalive_deadline=0.5,
+                graceful_close=2)
+NO_DELAY = ReconnectPolicy(initial=0.0, jitter=0.0, max_attempts=50, uptime_reset=1.0)
+
+
+@contextmanager
+def remote_simulator(seed: int, slots: int, txs_per_slot: int) -> Iterator[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "protocol.simulator", "--port", "0", "--seed", str(seed),
+         "--slots", str(slots), "--txs-per-slot", str(txs_per_slot)],
+        stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if match := re.search(r"serving (ws://\S+/backtest)", line):
+                # Keep reading its log, or a full pipe would stall the server.
+                threading.Thread(target=proc.stderr.read, daemon=True).start()
+                yield match.group(1)
+                return
+        raise RuntimeError("simulator did not start")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+# --- 1. throughput ------------------------------------------------------------------------
+
+def raw_run(url: str, first: int, last: int, addresses: list[str], frames: int) -> float:
+    """A hand-written loop: one socket, recv + the same codec, nothing else."""
+    ctl = websocket.create_connection(url, header={"X-API-Key": DEFAULT_API_KEY},
+                                      skip_utf8_validation=True)
+    ctl.send(encode_request(CreateSession(first, last)))
+    while not isinstance(msg := decode_response(ctl.recv())[1], SessionCreated):
+        pass
+    sub = websocket.create_connection(url.replace("/backtest", f"/backtest/{msg.session_id}"),
+                                      skip_utf8_validation=True)
+    for i, address in enumerate(addresses, 1):
+        sub.send(encode_subscribe(Subscribe(i, "transactions", address)))
+        decode_pubsub(sub.recv())
+    started = time.perf_counter()
+    ctl.send(encode_request(ContinueParams(advance_count=last - first)))
+    for _ in range(frames):
+        decode_pubsub(sub.recv())
+    elapsed = time.perf_counter() - started
+    ctl.close()
+    sub.close()
+    return frames / elapsed
+
+
+def managed_run(url: str, first: int, last: int, addresses: list[str]) -> float:
+    session = ManagedBacktestSession.start(url, DEFAULT_API_KEY, CreateSession(first, last),
+                                           timing=TIMING)
+    try:
+        session.subscribe_transactions(addresses)
+        while not isinstance(session.next_event(timeout=30), ReadyForContinue):
+            pass
+        started = time.perf_counter()
+        session.send_continue(ContinueParams(advance_count=last - first))
+        events = 0
+        while not isinstance(event := session.next_event(timeout=60), Completed):
+            events += isinstance(event, Transaction)
+        elapsed = time.perf_counter() - started
+        frames = events + session.stats()["duplicates_dropped"]
+    finally:
+        session.shutdown()
+    return frames / elapsed
+
+
+def bench_throughput(runs: int, slots: int, txs_per_slot: int) -> list[list[str]]:
+    chain = Chain(1, slots + 1, txs_per_slot=txs_per_slot)
+    first, last = chain.available_range()
+    addresses = list(chain.addresses)
+    frames = sum(len(tx.mentions) for s in chain.produced_in(first + 1, last)
+                 for tx in chain.block(s))
+    raw, managed, ratios = [], [], []
+    with remote_simulator(1, slots + 1, txs_per_slot) as url:
+        for _ in range(runs):
+            r = raw_run(url, first, last, addresses, frames)
+            m = managed_run(url, first, last, addresses)
+            raw.append(r)
+            managed.append(m)
+            ratios.append(m / r)
+    per_slot = frames // len(chain.produced_in(first + 1, last))
+    return [
+        ["raw websocket-client loop + codec", f"{statistics.median(raw):,.0f}",
+         f"{min(raw):,.0f}–{max(raw):,.0f}"],
+        ["managed session, next_event()", f"{statistics.median(managed):,.0f}",
+         f"{min(managed):,.0f}–{max(managed):,.0f}"],
+        ["ratio managed/raw (pairwise median)", f"{statistics.median(ratios):.2f}",
+         f"{min(ratios):.2f}–{max(ratios):.2f}"],
+        ["stream", f"{frames:,} notifications", f"~{per_slot:,}/slot, {runs} runs"],
+    ]
+
+
+# --- 2. codec ------------------------------------------------------------------------------
+
+def bench_codec(runs: int) -> list[list[str]]:
+    chain = Chain(2, 3, txs_per_slot=400)
+    from protocol.simulator.engine import ExecutedSlot
+
+    frames: list[str] = []
+    for slot in chain.produced_in(chain.first_slot + 1, chain.last_slot):
+        subs = {("transactions", a): [1] for a in chain.addresses}
+        subs.update({("account_diffs", a): [2] for a in chain.addresses})
+        frames += [
+            f'{{"jsonrpc":"2.0","method":"{m}","params":{{"result":{r},"subscription":{s}}}}}'
+            for m, r, s in ExecutedSlot(slot, chain.block(slot)).notifications(subs)]
+    data = [f.encode() for f in frames]
+    number = 3
+    loads = min(timeit.repeat(lambda: [json.loads(d) for d in data], number=number,
+                              repeat=runs)) / (number * len(data))
+    decode = min(timeit.repeat(lambda: [decode_pubsub(d) for d in data], number=number,
+                               repeat=runs)) / (number * len(data))
+    size = statistics.mean(len(d) for d in data)
+    return [
+        ["json.loads", f"{loads * 1e6:.2f}", "1.00"],
+        ["protocol.decode_pubsub", f"{decode * 1e6:.2f}", f"{decode / loads:.2f}"],
+        ["frames", f"{len(data)} (mean {size:.0f} bytes)", ""],
+    ]
+
+
+# --- 3. recovery ---------------------------------------------------------------------------
+
+def _events_until(session: ManagedBacktestSession, predicate: Callable[[Any], bool],
+                  on_ready: bool = True) -> Any:
+    while True:
+        event = session.next_event(timeout=30)
+        if on_ready and isinstance(event, ReadyForContinue):
+            session.send_continue(ContinueParams())
+        if predicate(event):
+            return event
+
+
+def bench_recovery(runs: int) -> list[list[str]]:
+    control_ms, sub_ms, detect_ms = [], [], []
+    with LocalSimulator(seed=3, slots=3000) as sim:
+        first, _ = sim.available_range()
+        session = ManagedBacktestSession.start(sim.url, DEFAULT_API_KEY,
+                                               CreateSession(first, first + 2900),
+                                               timing=TIMING, policy=NO_DELAY)
+        try:
+            session.subscribe_transactions(list(sim.addresses))
+            _events_until(session, lambda e: isinstance(e, ReadyForContinue), on_ready=False)
+            session.send_continue(ContinueParams())
+            for _ in range(runs):
+                sim.faults.drop("control")
+                sim.fault_counts()  # applied when this returns
+                t0 = time.perf_counter()
+                _events_until(session, lambda e: isinstance(e, ConnectionChanged)
+                              and e.name == "control" and isinstance(e.status, Up))
+                control_ms.append((time.perf_counter() - t0) * 1000)
+            for _ in range(runs):
+                sim.faults.drop("transactions")
+                sim.fault_counts()
+                t0 = time.perf_counter()
+                _events_until(session, lambda e: isinstance(e, ConnectionChanged)
+                              and e.name == "transactions" and isinstance(e.status, Up))
+                _events_until(session, lambda e: isinstance(e, Transaction))
+                sub_ms.append((time.perf_counter() - t0) * 1000)
+            for _ in range(runs):
+                sim.faults.blackhole("control")
+                sim.fault_counts()
+                t0 = time.perf_counter()
+                _events_until(session, lambda e: isinstance(e, ConnectionChanged)
+                              and e.name == "control" and isinstance(e.status, Reconnecting))
+                detect_ms.append((time.perf_counter() - t0) * 1000)
+                _events_until(session, lambda e: isinstance(e, ConnectionChanged)
+                              and e.name == "control" and isinstance(e.status, Up))
+        finally:
+            session.shutdown()
+    bound = (TIMING.keepalive_deadline + TIMING.keepalive_interval) * 1000
+    return [
+        ["control drop -> Up (first delay 0)", f"{statistics.median(control_ms):.1f}",
+         f"{min(control_ms):.1f}–{max(control_ms):.1f}", "< 50 ms"],
+        ["subscription drop -> first item after replay", f"{statistics.median(sub_ms):.1f}",
+         f"{min(sub_ms):.1f}–{max(sub_ms):.1f}", ""],
+        ["blackhole -> detected", f"{statistics.median(detect_ms):.1f}",
+         f"{min(detect_ms):.1f}–{max(detect_ms):.1f}",
+         f"<= {bound:.0f} ms (deadline {TIMING.keepalive_deadline * 1000:.0f} + interval "
+         f"{TIMING.keepalive_interval * 1000:.0f})"],
+    ]
+
+
+# --- 4. scale -------------------------------------------------------------------------------
+
+def bench_scale(counts: list[int], slots: int) -> list[list[str]]:
+    rows = []
+    process = psutil.Process()
+    with remote_simulator(4, 4000, 4) as url:
+        chain = Chain(4, 4000)
+        first, _ = chain.available_range()
+        for count in counts:
+            gc.collect()
+            threads_before = threading.active_count()
+            rss_before = process.memory_info().rss
+            sessions = [ManagedBacktestSession.start(
+                url, DEFAULT_API_KEY, CreateSession(first + 10 * i, first + 10 * i + slots),
+                timing=Timing(), policy=ReconnectPolicy()) for i in range(count)]
+            for session in sessions:
+                session.subscribe_transactions(list(chain.addresses[:3]))
+                session.subscribe_account_diffs(list(chain.addresses[3:]))
+            threads = threading.active_count() - threads_before
+            rss = process.memory_info().rss - rss_before
+            totals = [0] * count
+            started = time.perf_counter()
+            workers = [threading.Thread(target=_drive, args=(s, totals, i))
+                       for i, s in enumerate(sessions)]
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join()
+            elapsed = time.perf_counter() - started
+            rss_peak = process.memory_info().rss - rss_before
+            for session in sessions:
+                session.shutdown()
+            rows.append([str(count), str(threads), f"{threads / count:.1f}",
+                         f"{rss / 2**20:.1f}", f"{rss_peak / count / 2**20:.2f}",
+                         f"{sum(totals) / elapsed:,.0f}"])
+    return rows
+
+
+def _drive(session: ManagedBacktestSession, totals: list[int], index: int) -> None:
+    while not isinstance(event := session.next_event(timeout=120), Completed):
+        totals[index] += 1
+        if isinstance(event, ReadyForContinue):
+            session.send_continue(ContinueParams(advance_count=10))
+
+
+# --- report --------------------------------------------------------------------------------
+
+def table(title: str, header: list[str], rows: list[list[str]]) -> str:
+    lines = [f"### {title}", "", "| " + " | ".join(header) + " |",
+             "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer runs, under 2 minutes")
+    parser.add_argument("--out", help="also write the tables to this file")
+    args = parser.parse_args(argv)
+    runs = 3 if args.quick else 5
+    started = time.monotonic()
+    parts = [
+        f"Machine: {psutil.cpu_count()} cores, Python {sys.version.split()[0]}; "
+        f"`python scripts/bench.py{' --quick' if args.quick else ''}`\n",
+        table("Throughput (notifications/s through the client)",
+              ["path", "median", "range"],
+              bench_throughput(runs, 30 if args.quick else 60, 2000)),
+        table("Codec (µs per frame)", ["decoder", "µs/frame", "× json.loads"],
+              bench_codec(runs)),
+        table("Recovery (ms)", ["what", "median", "range", "goal"], bench_recovery(runs)),
+        table("Scale (sessions in one process, both subscriptions each)",
+              ["sessions", "threads", "threads/session", "RSS MiB at start",
+               "peak RSS MiB/session", "events/s total"],
+              bench_scale([1, 10, 50] if args.quick else [1, 10, 50, 100],
+                          40 if args.quick else 80)),
+    ]
+    report = "\n".join(parts) + f"\n(total {time.monotonic() - started:.0f} s)\n"
+    print(report)
+    if args.out:
+        Path(args.out).write_text(report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
