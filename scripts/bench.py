@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         table("Recovery (ms)", ["what", "median", "range", "goal"], bench_recovery(runs)),
         table("Scale (sessions in one process, both subscriptions each)",
               ["sessions", "threads", "threads/session", "RSS MiB at start",
-               "peak RSS MiB/session", "events/s total"],
+               "RSS MiB/session after run", "events/s total"],
               bench_scale([1, 10, 50] if args.quick else [1, 10, 50, 100],
                           40 if args.quick else 80)),
     ]
