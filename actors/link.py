@@ -7,8 +7,8 @@ retries by itself; the supervisor owns every retry decision.
 
 Keepalive: a WebSocket ping every ``Timing.keepalive_interval``; the link is
 dead when no inbound frame of any kind (pong included) arrived for
-``Timing.keepalive_deadline``, checked on each tick, so a blackhole is found
-within ``deadline + interval``.
+``Timing.keepalive_deadline``, checked on each tick (and on one extra tick just
+past the deadline), so a blackhole is found within ``deadline + interval``.
 
 While the reader is paused for flow control (the application is slow), frames
 wait unread in the kernel, pongs included, so silence says nothing about the
@@ -304,7 +304,11 @@ class LinkActor(pykka.ThreadingActor):
                       f"(keepalive deadline {self._timing.keepalive_deadline}s)")
             return
         self.conn.ping()
-        self._schedule(self._timing.keepalive_interval, KeepaliveTick())
+        # Tick again at the interval, or just past the deadline if that comes first,
+        # so a silent peer is found at the deadline rather than up to an interval late.
+        until_deadline = self._timing.keepalive_deadline - silent_for + 0.001
+        self._schedule(max(0.001, min(self._timing.keepalive_interval, until_deadline)),
+                       KeepaliveTick())
 
     def _release(self) -> None:
         for timer in self._timers:

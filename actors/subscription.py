@@ -69,6 +69,13 @@ class Barrier:
     token: bytes
 
 
+def _to_event(item: TransactionNotification | AccountDiffNotification
+              ) -> Transaction | AccountDiff:
+    if isinstance(item, TransactionNotification):
+        return Transaction(item.slot, item.signature, item.transaction, item.meta)
+    return AccountDiff(item.slot, item.account, item.signature, item.pre, item.post)
+
+
 class SubscriptionActor(LinkActor):
     def __init__(self, *, kind: StreamKind, addresses: tuple[str, ...],
                  replay_from: dict[str, int], **kwargs: Any) -> None:
@@ -101,20 +108,12 @@ class SubscriptionActor(LinkActor):
         malformed: list[Exception] = []
         consumed = 0
         for item in items:
-            if isinstance(item, TransactionNotification):
+            if isinstance(item, TransactionNotification | AccountDiffNotification):
                 address = self._by_subscription.get(item.subscription)
                 if address is None:
-                    consumed += 1
-                    continue
-                out.append((address, Transaction(item.slot, item.signature, item.transaction,
-                                                  item.meta)))
-            elif isinstance(item, AccountDiffNotification):
-                address = self._by_subscription.get(item.subscription)
-                if address is None:
-                    consumed += 1
-                    continue
-                out.append((address, AccountDiff(item.slot, item.account, item.signature,
-                                                 item.pre, item.post)))
+                    consumed += 1  # a subscription this link did not make
+                else:
+                    out.append((address, _to_event(item)))
             elif isinstance(item, Pong):
                 if item.payload and item.payload == self._resume_token:
                     self._release_held(out)

@@ -12,15 +12,12 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import re
 import statistics
-import subprocess
 import sys
 import threading
 import time
 import timeit
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,30 +49,11 @@ from protocol import (  # noqa: E402
 )
 from protocol.simulator import DEFAULT_API_KEY, LocalSimulator  # noqa: E402
 from protocol.simulator.chain import Chain  # noqa: E402
+from protocol.simulator.process import simulator_process  # noqa: E402
 
 TIMING = Timing(connect=5, handshake=10, keepalive_interval=0.1, keepalive_deadline=0.5,
                 graceful_close=2)
 NO_DELAY = ReconnectPolicy(initial=0.0, jitter=0.0, max_attempts=50, uptime_reset=1.0)
-
-
-@contextmanager
-def remote_simulator(seed: int, slots: int, txs_per_slot: int) -> Iterator[str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "protocol.simulator", "--port", "0", "--seed", str(seed),
-         "--slots", str(slots), "--txs-per-slot", str(txs_per_slot)],
-        stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            if match := re.search(r"serving (ws://\S+/backtest)", line):
-                # Keep reading its log, or a full pipe would stall the server.
-                threading.Thread(target=proc.stderr.read, daemon=True).start()
-                yield match.group(1)
-                return
-        raise RuntimeError("simulator did not start")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 # --- 1. throughput ------------------------------------------------------------------------
@@ -128,7 +106,7 @@ def bench_throughput(runs: int, slots: int, txs_per_slot: int) -> list[list[str]
     frames = sum(len(tx.mentions) for s in chain.produced_in(first + 1, last)
                  for tx in chain.block(s))
     raw, managed, ratios = [], [], []
-    with remote_simulator(1, slots + 1, txs_per_slot) as url:
+    with simulator_process(seed=1, slots=slots + 1, txs_per_slot=txs_per_slot) as url:
         for _ in range(runs):
             r = raw_run(url, first, last, addresses, frames)
             m = managed_run(url, first, last, addresses)
@@ -186,6 +164,22 @@ def _events_until(session: ManagedBacktestSession, predicate: Callable[[Any], bo
             return event
 
 
+def _status_is(name: str, status: type) -> Callable[[Any], bool]:
+    return lambda e: (isinstance(e, ConnectionChanged) and e.name == name
+                      and isinstance(e.status, status))
+
+
+def _time_to(session: ManagedBacktestSession, sim: LocalSimulator, fault: Callable[[], None],
+             *conditions: Callable[[Any], bool]) -> float:
+    """Milliseconds from an applied fault until each condition was met, in turn."""
+    fault()
+    sim.fault_counts()  # a round trip through the server loop: the fault is applied
+    started = time.perf_counter()
+    for condition in conditions:
+        _events_until(session, condition)
+    return (time.perf_counter() - started) * 1000
+
+
 def bench_recovery(runs: int) -> list[list[str]]:
     control_ms, sub_ms, detect_ms = [], [], []
     with LocalSimulator(seed=3, slots=3000) as sim:
@@ -198,29 +192,16 @@ def bench_recovery(runs: int) -> list[list[str]]:
             _events_until(session, lambda e: isinstance(e, ReadyForContinue), on_ready=False)
             session.send_continue(ContinueParams())
             for _ in range(runs):
-                sim.faults.drop("control")
-                sim.fault_counts()  # applied when this returns
-                t0 = time.perf_counter()
-                _events_until(session, lambda e: isinstance(e, ConnectionChanged)
-                              and e.name == "control" and isinstance(e.status, Up))
-                control_ms.append((time.perf_counter() - t0) * 1000)
+                control_ms.append(_time_to(session, sim, lambda: sim.faults.drop("control"),
+                                           _status_is("control", Up)))
             for _ in range(runs):
-                sim.faults.drop("transactions")
-                sim.fault_counts()
-                t0 = time.perf_counter()
-                _events_until(session, lambda e: isinstance(e, ConnectionChanged)
-                              and e.name == "transactions" and isinstance(e.status, Up))
-                _events_until(session, lambda e: isinstance(e, Transaction))
-                sub_ms.append((time.perf_counter() - t0) * 1000)
+                sub_ms.append(_time_to(session, sim, lambda: sim.faults.drop("transactions"),
+                                       _status_is("transactions", Up),
+                                       lambda e: isinstance(e, Transaction)))
             for _ in range(runs):
-                sim.faults.blackhole("control")
-                sim.fault_counts()
-                t0 = time.perf_counter()
-                _events_until(session, lambda e: isinstance(e, ConnectionChanged)
-                              and e.name == "control" and isinstance(e.status, Reconnecting))
-                detect_ms.append((time.perf_counter() - t0) * 1000)
-                _events_until(session, lambda e: isinstance(e, ConnectionChanged)
-                              and e.name == "control" and isinstance(e.status, Up))
+                detect_ms.append(_time_to(session, sim, lambda: sim.faults.blackhole("control"),
+                                          _status_is("control", Reconnecting)))
+                _events_until(session, _status_is("control", Up))
         finally:
             session.shutdown()
     bound = (TIMING.keepalive_deadline + TIMING.keepalive_interval) * 1000
@@ -241,7 +222,7 @@ def bench_recovery(runs: int) -> list[list[str]]:
 def bench_scale(counts: list[int], slots: int) -> list[list[str]]:
     rows = []
     process = psutil.Process()
-    with remote_simulator(4, 4000, 4) as url:
+    with simulator_process(seed=4, slots=4000) as url:
         chain = Chain(4, 4000)
         first, _ = chain.available_range()
         for count in counts:

@@ -265,3 +265,42 @@ def test_bad_pubsub_frames_name_the_field(frame: str, path: str) -> None:
 def test_bad_user_arguments_are_rejected_with_the_field(make: object, field: str) -> None:
     with pytest.raises(ValueError, match=r"^" + field.replace("[", r"\[").replace("]", r"\]")):
         make()  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("frame,decoded", [
+    ('{"method":"sessionAttached","params":{"session_id":"backtest_1",'
+     '"rpc_endpoint":"/backtest/backtest_1","task_id":"t-9"}}',
+     SessionAttached("backtest_1", "/backtest/backtest_1", "t-9")),
+    ('{"seqId":7,"method":"completed","params":{"summary":{"correct_simulation":3,'
+     '"incorrect_simulation":0,"execution_errors":0,"balance_diff":0,"log_diff":0}}}',
+     Completed({"correct_simulation": 3, "incorrect_simulation": 0, "execution_errors": 0,
+                "balance_diff": 0, "log_diff": 0})),
+    ('{"seqId":8,"method":"completed","params":{"summary":null}}', Completed(None)),
+    ('{"method":"success"}', Success()),
+    ('{"method":"readyForContinue"}', ReadyForContinue()),
+])
+def test_golden_remaining_responses(frame: str, decoded: object) -> None:
+    seq, msg = decode_response(frame)
+    assert msg == decoded
+    assert encode_response(msg, seq) == frame
+
+
+@pytest.mark.parametrize("frame,decoded", [
+    ('{"jsonrpc":"2.0","method":"transactionNotification","params":{"result":{"slot":400000042,'
+     '"signature":"5h1","transaction":{"message":{}},"meta":{"err":null}},"subscription":7}}',
+     TransactionNotification(7, 400000042, "5h1", {"message": {}}, {"err": None})),
+    ('{"jsonrpc":"2.0","result":true,"id":2}', UnsubscribeAck(2, True)),
+    ('{"jsonrpc":"2.0","id":3,"error":{"code":-32602,"message":"bad params"}}',
+     JsonRpcError(3, -32602, "bad params")),
+])
+def test_golden_remaining_pubsub(frame: str, decoded: object) -> None:
+    assert decode_pubsub(frame) == decoded
+    assert encode_pubsub(decoded) == frame  # type: ignore[arg-type]
+
+
+def test_golden_unsubscribe_and_resume() -> None:
+    assert encode_subscribe(Unsubscribe(2, "transactions", 7)) == (
+        '{"jsonrpc":"2.0","id":2,"method":"transactionUnsubscribe","params":[7]}')
+    assert encode_subscribe(Unsubscribe(3, "account_diffs", 8)) == (
+        '{"jsonrpc":"2.0","id":3,"method":"accountDiffUnsubscribe","params":[8]}')
+    assert decode_request('{"method":"resumeAttachedSession"}') == Resume()

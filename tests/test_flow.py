@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
-import subprocess
-import sys
-import threading
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -29,6 +25,7 @@ from actors import (
 from protocol import ContinueParams, CreateSession, Timing
 from protocol.simulator import DEFAULT_API_KEY, LocalSimulator
 from protocol.simulator.chain import Chain
+from protocol.simulator.process import simulator_process
 from tests.harness import FAST, QUICK_RETRY, check_exact, no_leaks, wait_for
 
 SEED, SLOTS, TXS_PER_SLOT = 5, 220, 400
@@ -37,23 +34,8 @@ SEED, SLOTS, TXS_PER_SLOT = 5, 220, 400
 @pytest.fixture
 def remote_sim() -> Iterator[tuple[str, int]]:
     """The simulator in its own process, so RSS measures the client alone."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "protocol.simulator", "--port", "0", "--seed", str(SEED),
-         "--slots", str(SLOTS), "--txs-per-slot", str(TXS_PER_SLOT)],
-        stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            if match := re.search(r"serving (ws://127\.0\.0\.1:(\d+)/backtest)", line):
-                # Keep reading its log, or a full pipe would stall the server.
-                threading.Thread(target=proc.stderr.read, daemon=True).start()
-                yield match.group(1), int(match.group(2))
-                break
-        else:
-            raise AssertionError("simulator did not start")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with simulator_process(seed=SEED, slots=SLOTS, txs_per_slot=TXS_PER_SLOT) as url:
+        yield url, int(url.rsplit(":", 1)[1].split("/")[0])
 
 
 def server_stats(port: int) -> dict[str, Any]:
