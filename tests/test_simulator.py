@@ -32,6 +32,8 @@ from protocol import (
 )
 from protocol.messages import Close
 from protocol.simulator import LocalSimulator
+from protocol.simulator.chain import Chain
+from protocol.simulator.engine import Session
 from tests.wire import control, create, drain_pubsub, read_until, subscribe
 
 
@@ -137,11 +139,6 @@ def test_session_errors(sim: LocalSimulator) -> None:
     assert "advance_count" in msg.error.fields["error"]
 
     owner, sid, _ = create(sim, first, first + 3)
-    owner.send(encode_request(ContinueParams()))
-    owner.send(encode_request(ContinueParams()))  # second one while the first runs
-    batch = read_until(owner, ReadyForContinue)
-    errors = [m for _, m in batch if isinstance(m, Error)]
-    assert [e.error.kind for e in errors] == ["invalidRequest"]
     busy = control(sim)
     busy.send(encode_request(Attach(sid, None)))
     assert decode_response(busy.recv())[1].error.kind == "sessionOwnershipBusy"  # type: ignore[union-attr]
@@ -252,3 +249,20 @@ def test_fifty_simulators_leave_nothing_behind() -> None:
     assert process.num_fds() == fds_before
     listening = {c.laddr.port for c in process.net_connections() if c.status == "LISTEN"}
     assert listening.isdisjoint(ports)
+
+
+def test_engine_refuses_a_continue_while_one_runs() -> None:
+    """Sans-I/O: the state changes when the continue arrives, not when it is sent."""
+    chain = Chain(0, 50)
+    first, _ = chain.available_range()
+    session, error = Session.open(CreateSession(first, first + 20), "key", chain)
+    assert session is not None and error is None
+    list(session.startup())
+    steps = session.run_continue(ContinueParams(advance_count=3))
+    assert session.check_continue() == BacktestError(
+        "invalidRequest", {"error": "continue while not ready"})
+    list(steps)
+    assert session.check_continue() is None
+    list(session.run_continue(ContinueParams(advance_count=100)))
+    assert session.check_continue() == BacktestError("noMoreBlocks")
+    assert session.continues_received == 2
