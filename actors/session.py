@@ -145,6 +145,8 @@ class ManagedBacktestSession:
     def next_event(self, timeout: float | None = None) -> ManagedEvent:
         """The next event; ``TimeoutError`` if none within ``timeout`` seconds.
 
+        Meant for one consumer thread (events are handed over in batches).
+
         Raises ``ManagedSessionError`` once the session cannot go on (after every
         event that came before the failure was returned).
         """

@@ -304,6 +304,21 @@ class SessionSupervisor(pykka.ThreadingActor):
             self._log.warning("unexpected message %r", type(message).__name__)
         return None
 
+    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        """A bug here must not leave anyone waiting forever: fail every waiter, stop links."""
+        error = ManagedSessionError("closed", f"supervisor crashed: {exception_value!r}")
+        self._log.error("%s", error)
+        if self._started is not None:
+            _fail_exception(self._started, error)
+        if self._continue is not None and self._continue.reply is not None:
+            _fail_exception(self._continue.reply, error)
+        if self._shutdown is not None:
+            _fail_exception(self._shutdown.reply, error)
+        for child in self._children.values():
+            if child.ref is not None:
+                child.ref.stop(block=False)
+        self.on_stop()
+
     def on_stop(self) -> None:
         for child in self._children.values():
             if child.timer:

@@ -20,6 +20,7 @@ from protocol import (
     ContinueParams,
     CreateSession,
     Error,
+    JsonRpcError,
     ProtocolError,
     ReadyForContinue,
     Resume,
@@ -27,8 +28,12 @@ from protocol import (
     SlotNotification,
     Success,
     TransactionNotification,
+    Unsubscribe,
+    UnsubscribeAck,
+    decode_pubsub,
     decode_response,
     encode_request,
+    encode_subscribe,
 )
 from protocol.messages import Close
 from protocol.simulator import LocalSimulator
@@ -266,3 +271,23 @@ def test_engine_refuses_a_continue_while_one_runs() -> None:
     list(session.run_continue(ContinueParams(advance_count=100)))
     assert session.check_continue() == BacktestError("noMoreBlocks")
     assert session.continues_received == 2
+
+
+def test_unsubscribe_and_bad_pubsub_requests(sim: LocalSimulator) -> None:
+    first, _ = sim.available_range()
+    ws, sid, _ = create(sim, first, first + 40)
+    sub, _ = subscribe(sim, sid, "transactions", list(sim.addresses))
+    sub.send(encode_subscribe(Unsubscribe(50, "transactions", 1)))
+    sub.send(encode_subscribe(Unsubscribe(51, "transactions", 999)))
+    sub.send('{"jsonrpc":"2.0","id":52,"method":"transactionSubscribe","params":[{"x":1}]}')
+    sub.send("not json")
+    answers = [decode_pubsub(sub.recv()) for _ in range(4)]
+    assert answers[:2] == [UnsubscribeAck(50, True), UnsubscribeAck(51, False)]
+    assert isinstance(answers[2], JsonRpcError) and answers[2].code == -32600
+    assert "$.params[0].mentions" in answers[2].message
+    assert isinstance(answers[3], JsonRpcError) and answers[3].code == -32700
+    ws.send(encode_request(ContinueParams(advance_count=10)))
+    read_until(ws, ReadyForContinue)
+    notes = drain_pubsub(sub)
+    assert notes and all(isinstance(n, TransactionNotification) and n.subscription != 1
+                         for n in notes)
