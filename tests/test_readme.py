@@ -23,4 +23,4 @@ def test_readme_python_block_runs(index: int) -> None:
 
 def test_readme_has_both_examples() -> None:
     assert len(BLOCKS) == 2
-    assert len(BLOCKS[0].strip().splitlines()) <= 16
+    assert len(BLOCKS[0].strip().splitlines()) <= 15
