@@ -155,6 +155,14 @@ class ShutdownDeadline:
     pass
 
 
+@attrs.frozen
+class StallCheck:
+    """A continue written on a connection that died: has anything come since the restart?"""
+
+    generation: int
+    last_seq: int | None
+
+
 # --- private state ---------------------------------------------------------------------------
 
 
@@ -248,7 +256,7 @@ class SessionSupervisor(pykka.ThreadingActor):
         self._shutdown: Shutdown | None = None
         self._shutdown_timer: TimerHandle | None = None
         self._stats = {"duplicates_dropped": 0, "malformed_frames": 0, "continues_written": 0,
-                       "events_delivered": 0, "peak_held": 0}
+                       "events_delivered": 0, "peak_held": 0, "continue_stalls": 0}
 
     # --- pykka ------
 
@@ -300,6 +308,8 @@ class SessionSupervisor(pykka.ThreadingActor):
             self._on_shutdown(message)
         elif isinstance(message, ShutdownDeadline):
             self._finish_shutdown(forced=True)
+        elif isinstance(message, StallCheck):
+            self._on_stall_check(message)
         else:
             self._log.warning("unexpected message %r", type(message).__name__)
         return None
@@ -401,6 +411,9 @@ class SessionSupervisor(pykka.ThreadingActor):
         self._set_status(message.name, Up())
         child.timer = self._scheduler.schedule(self._policy.uptime_reset, self.actor_ref,
                                                UptimeCheck(message.name, message.generation))
+        if message.name == CONTROL and self._continue_state == "outstanding":
+            self._scheduler.schedule(self._timing.handshake, self.actor_ref,
+                                     StallCheck(message.generation, self._last_seq))
         self._try_hand_continue()
         if self._completed is not None:
             self._drain()
@@ -556,7 +569,7 @@ class SessionSupervisor(pykka.ThreadingActor):
         if waiting:
             return
         self._completed_delivered = True
-        self._deliver(CONTROL, self._completed)
+        self._deliver(None, self._completed)  # its credit went back when it was held
         for name in self._children:
             self._tell_child(name, CloseLink())
 
@@ -601,6 +614,18 @@ class SessionSupervisor(pykka.ThreadingActor):
             self._stats["continues_written"] += 1
             if self._continue.reply is not None:
                 self._continue.reply.set(None)
+
+    def _on_stall_check(self, message: StallCheck) -> None:
+        """A written continue is never re-sent (that could advance twice). When nothing
+        at all has come from the session for ``Timing.handshake`` after a reconnect,
+        the continue most likely died in flight with the old connection: say so."""
+        if (message.generation == self._child(CONTROL).generation
+                and self._continue_state == "outstanding" and self._last_seq == message.last_seq):
+            self._stats["continue_stalls"] += 1
+            self._log.warning(
+                "no answer to the outstanding continue %ss after reconnecting: it was written "
+                "on a connection that died and may never have reached the server; it is not "
+                "re-sent (that could advance the session twice)", self._timing.handshake)
 
     def _revert_continue(self) -> None:
         """Handed but not confirmed written: the link died first, so it was not written."""

@@ -334,3 +334,28 @@ def test_design_no_json_in_actors_and_no_retry_loop_in_links() -> None:
         assert not any(isinstance(n, ast.While) for n in ast.walk(tree)), name
         assert "sleep" not in (root / name).read_text(), name
     assert pykka  # imported for the leak checks in the harness
+
+
+def test_continue_lost_in_flight_is_reported_never_resent(sim: LocalSimulator,
+                                                          caplog: pytest.LogCaptureFixture
+                                                          ) -> None:
+    first, _ = sim.available_range()
+    timing = Timing(connect=2, handshake=0.3, keepalive_interval=0.05, keepalive_deadline=0.25,
+                    graceful_close=1)
+    caplog.set_level(logging.WARNING, logger="backtest_actors")
+    session = start(sim, first, first + 20, timing=timing)
+    try:
+        wait_ready(session)
+        sim.faults.lose_next_continue()
+        session.send_continue()  # written; the server never sees it; the link dies
+        wait_for(lambda: session.stats()["continue_stalls"] == 1, 5, "the stall report")
+        stats = session.stats()
+        with pytest.raises(ManagedSessionError) as info:
+            session.send_continue()
+        assert info.value.kind == "continue_outstanding"
+    finally:
+        session.shutdown()
+    assert stats["continue_state"] == "outstanding"
+    assert stats["continues_written"] == 1 and stats["reconnects"]["control"] == 1
+    assert sim.session_stats(session.session_info.session_id).continues_received == 0
+    assert any("may never have reached the server" in r.getMessage() for r in caplog.records)

@@ -57,6 +57,7 @@ class FaultCounters:
     refuse: int = 0
     delay_handshake: int = 0
     http_status: int = 0
+    lose_continue: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return attrs.asdict(self)
@@ -107,6 +108,14 @@ class Faults:
             raise ValueError(f"status: expected an HTTP error status, got {status}")
         fault = CountedFault(target, count, None, status)
         self._call(lambda: self._server.http_faults.append(fault))
+
+    def lose_next_continue(self, *, session_id: str | None = None) -> None:
+        """The next ``continue`` is lost with its connection: never processed, socket reset.
+
+        What a network does to bytes still in flight when a link dies; the
+        client cannot tell it from a continue the server is still working on.
+        """
+        self._call(lambda: self._server.lose_continue.append(session_id))
 
     def _connection_fault(self, kind: FaultKind, target: Target, at_slot: int | None,
                           session_id: str | None,

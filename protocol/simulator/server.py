@@ -195,6 +195,7 @@ class SimulatorServer:
         self.slot_triggers: list[SlotTrigger] = []
         self.handshake_delays: list[CountedFault] = []
         self.http_faults: list[CountedFault] = []
+        self.lose_continue: list[str | None] = []
         self.fault_counts = FaultCounters()
         self.upgrade_requests: dict[str, int] = defaultdict(int)
         self.fault_counts_limits: dict[str, int] = defaultdict(int)
@@ -309,6 +310,15 @@ class SimulatorServer:
             else:
                 self.fault_counts.malformed += 1
                 self._spawn(peer.send(trigger.frame))
+
+    def _take_lost_continue(self, session_id: str) -> bool:
+        for wanted in self.lose_continue:
+            if wanted in (None, session_id):
+                self.lose_continue.remove(wanted)
+                self.fault_counts.lose_continue += 1
+                log.info("fault: continue of session %s lost with its connection", session_id)
+                return True
+        return False
 
     def _fire_slot_triggers(self, session_id: str, slot: int) -> None:
         due = [t for t in self.slot_triggers
@@ -435,6 +445,9 @@ class SimulatorServer:
                 "invalidRequest", {"error": "no session on this connection"})))
             return state
         if isinstance(request, ContinueParams):
+            if self._take_lost_continue(session.id):
+                peer.drop()
+                return state
             refusal = session.check_continue()
             if refusal is not None:
                 await peer.send(error_frame(session, refusal))
