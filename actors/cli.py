@@ -233,6 +233,7 @@ class _Run:
         self.stage = "connecting"
         self.last_slot: int | None = None
         self.summary: dict[str, Any] | None = None
+        self.completed = False
 
     def run(self) -> int:
         started = time.monotonic()
@@ -258,7 +259,8 @@ class _Run:
                     if isinstance(event, ReadyForContinue):
                         session.send_continue(ContinueParams(advance_count=self.advance))
                     elif isinstance(event, Completed):
-                        self.summary = event.summary
+                        self.summary, self.completed = event.summary, True
+                        update()
                         break
         except ManagedSessionError as exc:
             failure = exc
@@ -300,6 +302,8 @@ class _Run:
                 del self.seen[old]
 
     def _done(self) -> int:
+        if self.summary is not None or self.completed:
+            return self.total  # the range is done even when its last slots had no block
         if self.last_slot is None:
             return 0
         return self.last_slot - self.create.start_slot + 1
