@@ -7,12 +7,14 @@ import os
 import pty
 import re
 import select
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import websocket
 
 from protocol.simulator.chain import Chain
 
@@ -118,3 +120,29 @@ def test_progress_line_on_a_terminal() -> None:
     assert re.search(r"400/400 slots\s+100\.0%", text)
     assert "slots/s" in text and "events" in text and "reconnects" in text
     assert "duplicates delivered" in text
+
+
+@pytest.mark.parametrize("command", [
+    [sys.executable, "-m", "protocol.simulator", "--port", "0"],
+    [*COMMAND, "simulator", "--port", "0"],
+])
+def test_standalone_simulator_logs_and_stops_on_ctrl_c(command: list[str]) -> None:
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=ENV)
+    assert proc.stderr is not None
+    url = ""
+    for line in proc.stderr:
+        if match := re.search(r"serving (ws://\S+/backtest)", line):
+            url = match.group(1)
+            break
+    ws = websocket.create_connection(url, header={"X-API-Key": "local-dev-key"}, timeout=5)
+    ws.send('{"method":"createBacktestSession","params":{"startSlot":400000000,'
+            '"endSlot":400000003}}')
+    while "readyForContinue" not in ws.recv():
+        pass
+    ws.close()
+    proc.send_signal(signal.SIGINT)
+    log = proc.stderr.read()
+    assert proc.wait(timeout=10) == 0
+    assert "control connection from" in log
+    assert re.search(r"session backtest_\S+ created for slots 400000000\.\.=400000003", log)
+    assert "control connection closed" in log
