@@ -15,6 +15,7 @@ from .events import (
     ConnectionStatus,
     Error,
     Failed,
+    Gap,
     ManagedEvent,
     ManagedSessionError,
     ReadyForContinue,
@@ -34,7 +35,7 @@ logging.getLogger("backtest_actors").addHandler(logging.NullHandler())
 
 __all__ = [
     "AccountDiff", "Closed", "Completed", "Connecting", "ConnectionChanged", "ConnectionStatus",
-    "Error", "Failed", "GetStats", "GetStatus", "ManagedBacktestSession", "ManagedEvent",
+    "Error", "Failed", "Gap", "GetStats", "GetStatus", "ManagedBacktestSession", "ManagedEvent",
     "ManagedSessionError", "ReadyForContinue", "Reconnecting", "SendContinue", "SessionFailed",
     "SessionInfo", "SessionSupervisor", "Slot", "Status", "SubscribeStream", "Transaction", "Up",
 ]

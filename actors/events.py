@@ -114,6 +114,24 @@ class Error:
 
 
 @attrs.frozen
+class Gap:
+    """Events of ``stream`` in the executed slots ``first_slot..=last_slot`` may be lost.
+
+    They fell out of the server's replay buffer (the last 100 executed slots)
+    before the stream's link came back, so no replay can bring them. Only a
+    session allowed to run further ahead than the buffer (``max_run_ahead`` >
+    100) can meet one; the default never does. ``slots``: executed slots in the
+    range.
+    """
+
+    stream: str
+    addresses: tuple[str, ...]
+    first_slot: int
+    last_slot: int
+    slots: int
+
+
+@attrs.frozen
 class ConnectionChanged:
     name: str  # "control", "transactions" or "account_diffs"
     status: ConnectionStatus
@@ -121,14 +139,14 @@ class ConnectionChanged:
 
 ManagedEvent = (
     ReadyForContinue | Slot | Status | Transaction | AccountDiff | Completed | Error
-    | ConnectionChanged
+    | ConnectionChanged | Gap
 )
 
 # --- errors -------------------------------------------------------------------------------
 
 ErrorKind = Literal[
     "create", "control_failed", "subscription_failed", "cancelled", "closed",
-    "continue_outstanding",
+    "continue_outstanding", "internal",
 ]
 
 
@@ -138,7 +156,9 @@ class ManagedSessionError(Exception):
     ``create``: the session was never created. ``control_failed`` /
     ``subscription_failed``: a connection failed for good. ``cancelled`` /
     ``closed``: the session was shut down. ``continue_outstanding``: a continue
-    was sent while another one had not been answered yet.
+    was sent while another one had not been answered yet. ``internal``: a bug
+    inside the session (the cause is chained as ``__cause__`` and named in the
+    reason); it is raised only after every event queued before it.
     """
 
     def __init__(self, kind: ErrorKind, reason: str = "") -> None:

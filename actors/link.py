@@ -160,11 +160,20 @@ class LinkActor(pykka.ThreadingActor):
     # --- pykka ------
 
     def on_start(self) -> None:
-        self._conn = Connection(
-            self._url, owner=self.actor_ref, decode=self.decode, window=self._window,
-            connect_timeout=self._timing.connect, headers=self._headers, name=self.name,
-            sslopt=self._sslopt, max_frame_size=self._max_frame_size)
-        self._conn.start()
+        try:
+            self._conn = Connection(
+                self._url, owner=self.actor_ref, decode=self.decode, window=self._window,
+                connect_timeout=self._timing.connect, headers=self._headers, name=self.name,
+                sslopt=self._sslopt, max_frame_size=self._max_frame_size)
+            self._conn.start()
+        except Exception as exc:  # noqa: BLE001 - e.g. "can't start new thread"
+            # pykka would stop this actor silently (on_failure is not called for
+            # on_start): report it like any lost connection, so the supervisor
+            # retries or fails the session instead of waiting for ever.
+            self._phase = "done"
+            self.report(ChildLost(self.name, self._generation,
+                                  f"connection actor failed to start: {exc!r}"))
+            self.stop()
 
     def on_receive(self, message: Any) -> Any:
         if self._phase == "done":

@@ -20,6 +20,7 @@ from protocol.pubsub import StreamKind
 
 from .connection import DEFAULT_MAX_FRAME_SIZE
 from .events import ConnectionStatus, ManagedEvent, ManagedSessionError, SessionInfo
+from .gate import DEFAULT_MAX_RUN_AHEAD
 from .supervisor import (
     DEFAULT_MAX_QUEUE,
     LINKS_PER_SESSION,
@@ -73,7 +74,8 @@ class ManagedBacktestSession:
               listener: pykka.ActorRef[Any] | None = None,
               max_queue: int = DEFAULT_MAX_QUEUE,
               sslopt: dict[str, Any] | None = None,
-              max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> ManagedBacktestSession:
+              max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+              max_run_ahead: int = DEFAULT_MAX_RUN_AHEAD) -> ManagedBacktestSession:
         """Connect, create the session, return once its identity is known.
 
         Raises ``ManagedSessionError(kind="create")`` when the session cannot be
@@ -82,6 +84,11 @@ class ManagedBacktestSession:
         (e.g. ``{"ca_certs": path}``); certificates are verified by default.
         A frame larger than ``max_frame_size`` bytes is refused by its header and
         the connection is restarted (the frame never enters memory).
+
+        ``max_run_ahead`` (default 80) bounds how many executed slots the session
+        may run past what every subscription has confirmed; larger continues are
+        split (see :mod:`actors.gate`). Up to the server's 100-slot replay buffer
+        no event can be lost; above it a long outage is reported as a ``Gap``.
         """
         control_url = backtest_ws_url(url)
         if not isinstance(api_key, str) or not api_key:
@@ -94,13 +101,16 @@ class ManagedBacktestSession:
         if type(max_queue) is not int or max_queue < LINKS_PER_SESSION:
             raise ValueError(f"max_queue: expected an integer >= {LINKS_PER_SESSION}, "
                              f"got {max_queue!r}")
+        if type(max_run_ahead) is not int or max_run_ahead < 1:
+            raise ValueError(f"max_run_ahead: expected an integer >= 1, got {max_run_ahead!r}")
         timing = timing or Timing()
         scheduler = Scheduler()
         started: pykka.ThreadingFuture[SessionInfo] = pykka.ThreadingFuture()
         supervisor = SessionSupervisor.start(
             url=control_url, api_key=api_key, create=create, policy=policy or ReconnectPolicy(),
             timing=timing, scheduler=scheduler, started=started, listener=listener,
-            max_queue=max_queue, sslopt=sslopt, max_frame_size=max_frame_size)
+            max_queue=max_queue, sslopt=sslopt, max_frame_size=max_frame_size,
+            max_run_ahead=max_run_ahead)
         session = cls(supervisor, scheduler, SessionInfo("", ""), timing)
         try:
             session._info = started.get()

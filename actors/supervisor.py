@@ -1,30 +1,30 @@
-"""SessionSupervisor: every retry decision, every cursor, the one outbox.
+"""SessionSupervisor: the glue between the connection actors and the application.
 
 Erlang/Akka backoff-supervisor style. The connection actors only connect,
-handshake, run and report; this actor:
+handshake, run and report. This actor keeps its children and routes messages;
+its decisions live in two plain classes beside it:
 
-* restarts a lost child after ``ReconnectPolicy.delay(attempt)`` in *resume
-  mode* (control: attach with the last ``seqId``; subscription: subscribe with
-  ``replayFromSlot``), and escalates to ``Failed`` when the failure is terminal
-  or the budget is spent; a child that stays Up for ``uptime_reset`` starts
-  afresh;
-* delivers every event once: control events deduplicated by ``seqId``,
-  subscription items by key (transaction signature; diff (signature, account));
-* gates ``continue`` on every child being Up and never writes one twice;
-* holds ``Completed`` until every subscription passed a drain barrier;
-* bounds memory: each connection may hold ``max_queue // 3`` undelivered frames
-  (credits); a credit comes back when its event leaves the client.
+* :class:`~actors.gate.ContinueGate` decides when a continue (or a chunk of
+  one) may be written, which barriers to send, when ``Completed`` may go and
+  whether a resumed stream lost events it must report as a :class:`Gap`;
+* :class:`~actors.outbox.Outbox` decides what the application gets: each event
+  once, in order, within the flow-control windows.
 
-Ordering: each stream is delivered in slot order, across its addresses and
-across reconnects (the subscription link sorts a resume's replay, see
-:mod:`actors.subscription`).
+What stays here: restart a lost child after ``ReconnectPolicy.delay(attempt)``
+in *resume mode* (control: attach with the last ``seqId``; subscription:
+subscribe with ``replayFromSlot``), escalate to ``Failed`` when the failure is
+terminal or the budget is spent, reset the attempt counter of a child that
+stays Up for ``uptime_reset``, and one shutdown path.
+
+A bug inside this actor never goes quiet: the message that raised fails the
+session with a typed ``ManagedSessionError("internal")`` carrying the cause, and
+the actor stays alive so every event queued before it is still handed out.
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
-from typing import Any
+from typing import Any, get_args
 
 import attrs
 import pykka
@@ -36,7 +36,7 @@ from protocol import ReadyForContinue as WireReady
 from protocol import SlotNotification as WireSlot
 from protocol import Status as WireStatus
 from protocol.messages import Response
-from protocol.pubsub import PUBSUB_BUFFER_SLOTS, StreamKind
+from protocol.pubsub import StreamKind
 
 from .connection import DEFAULT_MAX_FRAME_SIZE
 from .control import (
@@ -65,30 +65,42 @@ from .events import (
     SessionInfo,
     Slot,
     Status,
-    Transaction,
     Up,
 )
+from .gate import DEFAULT_MAX_RUN_AHEAD, ContinueGate
 from .link import ChildClosed, ChildLost, ChildUp, CloseLink, FramesMalformed, Grant, LinkFlow
 from .logs import SessionLogger
+from .outbox import Outbox, fail_reply
 from .subscription import Barrier, BarrierReached, StreamItems, SubscriptionActor
 from .timers import Scheduler, TimerHandle
 
 DEFAULT_MAX_QUEUE = 4096
 LINKS_PER_SESSION = 3  # control + transactions + account diffs
-# Events the blocking facade may take per round trip. They leave the supervisor's
-# outbox, so the links' windows share max_queue minus this (memory stays bounded).
+# Events the blocking facade may take per round trip. They leave the outbox, so
+# the links' windows share max_queue minus this (memory stays bounded).
 TAKE_BATCH = 128
-PRUNE_EVERY_SLOTS = 16  # dedup keys are pruned in steps, not on every batch
 
 # --- public messages (application actors tell/ask these) -------------------------------
 
 
 @attrs.frozen
 class SendContinue:
-    """Hand a continue to the session; ``reply`` (optional) resolves once it is written."""
+    """Hand a continue to the session; ``reply`` (optional) resolves once it is written.
+
+    A refusal (one is outstanding, the session is over) fails ``reply``; without
+    one it is logged and a listener is told a :class:`ContinueRefused`.
+    """
+
+    params: ContinueParams = attrs.field(validator=attrs.validators.instance_of(ContinueParams))
+    reply: pykka.Future[None] | None = attrs.field(default=None, eq=False)
+
+
+@attrs.frozen
+class ContinueRefused:
+    """Told to a listener when a ``SendContinue`` without ``reply`` was refused."""
 
     params: ContinueParams
-    reply: pykka.Future[None] | None = attrs.field(default=None, eq=False)
+    error: ManagedSessionError = attrs.field(eq=False)
 
 
 @attrs.frozen
@@ -101,12 +113,27 @@ class GetStats:
     """``ask`` it: counters (reconnects, duplicates dropped, malformed frames, ...)."""
 
 
+def _stream_kind(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value not in get_args(StreamKind):
+        raise ValueError(f"{attribute.name}: expected one of {get_args(StreamKind)}, "
+                         f"got {value!r}")
+
+
+def _address_tuple(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, tuple | list):
+        raise TypeError(f"addresses: expected a tuple of addresses, got {type(value).__name__}")
+    return tuple(value)
+
+
 @attrs.frozen
 class SubscribeStream:
-    """``ask`` it: start a subscription link for ``kind`` over ``addresses``."""
+    """``ask`` it: start a subscription link for ``kind`` over ``addresses``.
 
-    kind: StreamKind
-    addresses: tuple[str, ...]
+    The facade checks the addresses first (see ``subscribe_transactions``).
+    """
+
+    kind: StreamKind = attrs.field(validator=_stream_kind)
+    addresses: tuple[str, ...] = attrs.field(converter=_address_tuple)
 
 
 @attrs.frozen
@@ -163,9 +190,6 @@ class StallCheck:
     last_seq: int | None
 
 
-# --- private state ---------------------------------------------------------------------------
-
-
 @attrs.define
 class _Child:
     name: str
@@ -176,26 +200,7 @@ class _Child:
     outage_started: float | None = None
     restarts: int = 0
     timer: TimerHandle | None = None
-    ungranted: int = 0  # credits owed to the current connection, sent in batches
-    barrier: bytes | None = None  # drain token sent to a subscription
-    drained: bool = False
     paused: bool = False  # its reader is out of credits (the application is behind)
-
-
-@attrs.define
-class _Stream:
-    addresses: tuple[str, ...]
-    last_slot: dict[str, int] = attrs.field(factory=dict)  # resume cursor per address
-    seen: dict[Any, int] = attrs.field(factory=dict)  # delivered key -> slot
-    max_slot: int = -1
-    pruned_below: int = -1
-
-
-class _FailureMarker:
-    """Sits last in the outbox: the application gets every earlier event first."""
-
-    def __init__(self, error: ManagedSessionError) -> None:
-        self.error = error
 
 
 def _to_event(msg: Response) -> ManagedEvent | None:
@@ -212,13 +217,6 @@ def _to_event(msg: Response) -> ManagedEvent | None:
     return None  # unknown methods and stray lifecycle answers: nothing to deliver
 
 
-def _fail_exception(reply: pykka.Future[Any], error: BaseException) -> None:
-    try:
-        reply.set_exception((type(error), error, None))
-    except Exception:  # noqa: BLE001 - already completed (e.g. a withdrawn take)
-        pass
-
-
 class SessionSupervisor(pykka.ThreadingActor):
     use_daemon_thread = True
 
@@ -226,7 +224,8 @@ class SessionSupervisor(pykka.ThreadingActor):
                  policy: ReconnectPolicy, timing: Timing, scheduler: Scheduler,
                  started: pykka.Future[SessionInfo], listener: pykka.ActorRef[Any] | None,
                  max_queue: int, sslopt: dict[str, Any] | None = None,
-                 max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+                 max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+                 max_run_ahead: int = DEFAULT_MAX_RUN_AHEAD) -> None:
         super().__init__()
         self._url = url
         self._api_key = api_key
@@ -236,94 +235,73 @@ class SessionSupervisor(pykka.ThreadingActor):
         self._scheduler = scheduler
         self._started: pykka.Future[SessionInfo] | None = started
         self._listener = listener
-        self._window = max(1, (max_queue - min(TAKE_BATCH, max_queue // 2))
-                           // LINKS_PER_SESSION)
         self._sslopt = sslopt
         self._max_frame_size = max_frame_size
         self._log = SessionLogger("supervisor")
+        window = max(1, (max_queue - min(TAKE_BATCH, max_queue // 2)) // LINKS_PER_SESSION)
+        self._outbox = Outbox(window=window, log=self._log,
+                              listener=None if listener is None else self._tell_listener)
+        self._gate = ContinueGate(max_run_ahead=max_run_ahead)
         self._info: SessionInfo | None = None
         self._children: dict[str, _Child] = {CONTROL: _Child(CONTROL)}
-        self._streams: dict[str, _Stream] = {}
-        self._last_seq: int | None = None
-        self._outbox: deque[tuple[str | None, ManagedEvent | _FailureMarker]] = deque()
-        self._held: dict[str, int] = {}
-        self._takers: deque[TakeEvents] = deque()
-        self._continue_state = "idle"  # idle | pending | handed | outstanding
-        self._continue: SendContinue | None = None
         self._completed: Completed | None = None
-        self._completed_delivered = False
         self._failure: ManagedSessionError | None = None
         self._shutdown: Shutdown | None = None
         self._shutdown_timer: TimerHandle | None = None
-        self._stats = {"duplicates_dropped": 0, "malformed_frames": 0, "continues_written": 0,
-                       "events_delivered": 0, "peak_held": 0, "continue_stalls": 0}
+        self._stats = {"malformed_frames": 0, "continues_written": 0, "continue_stalls": 0,
+                       "continues_refused": 0}
 
     # --- pykka ------
 
     def on_start(self) -> None:
-        self._spawn(CONTROL)
+        try:
+            self._spawn(CONTROL)
+        except Exception as exc:  # noqa: BLE001 - e.g. "can't start new thread"
+            self._internal_error(exc)
 
-    def on_receive(self, message: Any) -> Any:  # noqa: C901 - one dispatch table
-        if isinstance(message, StreamItems):
-            self._on_stream_items(message)
-        elif isinstance(message, ControlEvents):
-            self._on_control_events(message)
-        elif isinstance(message, TakeEvents):
-            self._on_take(message)
-        elif isinstance(message, CancelTake):
-            return self._on_cancel_take(message.reply)
-        elif isinstance(message, SendContinue):
-            self._on_send_continue(message)
-        elif isinstance(message, ContinueWritten):
-            self._on_continue_written(message)
-        elif isinstance(message, ContinueNotWritten):
-            if message.generation == self._child(CONTROL).generation:
-                self._revert_continue()
-        elif isinstance(message, SessionReady):
-            self._on_session_ready(message)
-        elif isinstance(message, ChildUp):
-            self._on_child_up(message)
-        elif isinstance(message, ChildLost):
-            self._on_child_lost(message)
-        elif isinstance(message, ChildClosed):
-            self._on_child_closed(message)
-        elif isinstance(message, BarrierReached):
-            self._on_barrier(message)
-        elif isinstance(message, FramesMalformed):
-            self._stats["malformed_frames"] += message.count
-        elif isinstance(message, LinkFlow):
-            if message.generation == self._child(message.name).generation:
-                self._child(message.name).paused = message.paused
-        elif isinstance(message, RestartChild):
-            self._on_restart(message)
-        elif isinstance(message, UptimeCheck):
-            self._on_uptime_check(message)
-        elif isinstance(message, GetStatus):
-            return {name: child.status for name, child in self._children.items()}
-        elif isinstance(message, GetStats):
-            return self._snapshot_stats()
-        elif isinstance(message, SubscribeStream):
-            self._on_subscribe(message)
-        elif isinstance(message, Shutdown):
-            self._on_shutdown(message)
-        elif isinstance(message, ShutdownDeadline):
-            self._finish_shutdown(forced=True)
-        elif isinstance(message, StallCheck):
-            self._on_stall_check(message)
-        else:
+    def on_receive(self, message: Any) -> Any:
+        handler = self._HANDLERS.get(type(message))
+        if handler is None:
             self._log.warning("unexpected message %r", type(message).__name__)
-        return None
+            return None
+        result = handler(self, message)
+        self._pump()
+        return result
+
+    def _handle_failure(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
+        """A told message (or ``on_start``) raised: a bug. pykka would stop the actor
+        and the events it queued would be lost with it; instead the session fails
+        with a typed error carrying the cause, delivered after those events.
+        (An ``ask`` that raises reaches its asker and never comes here.)"""
+        if self.actor_stopped.is_set() or not isinstance(exc_value, Exception):
+            super()._handle_failure(exc_type, exc_value, traceback)
+            return
+        self._recovered = True  # pykka calls on_failure next
+        try:
+            self._internal_error(exc_value)
+        except Exception:  # noqa: BLE001 - failing must not fail; stop as pykka would
+            self._recovered = False
+            super()._handle_failure(exc_type, exc_value, traceback)
+
+    _recovered = False
+
+    def _internal_error(self, exc: Exception) -> None:
+        self._log.error("internal error: %r", exc, exc_info=exc)
+        error = ManagedSessionError("internal", f"supervisor: {exc!r}")
+        error.__cause__ = exc
+        self._fail("internal", error=error)
+        self._pump()
 
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
-        """A bug here must not leave anyone waiting forever: fail every waiter, stop links."""
-        error = ManagedSessionError("closed", f"supervisor crashed: {exception_value!r}")
-        self._log.error("%s", error)
-        if self._started is not None:
-            _fail_exception(self._started, error)
-        if self._continue is not None and self._continue.reply is not None:
-            _fail_exception(self._continue.reply, error)
-        if self._shutdown is not None:
-            _fail_exception(self._shutdown.reply, error)
+        if self._recovered:
+            self._recovered = False
+            return
+        # Failing itself failed and pykka stopped the actor: nobody may wait forever.
+        error = ManagedSessionError("internal", f"supervisor crashed: {exception_value!r}")
+        for reply in (self._started, self._gate.reply,
+                      self._shutdown.reply if self._shutdown else None):
+            if reply is not None:
+                fail_reply(reply, error)
         for child in self._children.values():
             if child.ref is not None:
                 child.ref.stop(block=False)
@@ -333,67 +311,96 @@ class SessionSupervisor(pykka.ThreadingActor):
         for child in self._children.values():
             if child.timer:
                 child.timer.cancel()
-        closed = ManagedSessionError("closed", "session shut down")
-        for taker in self._takers:
-            _fail_exception(taker.reply, closed)
-        self._takers.clear()
+        self._outbox.close_takers(ManagedSessionError("closed", "session shut down"))
+
+    def _pump(self) -> None:
+        """Carry out what the gate and the outbox decided after each message."""
+        chunk = self._gate.next_chunk()
+        if chunk is not None and self._tell_child(CONTROL, WriteContinue(chunk)):
+            self._gate.handed()
+        elif chunk is not None:
+            self._gate.not_written()
+        for name, token in self._gate.barriers_due():
+            self._tell_child(name, Barrier(token))
+        if self._completed is not None and self._gate.completed_due():
+            self._outbox.put(None, self._completed)
+            for name in self._children:
+                self._tell_child(name, CloseLink())
+        if self._outbox.listener_lost and self._failure is None:
+            self._fail("closed", reason="the listener actor is gone")
+        for name, credits in self._outbox.take_grants():
+            self._tell_child(name, Grant(credits))
 
     # --- children ------
 
-    def _child(self, name: str) -> _Child:
-        return self._children[name]
-
     def _spawn(self, name: str) -> None:
-        child = self._child(name)
+        child = self._children[name]
         child.generation += 1
-        child.ungranted = 0
-        child.barrier = None
-        child.drained = False
         child.paused = False
         common: dict[str, Any] = {
             "supervisor": self.actor_ref, "generation": child.generation,
             "timing": self._timing, "scheduler": self._scheduler,
-            # Events of this stream still in the outbox count against the new window.
-            "window": max(1, self._window - self._held.get(name, 0)),
-            "session_id": self._log.session_id, "sslopt": self._sslopt,
-            "max_frame_size": self._max_frame_size,
+            "window": self._outbox.reset_link(name), "session_id": self._log.session_id,
+            "sslopt": self._sslopt, "max_frame_size": self._max_frame_size,
         }
         if name == CONTROL:
             attach = None if self._info is None else Attach(self._info.session_id,
-                                                            self._last_seq)
+                                                            self._outbox.last_seq)
             child.ref = ControlActor.start(create=self._create, attach=attach,
                                            api_key=self._api_key, url=self._url, **common)
             return
         assert self._info is not None
-        stream = self._streams[name]
+        addresses = self._outbox.addresses(name)
         replay: dict[str, int] = {}
         if child.generation > 1:
-            # An address with nothing delivered yet replays the whole server buffer.
-            replay = {a: stream.last_slot.get(a, self._create.start_slot)
-                      for a in stream.addresses}
+            replay = {a: self._replay_from(name, a) for a in addresses}
+            self._gate.resubscribing(name, self._outbox.delivered_through(name))
         child.ref = SubscriptionActor.start(
-            kind=name, addresses=stream.addresses, replay_from=replay,
+            kind=name, addresses=addresses, replay_from=replay,
             url=pubsub_url(self._info.rpc_endpoint), **common)
 
+    def _replay_from(self, name: str, address: str) -> int:
+        """Resume after what is known delivered: the address's last slot (inclusive:
+        it may be partial) or past the stream's barrier-confirmed slot, whichever is
+        later. Nothing delivered at all: the whole server buffer."""
+        last = self._outbox.replay_cursor(name, address)
+        confirmed = self._gate.confirmed_slot(name)
+        candidates = [s for s in (last, None if confirmed is None or confirmed < 0
+                                  else confirmed + 1) if s is not None]
+        return max(candidates) if candidates else self._create.start_slot
+
     def _tell_child(self, name: str, message: Any) -> bool:
-        ref = self._child(name).ref
-        if ref is None:
+        child = self._children.get(name)
+        if child is None or child.ref is None:
             return False
         try:
-            ref.tell(message)
+            child.ref.tell(message)
             return True
         except pykka.ActorDeadError:
             return False
 
+    def _tell_listener(self, event: ManagedEvent | SessionFailed | ContinueRefused) -> bool:
+        assert self._listener is not None
+        try:
+            self._listener.tell(event)
+            return True
+        except pykka.ActorDeadError:
+            self._log.warning("listener is gone; the session stops")
+            return False
+
     def _set_status(self, name: str, status: ConnectionStatus) -> None:
-        child = self._child(name)
+        child = self._children[name]
         if child.status == status:
             return
         child.status = status
-        self._deliver(None, ConnectionChanged(name, status))
+        self._outbox.put(None, ConnectionChanged(name, status))
+
+    def _current(self, name: str, generation: int) -> bool:
+        child = self._children.get(name)
+        return child is not None and child.generation == generation
 
     def _on_session_ready(self, message: SessionReady) -> None:
-        if message.generation != self._child(CONTROL).generation:
+        if not self._current(CONTROL, message.generation):
             return
         self._info = message.info
         self._log.session_id = message.info.session_id
@@ -403,35 +410,43 @@ class SessionSupervisor(pykka.ThreadingActor):
             self._started = None
 
     def _on_child_up(self, message: ChildUp) -> None:
-        child = self._child(message.name)
-        if message.generation != child.generation or self._shutdown is not None:
+        name = message.name
+        if not self._current(name, message.generation) or self._shutdown is not None:
             return
+        child = self._children[name]
         if child.attempt:
-            self._log.info("%s up again after restart %d", message.name, child.attempt)
-        self._set_status(message.name, Up())
+            self._log.info("%s up again after restart %d", name, child.attempt)
+        self._set_status(name, Up())
+        self._gate.link_up(name)
         child.timer = self._scheduler.schedule(self._policy.uptime_reset, self.actor_ref,
-                                               UptimeCheck(message.name, message.generation))
-        if message.name == CONTROL and self._continue_state == "outstanding":
+                                               UptimeCheck(name, message.generation))
+        if name == CONTROL and self._gate.state == "outstanding":
             self._scheduler.schedule(self._timing.handshake, self.actor_ref,
-                                     StallCheck(message.generation, self._last_seq))
-        self._try_hand_continue()
-        if self._completed is not None:
-            self._drain()
+                                     StallCheck(message.generation, self._outbox.last_seq))
+        self._report_gap(name)
+
+    def _report_gap(self, name: str) -> None:
+        if name != CONTROL:
+            gap = self._gate.gap_after_resume(name, self._outbox.addresses(name))
+            if gap is not None:
+                self._log.error("gap on %s: slots %d..=%d (%d slots) fell out of the "
+                                "server's replay buffer", name, gap.first_slot,
+                                gap.last_slot, gap.slots)
+                self._outbox.put(None, gap)
 
     def _on_uptime_check(self, message: UptimeCheck) -> None:
-        child = self._child(message.name)
+        child = self._children[message.name]
         if message.generation == child.generation and isinstance(child.status, Up):
             child.attempt = 0
             child.outage_started = None
 
     def _on_child_lost(self, message: ChildLost) -> None:
         name = message.name
-        child = self._child(name)
-        if message.generation != child.generation:
+        if not self._current(name, message.generation):
             return
+        child = self._children[name]
         child.ref = None
-        if name == CONTROL:
-            self._revert_continue()
+        self._gate.link_down(name)
         if self._shutdown is not None:
             child.status = Closed()
             self._finish_shutdown()
@@ -440,12 +455,12 @@ class SessionSupervisor(pykka.ThreadingActor):
             return
         if name == CONTROL and self._info is None and (message.terminal
                                                        or message.request_written):
-            self._fail("create", CONTROL, message.reason)
+            self._fail("create", name, message.reason)
             return
         if message.terminal:
             self._fail(self._failure_kind(name), name, message.reason)
             return
-        if self._completed is not None and (name == CONTROL or child.drained):
+        if self._completed is not None and (name == CONTROL or self._gate.completed_done):
             self._set_status(name, Closed())  # nothing left to fetch on this link
             return
         now = time.monotonic()
@@ -471,23 +486,24 @@ class SessionSupervisor(pykka.ThreadingActor):
         return "control_failed" if self._info is not None else "create"
 
     def _on_restart(self, message: RestartChild) -> None:
-        child = self._child(message.name)
+        child = self._children[message.name]
         if (message.generation == child.generation and child.ref is None
                 and self._failure is None and self._shutdown is None):
             self._spawn(message.name)
 
     def _on_child_closed(self, message: ChildClosed) -> None:
-        child = self._child(message.name)
-        if message.generation != child.generation:
+        if not self._current(message.name, message.generation):
             return
+        child = self._children[message.name]
         child.ref = None
+        self._gate.link_down(message.name)
         if self._shutdown is not None:
             child.status = Closed()
             self._finish_shutdown()
         else:
             self._set_status(message.name, Closed())
 
-    # --- subscriptions ------
+    # --- subscriptions and events ------
 
     def _on_subscribe(self, message: SubscribeStream) -> None:
         if self._failure is not None:
@@ -495,89 +511,56 @@ class SessionSupervisor(pykka.ThreadingActor):
         if self._shutdown is not None or self._completed is not None:
             raise ManagedSessionError("closed", "session is over")
         if message.kind in self._children:
-            raise ValueError(f"{message.kind}: already subscribed on this session")
+            raise ValueError(f"kind: {message.kind} is already subscribed on this session")
         self._children[message.kind] = _Child(message.kind)
-        self._streams[message.kind] = _Stream(message.addresses)
-        self._deliver(None, ConnectionChanged(message.kind, Connecting()))
+        self._outbox.add_stream(message.kind, message.addresses)
+        self._gate.add_stream(message.kind)
+        self._outbox.put(None, ConnectionChanged(message.kind, Connecting()))
         self._spawn(message.kind)
 
     def _on_stream_items(self, message: StreamItems) -> None:
-        stream = self._streams[message.name]
-        dropped = 0
-        for address, event in message.items:
-            if event.slot > stream.last_slot.get(address, -1):
-                stream.last_slot[address] = event.slot
-            key: Any = event.signature if isinstance(event, Transaction) else (
-                event.signature, event.account)
-            if key in stream.seen:
-                dropped += 1
-                continue
-            stream.seen[key] = event.slot
-            if event.slot > stream.max_slot:
-                stream.max_slot = event.slot
-            self._deliver(message.name, event)
-        self._stats["duplicates_dropped"] += dropped
-        horizon = stream.max_slot - PUBSUB_BUFFER_SLOTS - 1
-        if horizon >= stream.pruned_below + PRUNE_EVERY_SLOTS:
-            # A replay reaches back at most the server's buffer: older keys never return.
-            stream.seen = {k: s for k, s in stream.seen.items() if s >= horizon}
-            stream.pruned_below = horizon
-        if message.generation == self._child(message.name).generation:
-            self._give_back(message.name, dropped)
-
-    # --- control events ------
+        if self._outbox.has_stream(message.name):
+            self._outbox.stream_items(message.name, message.items,
+                                      self._current(message.name, message.generation))
 
     def _on_control_events(self, message: ControlEvents) -> None:
-        current = message.generation == self._child(CONTROL).generation
-        dropped = 0
-        for seq, msg in message.items:
-            if seq is not None:
-                if self._last_seq is not None and seq <= self._last_seq:
-                    dropped += 1
-                    self._stats["duplicates_dropped"] += 1
-                    continue
-                self._last_seq = seq
+        fresh, dropped = self._outbox.fresh_control(message.items)
+        for msg in fresh:
             event = _to_event(msg)
+            if isinstance(event, Slot):
+                self._gate.on_slot(event.slot)
+            elif isinstance(event, ReadyForContinue) and not self._gate.on_ready():
+                event = None  # the end of a chunk, not of the user's continue
+            elif isinstance(event, Completed):
+                self._gate.on_completed()
+                self._completed = event  # held until every stream confirmed the last slot
+                event = None
+            elif isinstance(event, Error):
+                self._gate.on_error()
             if event is None:
                 dropped += 1
-                continue
-            if isinstance(event, ReadyForContinue | Completed):
-                if self._continue_state == "outstanding":
-                    self._continue_state = "idle"
-                    self._continue = None
-            if isinstance(event, Completed):
-                dropped += 1  # held aside, not in the outbox
-                self._completed = event
-                self._drain()
-                continue
-            self._deliver(CONTROL, event)
-        if current:
-            self._give_back(CONTROL, dropped)
-
-    def _drain(self) -> None:
-        """Deliver ``Completed`` once every subscription passed a drain barrier."""
-        if self._completed_delivered or self._completed is None:
-            return
-        waiting = False
-        for name, child in self._children.items():
-            if name == CONTROL or child.drained or isinstance(child.status, Closed):
-                continue
-            waiting = True
-            if child.barrier is None and isinstance(child.status, Up):
-                child.barrier = f"drain-{child.generation}".encode()
-                self._tell_child(name, Barrier(child.barrier))
-        if waiting:
-            return
-        self._completed_delivered = True
-        self._deliver(None, self._completed)  # its credit went back when it was held
+            else:
+                self._outbox.put(CONTROL, event)
+        if self._current(CONTROL, message.generation):
+            self._outbox.consumed(CONTROL, dropped)
         for name in self._children:
-            self._tell_child(name, CloseLink())
+            self._report_gap(name)  # a gap held back by a running continue
 
     def _on_barrier(self, message: BarrierReached) -> None:
-        child = self._child(message.name)
-        if message.generation == child.generation and message.token == child.barrier:
-            child.drained = True
-            self._drain()
+        if self._current(message.name, message.generation):
+            self._gate.barrier_reached(message.name, message.token)
+
+    def _on_link_flow(self, message: LinkFlow) -> None:
+        if self._current(message.name, message.generation):
+            self._children[message.name].paused = message.paused
+
+    def _on_take(self, message: TakeEvents) -> None:
+        closed = None
+        if self._shutdown is not None:
+            closed = ManagedSessionError("closed", "session shut down")
+        elif self._gate.completed_done and all(c.ref is None for c in self._children.values()):
+            closed = ManagedSessionError("closed", "session completed: nothing more will come")
+        self._outbox.take(message.reply, message.limit, closed)
 
     # --- continue ------
 
@@ -585,144 +568,60 @@ class SessionSupervisor(pykka.ThreadingActor):
         error: ManagedSessionError | None = self._failure
         if error is None and (self._shutdown is not None or self._completed is not None):
             error = ManagedSessionError("closed", "session is over")
-        if error is None and self._continue_state != "idle":
+        if error is None and self._gate.state != "idle":
             error = ManagedSessionError("continue_outstanding",
                                         "the previous continue has not been answered yet")
-        if error is not None:
-            if message.reply is not None:
-                _fail_exception(message.reply, error)
-            else:
-                self._log.error("continue refused: %s", error)
+        if error is None:
+            self._gate.submit(message.params, message.reply)
             return
-        self._continue_state = "pending"
-        self._continue = message
-        self._try_hand_continue()
-
-    def _try_hand_continue(self) -> None:
-        if self._continue_state != "pending" or self._continue is None:
+        self._stats["continues_refused"] += 1
+        if message.reply is not None:
+            fail_reply(message.reply, error)
             return
-        if not all(isinstance(c.status, Up) for c in self._children.values()):
-            return  # gated: written once every connection is Up again
-        if self._tell_child(CONTROL, WriteContinue(self._continue.params)):
-            self._continue_state = "handed"
+        self._log.warning("continue refused: %s", error)
+        if self._listener is not None:
+            self._tell_listener(ContinueRefused(message.params, error))
 
     def _on_continue_written(self, message: ContinueWritten) -> None:
-        if message.generation != self._child(CONTROL).generation:
-            return
-        if self._continue_state == "handed" and self._continue is not None:
-            self._continue_state = "outstanding"
+        if self._current(CONTROL, message.generation) and self._gate.written():
             self._stats["continues_written"] += 1
-            if self._continue.reply is not None:
-                self._continue.reply.set(None)
+            if self._gate.reply is not None:
+                self._gate.reply.set(None)
+
+    def _on_continue_not_written(self, message: ContinueNotWritten) -> None:
+        if self._current(CONTROL, message.generation):
+            self._gate.not_written()
 
     def _on_stall_check(self, message: StallCheck) -> None:
         """A written continue is never re-sent (that could advance twice). When nothing
         at all has come from the session for ``Timing.handshake`` after a reconnect,
         the continue most likely died in flight with the old connection: say so."""
-        if (message.generation == self._child(CONTROL).generation
-                and self._continue_state == "outstanding" and self._last_seq == message.last_seq):
+        if (self._current(CONTROL, message.generation) and self._gate.state == "outstanding"
+                and self._outbox.last_seq == message.last_seq):
             self._stats["continue_stalls"] += 1
             self._log.warning(
                 "no answer to the outstanding continue %ss after reconnecting: it was written "
                 "on a connection that died and may never have reached the server; it is not "
                 "re-sent (that could advance the session twice)", self._timing.handshake)
 
-    def _revert_continue(self) -> None:
-        """Handed but not confirmed written: the link died first, so it was not written."""
-        if self._continue_state == "handed":
-            self._continue_state = "pending"
-
-    # --- the outbox ------
-
-    def _deliver(self, source: str | None, event: ManagedEvent | _FailureMarker) -> None:
-        if self._listener is not None:
-            try:
-                if isinstance(event, _FailureMarker):
-                    self._listener.tell(SessionFailed(event.error))
-                else:
-                    self._listener.tell(event)
-            except pykka.ActorDeadError:
-                self._log.warning("listener is gone; event dropped")
-            self._delivered(source, 1)
-            return
-        if self._takers and not self._outbox:
-            self._hand(self._takers.popleft(), source, event)
-            return
-        self._outbox.append((source, event))
-        if source is not None:
-            self._held[source] = self._held.get(source, 0) + 1
-        self._stats["peak_held"] = max(self._stats["peak_held"], len(self._outbox))
-
-    def _hand(self, taker: TakeEvents, source: str | None,
-              event: ManagedEvent | _FailureMarker) -> None:
-        if isinstance(event, _FailureMarker):
-            self._outbox.appendleft((source, event))  # every later take fails the same way
-            _fail_exception(taker.reply, event.error)
-            return
-        taker.reply.set([event])
-        self._delivered(source, 1)
-
-    def _delivered(self, source: str | None, count: int) -> None:
-        self._stats["events_delivered"] += count
-        if source is not None:
-            self._give_back(source, count)
-
-    def _on_take(self, taker: TakeEvents) -> None:
-        if not self._outbox:
-            if self._shutdown is not None:
-                _fail_exception(taker.reply, ManagedSessionError("closed", "session shut down"))
-            else:
-                self._takers.append(taker)
-            return
-        if isinstance(self._outbox[0][1], _FailureMarker):
-            _fail_exception(taker.reply, self._outbox[0][1].error)
-            return
-        batch: list[ManagedEvent] = []
-        returned: dict[str, int] = {}
-        while self._outbox and len(batch) < taker.limit:
-            source, event = self._outbox[0]
-            if isinstance(event, _FailureMarker):
-                break  # the next take gets the error, after these events
-            self._outbox.popleft()
-            batch.append(event)
-            if source is not None:
-                self._held[source] -= 1
-                returned[source] = returned.get(source, 0) + 1
-        taker.reply.set(batch)
-        self._stats["events_delivered"] += len(batch)
-        for source, count in returned.items():
-            self._give_back(source, count)
-
-    def _on_cancel_take(self, reply: pykka.Future[list[ManagedEvent]]) -> bool:
-        for taker in self._takers:
-            if taker.reply is reply:
-                self._takers.remove(taker)
-                return True
-        return False
-
-    def _give_back(self, name: str, credits: int) -> None:
-        """Return flow-control credits in batches: one tell per window/8 events."""
-        child = self._children.get(name)
-        if child is None or credits <= 0:
-            return
-        child.ungranted += credits
-        if child.ungranted >= max(1, self._window // 8) or self._held.get(name, 0) == 0:
-            if self._tell_child(name, Grant(child.ungranted)):
-                child.ungranted = 0
-
     # --- failure and shutdown ------
 
-    def _fail(self, kind: ErrorKind, name: str, reason: str) -> None:
-        self._failure = ManagedSessionError(kind, f"{name}: {reason}")
+    def _fail(self, kind: ErrorKind, name: str = "", reason: str = "",
+              error: ManagedSessionError | None = None) -> None:
+        if self._failure is not None:
+            return
+        self._failure = error or ManagedSessionError(kind, f"{name}: {reason}" if name
+                                                     else reason)
         self._log.error("session failed: %s", self._failure)
-        self._set_status(name, Failed(reason))
+        if name:
+            self._set_status(name, Failed(reason))
         if self._started is not None:
-            _fail_exception(self._started, self._failure)
+            fail_reply(self._started, self._failure)
             self._started = None
-        if self._continue is not None and self._continue.reply is not None:
-            _fail_exception(self._continue.reply, self._failure)
-        self._continue, self._continue_state = None, "idle"
-        self._deliver(None, _FailureMarker(self._failure))
+        if self._gate.reply is not None:
+            fail_reply(self._gate.reply, self._failure)
+        self._gate.abandon()
+        self._outbox.fail(self._failure)
         for child_name in self._children:
             self._tell_child(child_name, CloseLink())
 
@@ -738,11 +637,9 @@ class SessionSupervisor(pykka.ThreadingActor):
                 child.ref = None
         self._shutdown_timer = self._scheduler.schedule(
             self._timing.graceful_close, self.actor_ref, ShutdownDeadline())
-        closed = ManagedSessionError("closed", "session shut down")
-        while self._takers:
-            _fail_exception(self._takers.popleft().reply, closed)
+        self._outbox.close_takers(ManagedSessionError("closed", "session shut down"))
         if self._started is not None:
-            _fail_exception(self._started, ManagedSessionError("cancelled", "shut down"))
+            fail_reply(self._started, ManagedSessionError("cancelled", "shut down"))
             self._started = None
         self._finish_shutdown()
 
@@ -764,10 +661,36 @@ class SessionSupervisor(pykka.ThreadingActor):
 
     def _snapshot_stats(self) -> dict[str, Any]:
         return {
-            **self._stats,
-            "held": len(self._outbox),
+            **self._stats, **self._outbox.stats, **self._gate.stats,
+            "held": self._outbox.queued,
             "reconnects": {name: c.restarts for name, c in self._children.items()},
             "paused": {name: c.paused for name, c in self._children.items()},
-            "last_seq": self._last_seq,
-            "continue_state": self._continue_state,
+            "last_seq": self._outbox.last_seq,
+            "continue_state": self._gate.state,
         }
+
+    _HANDLERS: dict[type, Any] = {
+        StreamItems: _on_stream_items,
+        ControlEvents: _on_control_events,
+        TakeEvents: _on_take,
+        CancelTake: lambda self, m: self._outbox.cancel_take(m.reply),
+        SendContinue: _on_send_continue,
+        ContinueWritten: _on_continue_written,
+        ContinueNotWritten: _on_continue_not_written,
+        SessionReady: _on_session_ready,
+        ChildUp: _on_child_up,
+        ChildLost: _on_child_lost,
+        ChildClosed: _on_child_closed,
+        BarrierReached: _on_barrier,
+        FramesMalformed: lambda self, m: self._stats.__setitem__(
+            "malformed_frames", self._stats["malformed_frames"] + m.count),
+        LinkFlow: _on_link_flow,
+        RestartChild: _on_restart,
+        UptimeCheck: _on_uptime_check,
+        GetStatus: lambda self, m: {n: c.status for n, c in self._children.items()},
+        GetStats: lambda self, m: self._snapshot_stats(),
+        SubscribeStream: _on_subscribe,
+        Shutdown: _on_shutdown,
+        ShutdownDeadline: lambda self, m: self._finish_shutdown(forced=True),
+        StallCheck: _on_stall_check,
+    }

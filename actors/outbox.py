@@ -1,0 +1,288 @@
+"""Outbox: what the application gets, once, in order, within bounded memory.
+
+A plain class (no threads, no sockets) owned by the supervisor, in the style of
+h11's connection object: the supervisor feeds it what the links reported and
+asks it what to hand out; every decision about *which* events reach the
+application lives here and is unit-tested without an actor.
+
+* **Exactly once.** Control events are deduplicated by ``seqId`` (an attach
+  replays after the last one seen); subscription items by key (transaction
+  signature; diff (signature, account)) across the replayed boundary. Keys are
+  remembered for the server's replay buffer (:data:`PUBSUB_BUFFER_SLOTS`) past the
+  newest slot: a replay never reaches further back, so older keys never return.
+* **Order.** Events leave in the order they were put; the subscription link
+  sorts a resume's replay by slot before it reaches here.
+* **Credits.** Each link's reader may hold ``window`` undelivered frames; a
+  credit goes back when its event leaves the client (taken, told to the
+  listener, or dropped as a duplicate). Grants are batched: one per ``window/8``.
+* **Takes.** The blocking facade waits on a future (:class:`Taker`); a take is
+  answered with a batch, withdrawn on timeout or interrupt, or failed with the
+  session's error once every event queued before the failure was handed out.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+from protocol.pubsub import PUBSUB_BUFFER_SLOTS
+
+from .events import (
+    AccountDiff,
+    ManagedEvent,
+    ManagedSessionError,
+    SessionFailed,
+    Transaction,
+)
+
+PRUNE_EVERY_SLOTS = 16  # dedup keys are pruned in steps, not on every batch
+
+
+class Reply(Protocol):
+    """The future a take is answered through (a ``pykka.Future``)."""
+
+    def set(self, value: Any = None) -> None: ...
+
+    def set_exception(self, exc_info: Any = None) -> None: ...
+
+
+def fail_reply(reply: Reply, error: BaseException) -> None:
+    """Fail a future that may already be answered (a withdrawn take): never raises."""
+    try:
+        reply.set_exception((type(error), error, None))
+    except Exception:  # noqa: BLE001 - already completed
+        pass
+
+
+class _Stream:
+    __slots__ = ("addresses", "last_slot", "seen", "max_slot", "pruned_below")
+
+    def __init__(self, addresses: tuple[str, ...]) -> None:
+        self.addresses = addresses
+        self.last_slot: dict[str, int] = {}  # per address: the resume cursor
+        self.seen: dict[Any, int] = {}  # delivered key -> slot
+        self.max_slot = -1
+        self.pruned_below = -1
+
+
+class _FailureMarker:
+    """Sits last in the queue: the application gets every earlier event first."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: ManagedSessionError) -> None:
+        self.error = error
+
+
+Listener = Callable[[ManagedEvent | SessionFailed], bool]
+
+
+class Outbox:
+    """Dedup, order, credits and takes for one session.
+
+    ``listener`` (optional) is called with every event at once instead of
+    queueing it; it returns False when the listener is gone.
+    """
+
+    def __init__(self, *, window: int, log: logging.LoggerAdapter[logging.Logger],
+                 listener: Listener | None = None) -> None:
+        self._window = window
+        self._log = log
+        self._listener = listener
+        self._queue: deque[tuple[str | None, ManagedEvent | _FailureMarker]] = deque()
+        self._held: dict[str, int] = {}
+        self._takers: deque[tuple[Reply, int]] = deque()
+        self._ungranted: dict[str, int] = {}
+        self._grants: dict[str, int] = {}
+        self._streams: dict[str, _Stream] = {}
+        self._last_seq: int | None = None
+        self._failure: ManagedSessionError | None = None
+        self.listener_lost = False
+        self.stats = {"duplicates_dropped": 0, "stale_seq_dropped": 0, "events_delivered": 0,
+                      "peak_held": 0}
+
+    # --- what the links reported ------
+
+    @property
+    def last_seq(self) -> int | None:
+        """The last control ``seqId`` seen: where an attach resumes."""
+        return self._last_seq
+
+    def fresh_control(self, items: Iterable[tuple[int | None, Any]]) -> tuple[list[Any], int]:
+        """Control responses not seen before, and how many were dropped as replays.
+
+        A ``seqId`` at or below the last one is a replay after an attach. One
+        *below* it cannot come from a faithful replay: it is dropped all the same
+        (delivering it would reorder the stream) but logged, since it means the
+        server or a proxy reordered frames.
+        """
+        fresh: list[Any] = []
+        dropped = 0
+        for seq, msg in items:
+            if seq is not None and self._last_seq is not None and seq <= self._last_seq:
+                dropped += 1
+                self.stats["duplicates_dropped"] += 1
+                if seq < self._last_seq:
+                    self.stats["stale_seq_dropped"] += 1
+                    self._log.warning("control seqId %d after %d: out of order, dropped",
+                                      seq, self._last_seq)
+                continue
+            if seq is not None:
+                self._last_seq = seq
+            fresh.append(msg)
+        return fresh, dropped
+
+    def add_stream(self, name: str, addresses: tuple[str, ...]) -> None:
+        self._streams[name] = _Stream(addresses)
+
+    def has_stream(self, name: str) -> bool:
+        return name in self._streams
+
+    def addresses(self, name: str) -> tuple[str, ...]:
+        return self._streams[name].addresses
+
+    def replay_cursor(self, name: str, address: str) -> int | None:
+        """The last slot delivered for ``address`` (inclusive resume point), if any."""
+        return self._streams[name].last_slot.get(address)
+
+    def delivered_through(self, name: str) -> int:
+        """The newest slot with an item delivered on this stream (-1: none yet)."""
+        return self._streams[name].max_slot
+
+    def stream_items(self, name: str, items: Iterable[tuple[str, Transaction | AccountDiff]],
+                     current: bool) -> None:
+        """Queue each item not delivered before; ``current``: from the live connection."""
+        stream = self._streams[name]
+        dropped = 0
+        for address, event in items:
+            if event.slot > stream.last_slot.get(address, -1):
+                stream.last_slot[address] = event.slot
+            key: Any = event.signature if isinstance(event, Transaction) else (
+                event.signature, event.account)
+            if key in stream.seen:
+                dropped += 1
+                continue
+            stream.seen[key] = event.slot
+            if event.slot > stream.max_slot:
+                stream.max_slot = event.slot
+            self.put(name, event)
+        self.stats["duplicates_dropped"] += dropped
+        horizon = stream.max_slot - PUBSUB_BUFFER_SLOTS - 1
+        if horizon >= stream.pruned_below + PRUNE_EVERY_SLOTS:
+            stream.seen = {k: s for k, s in stream.seen.items() if s >= horizon}
+            stream.pruned_below = horizon
+        if current:
+            self.consumed(name, dropped)
+
+    # --- the queue ------
+
+    def put(self, source: str | None, event: ManagedEvent) -> None:
+        """Hand ``event`` to the listener or the first waiting take, or queue it."""
+        if self._listener is not None:
+            if not self._listener(event):
+                self.listener_lost = True
+            self._delivered(source, 1)
+            return
+        if self._takers and not self._queue:
+            reply, _ = self._takers.popleft()
+            reply.set([event])
+            self._delivered(source, 1)
+            return
+        self._queue.append((source, event))
+        if source is not None:
+            self._held[source] = self._held.get(source, 0) + 1
+        self.stats["peak_held"] = max(self.stats["peak_held"], len(self._queue))
+
+    def fail(self, error: ManagedSessionError) -> None:
+        """Every later take fails with ``error``, after the events queued before it."""
+        if self._failure is not None:
+            return
+        self._failure = error
+        if self._listener is not None:
+            self._listener(SessionFailed(error))
+            return
+        self._queue.append((None, _FailureMarker(error)))
+        while self._takers and isinstance(self._queue[0][1], _FailureMarker):
+            fail_reply(self._takers.popleft()[0], error)
+
+    def take(self, reply: Reply, limit: int, closed: ManagedSessionError | None) -> None:
+        """Answer ``reply`` with up to ``limit`` events, or wait for one.
+
+        ``closed``: the session is over and nothing more will come; an empty
+        queue then fails the take at once instead of leaving it waiting.
+        """
+        if not self._queue:
+            if closed is not None:
+                fail_reply(reply, closed)
+            else:
+                self._takers.append((reply, limit))
+            return
+        head = self._queue[0][1]
+        if isinstance(head, _FailureMarker):
+            fail_reply(reply, head.error)
+            return
+        batch: list[ManagedEvent] = []
+        returned: dict[str, int] = {}
+        while self._queue and len(batch) < limit:
+            source, event = self._queue[0]
+            if isinstance(event, _FailureMarker):
+                break  # the next take gets the error, after these events
+            self._queue.popleft()
+            batch.append(event)
+            if source is not None:
+                self._held[source] -= 1
+                returned[source] = returned.get(source, 0) + 1
+        reply.set(batch)
+        self.stats["events_delivered"] += len(batch)
+        for source, count in returned.items():
+            self.consumed(source, count)
+
+    def cancel_take(self, reply: Reply) -> bool:
+        """Withdraw a waiting take; False if events were already put in it."""
+        for taker in self._takers:
+            if taker[0] is reply:
+                self._takers.remove(taker)
+                return True
+        return False
+
+    def close_takers(self, error: ManagedSessionError) -> None:
+        """Fail every waiting take: nothing more will come."""
+        while self._takers:
+            fail_reply(self._takers.popleft()[0], error)
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def held(self, source: str) -> int:
+        return self._held.get(source, 0)
+
+    # --- credits ------
+
+    def reset_link(self, name: str) -> int:
+        """A new connection for ``name``: its window less what it still has queued here."""
+        self._ungranted[name] = 0
+        return max(1, self._window - self._held.get(name, 0))
+
+    def consumed(self, name: str, credits: int) -> None:
+        """``credits`` frames of ``name`` left the client: give them back in batches."""
+        if credits <= 0:
+            return
+        owed = self._ungranted.get(name, 0) + credits
+        if owed >= max(1, self._window // 8) or self._held.get(name, 0) == 0:
+            self._grants[name] = self._grants.get(name, 0) + owed
+            owed = 0
+        self._ungranted[name] = owed
+
+    def take_grants(self) -> list[tuple[str, int]]:
+        """Grants due since the last call, for the supervisor to tell its links."""
+        grants = list(self._grants.items())
+        self._grants.clear()
+        return grants
+
+    def _delivered(self, source: str | None, count: int) -> None:
+        self.stats["events_delivered"] += count
+        if source is not None:
+            self.consumed(source, count)
