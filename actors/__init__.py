@@ -13,6 +13,7 @@ from .events import (
     Connecting,
     ConnectionChanged,
     ConnectionStatus,
+    ContinueLost,
     Error,
     Failed,
     Gap,
@@ -27,15 +28,17 @@ from .events import (
     Transaction,
     Up,
 )
+from .requests import ContinueRefused, GetStats, GetStatus, SendContinue, SubscribeStream
 from .session import ManagedBacktestSession
-from .supervisor import GetStats, GetStatus, SendContinue, SessionSupervisor, SubscribeStream
+from .supervisor import SessionSupervisor
 
 # A library logs; the application decides where records go (and at what level).
 logging.getLogger("backtest_actors").addHandler(logging.NullHandler())
 
 __all__ = [
     "AccountDiff", "Closed", "Completed", "Connecting", "ConnectionChanged", "ConnectionStatus",
-    "Error", "Failed", "Gap", "GetStats", "GetStatus", "ManagedBacktestSession", "ManagedEvent",
-    "ManagedSessionError", "ReadyForContinue", "Reconnecting", "SendContinue", "SessionFailed",
-    "SessionInfo", "SessionSupervisor", "Slot", "Status", "SubscribeStream", "Transaction", "Up",
+    "ContinueLost", "ContinueRefused", "Error", "Failed", "Gap", "GetStats", "GetStatus",
+    "ManagedBacktestSession", "ManagedEvent", "ManagedSessionError", "ReadyForContinue",
+    "Reconnecting", "SendContinue", "SessionFailed", "SessionInfo", "SessionSupervisor", "Slot",
+    "Status", "SubscribeStream", "Transaction", "Up",
 ]

@@ -28,15 +28,20 @@ from protocol import (
     Resume,
     SessionAttached,
     SessionCreated,
+    SlotNotification,
     Success,
     decode_response,
     encode_request,
     resolve_rpc_url,
 )
+from protocol import Completed as WireCompleted
+from protocol import ReadyForContinue as WireReady
+from protocol import Status as WireStatus
 from protocol.messages import Request, Response
 
 from .connection import Pong
-from .events import SessionInfo
+from .events import Completed, ManagedEvent, ReadyForContinue, SessionInfo, Slot, Status
+from .events import Error as ErrorEvent
 from .link import LinkActor
 
 CONTROL = "control"
@@ -52,10 +57,26 @@ class SessionReady:
 
 @attrs.frozen
 class ControlEvents:
-    """Session responses in arrival order, each with its ``seqId`` (or ``None``)."""
+    """Session responses in arrival order as events, each with its ``seqId`` (or
+    ``None``); ``None`` for a response with nothing to deliver (it still counts
+    for deduplication and credits)."""
 
     generation: int
-    items: list[tuple[int | None, Response]]
+    items: list[tuple[int | None, ManagedEvent | None]]
+
+
+def to_event(msg: Response) -> ManagedEvent | None:
+    if isinstance(msg, SlotNotification):
+        return Slot(msg.slot)
+    if isinstance(msg, WireStatus):
+        return Status(msg.status)
+    if isinstance(msg, WireReady):
+        return ReadyForContinue()
+    if isinstance(msg, WireCompleted):
+        return Completed(msg.summary)
+    if isinstance(msg, Error):
+        return ErrorEvent(msg.error)
+    return None  # unknown methods and stray lifecycle answers: nothing to deliver
 
 
 @attrs.frozen
@@ -101,7 +122,7 @@ class ControlActor(LinkActor):
         self.expect_handshake_answer()
 
     def on_items(self, items: list[Any]) -> None:
-        events: list[tuple[int | None, Response]] = []
+        events: list[tuple[int | None, ManagedEvent | None]] = []
         malformed: list[Exception] = []
         consumed = 0  # lifecycle frames handled here: their credits come straight back
         for item in items:
@@ -113,6 +134,13 @@ class ControlActor(LinkActor):
             seq, msg = item
             if self.phase == "handshake":
                 outcome = self._advance_handshake(msg)
+                if outcome == "up":
+                    # What came before (an attach replay) reaches the supervisor
+                    # before ChildUp: Up means "the replay is complete".
+                    self._flush(events, malformed, consumed + 1)
+                    events, malformed, consumed = [], [], 0
+                    self.mark_up()
+                    continue
                 if outcome == "consumed":
                     consumed += 1
                     continue
@@ -125,7 +153,7 @@ class ControlActor(LinkActor):
                     self.finish_close()
                     return
                 continue
-            events.append((seq, msg))
+            events.append((seq, to_event(msg)))
         self._flush(events, malformed, consumed)
 
     def on_command(self, message: Any) -> None:
@@ -149,7 +177,8 @@ class ControlActor(LinkActor):
     # --- internals ------
 
     def _advance_handshake(self, msg: Response) -> str:
-        """Advance the create/attach handshake; ``consumed``, ``forward`` or ``failed``."""
+        """Advance the create/attach handshake: ``up``, ``consumed``, ``forward`` or
+        ``failed``."""
         if isinstance(msg, Error):
             self._handshake_error(msg.error)
             return "failed"
@@ -158,15 +187,18 @@ class ControlActor(LinkActor):
                                msg.task_id)
             self.log.session_id = msg.session_id
             self.report(SessionReady(self.generation, info))
-            self.mark_up()
-            return "consumed"
+            return "up"
         if self._attach is not None and isinstance(msg, SessionAttached):
             self._resume_sent = self._write(Resume())
             self.expect_handshake_answer()
             return "consumed"
         if self._resume_sent and isinstance(msg, Success):
-            self.mark_up()
-            return "consumed"
+            return "up"
+        if self._attach is None and isinstance(msg, WireCompleted):
+            # The session ended before it was named: start() must fail, not wait.
+            self.lost("the session completed before sessionCreated", terminal=True,
+                      request_written=True)
+            return "failed"
         return "forward"  # e.g. status before sessionCreated, or attach replay
 
     def _handshake_error(self, error: BacktestError) -> None:
@@ -176,7 +208,8 @@ class ControlActor(LinkActor):
         else:
             self.lost(f"attach rejected: {error}", terminal=error.terminal)
 
-    def _flush(self, events: list[tuple[int | None, Response]], malformed: list[Exception],
+    def _flush(self, events: list[tuple[int | None, ManagedEvent | None]],
+               malformed: list[Exception],
                consumed: int) -> None:
         if events:
             self.report(ControlEvents(self.generation, events))

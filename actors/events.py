@@ -132,6 +132,23 @@ class Gap:
 
 
 @attrs.frozen
+class ContinueLost:
+    """A continue written just before the control connection died never reached the
+    server.
+
+    The evidence (DESIGN §6): the session re-attached (the old connection can
+    deliver nothing more), the attach replay is complete, and no sequenced
+    response newer than the continue's write point came within
+    ``Timing.quiet_window``. ``resent``: the session wrote ``params`` once more
+    (policy ``"resend"``); otherwise (``"raise"``) the continue is dropped and
+    the application decides: ``send_continue(params)`` again, or shut down.
+    """
+
+    params: Any
+    resent: bool
+
+
+@attrs.frozen
 class ConnectionChanged:
     name: str  # "control", "transactions" or "account_diffs"
     status: ConnectionStatus
@@ -139,7 +156,7 @@ class ConnectionChanged:
 
 ManagedEvent = (
     ReadyForContinue | Slot | Status | Transaction | AccountDiff | Completed | Error
-    | ConnectionChanged | Gap
+    | ConnectionChanged | Gap | ContinueLost
 )
 
 # --- errors -------------------------------------------------------------------------------

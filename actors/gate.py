@@ -32,6 +32,15 @@ once a stream's lag passes half the budget, so a chunk rarely waits for one.
 A link that cannot answer its barrier holds the next chunk until it is found
 dead (keepalive deadline) and resumes.
 
+**A continue lost in flight** is never re-sent blindly and never left hanging
+(DESIGN §6). It counts as lost on evidence: the control link re-attached (the
+dead connection can deliver nothing more), the attach replay is complete (the
+resume's ``success`` comes after it), and no sequenced response newer than the
+write point arrived within the quiet window. Policy ``"resend"`` writes it once
+more; ``"raise"`` hands it back to the application. A continue answered more
+often than it was written (an answer arriving with none outstanding) is a
+double advance: counted, never hidden.
+
 **Gaps.** With ``max_run_ahead > PUBSUB_BUFFER_SLOTS`` (the user's choice: fewer
 barriers, no safety) a link that stays down longer than the server needs to
 run a chunk comes back to a buffer that no longer reaches its resume point.
@@ -53,11 +62,12 @@ import attrs
 from protocol import ContinueParams
 from protocol.pubsub import PUBSUB_BUFFER_SLOTS
 
-from .events import Gap
+from .events import ContinueLost, Gap
 
 DEFAULT_MAX_RUN_AHEAD = PUBSUB_BUFFER_SLOTS - 20  # 20 slots of margin
 
 ContinueState = Literal["idle", "pending", "handed", "outstanding"]
+LostContinuePolicy = Literal["resend", "raise"]
 
 
 @attrs.define
@@ -74,9 +84,15 @@ class ContinueGate:
     """The continue state machine of one session; see the module docstring."""
 
     def __init__(self, *, max_run_ahead: int = DEFAULT_MAX_RUN_AHEAD,
-                 buffer_slots: int = PUBSUB_BUFFER_SLOTS) -> None:
+                 buffer_slots: int = PUBSUB_BUFFER_SLOTS,
+                 on_lost_continue: LostContinuePolicy = "resend") -> None:
         self.max_run_ahead = max_run_ahead
         self.buffer_slots = buffer_slots
+        self.on_lost_continue = on_lost_continue
+        # Where the chunk in flight was written: control generation, last seqId then,
+        # whether it was the user continue's first chunk (it carries the transactions).
+        self._written_at: tuple[int, int | None, bool] = (0, None, False)
+        self._resent_chunk = 0  # blocks given back for a resend not yet written
         self.state: ContinueState = "idle"
         self.params: ContinueParams | None = None  # the user's continue being carried out
         self.reply: Any = None
@@ -93,7 +109,8 @@ class ContinueGate:
         self._completed_released = False
         self._tokens = itertools.count(1)
         self.stats = {"chunks_written": 0, "barriers_sent": 0, "chunk_holds": 0, "gaps": 0,
-                      "gap_slots": 0}
+                      "gap_slots": 0, "lost_continues": 0, "continues_resent": 0,
+                      "double_advances": 0}
         self._holding = False
 
     # --- what happened ------
@@ -134,7 +151,8 @@ class ContinueGate:
 
     def on_ready(self) -> bool:
         """``readyForContinue``: True when the application should see it."""
-        if self.state != "outstanding":
+        if self.state != "outstanding" and not self._late_answer():
+            self._unexpected_answer()
             return True
         self._chunk = 0
         if self._remaining > 0:
@@ -144,6 +162,8 @@ class ContinueGate:
         return True
 
     def on_completed(self) -> None:
+        if self.state != "outstanding" and not self._late_answer():
+            self._unexpected_answer()
         self._completed = True
         self._chunk = 0
         if self.state in ("outstanding", "handed", "pending"):
@@ -191,15 +211,46 @@ class ContinueGate:
             self._remaining += self._chunk
             self._chunk = 0
 
-    def written(self) -> bool:
-        """The chunk reached the wire; True when it was the user continue's first chunk."""
+    def written(self, generation: int, last_seq: int | None) -> bool:
+        """The chunk reached the wire on control ``generation`` when the last seqId was
+        ``last_seq``; True when it was the user continue's first chunk (not a resend)."""
         if self.state != "handed":
             return False
         self.state = "outstanding"
         self._written_any = True
         self.stats["chunks_written"] += 1
         first, self._first_chunk = self._first_chunk, False
-        return first
+        self._written_at = (generation, last_seq, first)
+        resent, self._resent_chunk = self._resent_chunk, 0
+        return first and not resent
+
+    def control_resumed(self, generation: int) -> bool:
+        """The control link is Up on ``generation`` with its attach replay complete.
+        True when a chunk written on an older connection is still unanswered: the
+        quiet window starts now."""
+        return self.state == "outstanding" and self._written_at[0] < generation
+
+    def quiet_window_over(self, generation: int, last_seq: int | None
+                          ) -> ContinueLost | None:
+        """The quiet window after ``control_resumed`` ended with ``last_seq`` the newest
+        seqId: the continue is lost when nothing newer than its write point came."""
+        written_on, written_seq, first = self._written_at
+        if (self.state != "outstanding" or written_on >= generation
+                or last_seq != written_seq or self.params is None):
+            return None
+        self.stats["lost_continues"] += 1
+        lost = ContinueParams(advance_count=self._remaining + self._chunk)
+        if first:
+            lost = attrs.evolve(self.params, advance_count=lost.advance_count)
+        if self.on_lost_continue == "resend":
+            self.stats["continues_resent"] += 1
+            self.state = "pending"
+            self._remaining += self._chunk
+            self._resent_chunk, self._chunk = self._chunk, 0
+            self._first_chunk = first
+            return ContinueLost(lost, resent=True)
+        self._finish()
+        return ContinueLost(lost, resent=False)
 
     def abandon(self) -> None:
         """The session failed or closed: drop the continue in flight."""
@@ -303,6 +354,23 @@ class ContinueGate:
         return self._confirmed_slot(self._streams[name])
 
     # --- internals ------
+
+    def _late_answer(self) -> bool:
+        """The answer to a continue judged lost came before its resend was written:
+        it was not lost after all; the resend is called off."""
+        if self.state != "pending" or not self._resent_chunk:
+            return False
+        self._remaining -= self._resent_chunk
+        self._chunk, self._resent_chunk = self._resent_chunk, 0
+        self.state = "outstanding"
+        self.stats["continues_resent"] -= 1
+        return True
+
+    def _unexpected_answer(self) -> None:
+        """An answer with no chunk outstanding: after the first (create) one, a continue
+        was answered twice: the session advanced twice."""
+        if self._written_any:
+            self.stats["double_advances"] += 1
 
     def _finish(self) -> None:
         self.state, self.params, self.reply = "idle", None, None

@@ -20,20 +20,17 @@ from protocol.pubsub import StreamKind
 
 from .connection import DEFAULT_MAX_FRAME_SIZE
 from .events import ConnectionStatus, ManagedEvent, ManagedSessionError, SessionInfo
-from .gate import DEFAULT_MAX_RUN_AHEAD
-from .supervisor import (
-    DEFAULT_MAX_QUEUE,
-    LINKS_PER_SESSION,
-    TAKE_BATCH,
+from .gate import DEFAULT_MAX_RUN_AHEAD, LostContinuePolicy
+from .requests import (
     CancelTake,
     GetStats,
     GetStatus,
     SendContinue,
-    SessionSupervisor,
     Shutdown,
     SubscribeStream,
     TakeEvents,
 )
+from .supervisor import DEFAULT_MAX_QUEUE, LINKS_PER_SESSION, TAKE_BATCH, SessionSupervisor
 from .timers import Scheduler
 
 # Extra time shutdown() allows beyond Timing.graceful_close for actors to end.
@@ -75,7 +72,8 @@ class ManagedBacktestSession:
               max_queue: int = DEFAULT_MAX_QUEUE,
               sslopt: dict[str, Any] | None = None,
               max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
-              max_run_ahead: int = DEFAULT_MAX_RUN_AHEAD) -> ManagedBacktestSession:
+              max_run_ahead: int = DEFAULT_MAX_RUN_AHEAD,
+              on_lost_continue: LostContinuePolicy = "resend") -> ManagedBacktestSession:
         """Connect, create the session, return once its identity is known.
 
         Raises ``ManagedSessionError(kind="create")`` when the session cannot be
@@ -89,6 +87,10 @@ class ManagedBacktestSession:
         may run past what every subscription has confirmed; larger continues are
         split (see :mod:`actors.gate`). Up to the server's 100-slot replay buffer
         no event can be lost; above it a long outage is reported as a ``Gap``.
+
+        ``on_lost_continue``: what to do with a continue that died unread with
+        its connection (see ``ContinueLost``): ``"resend"`` (default: a hung
+        backtest is the worse failure) or ``"raise"`` (the application decides).
         """
         control_url = backtest_ws_url(url)
         if not isinstance(api_key, str) or not api_key:
@@ -103,6 +105,9 @@ class ManagedBacktestSession:
                              f"got {max_queue!r}")
         if type(max_run_ahead) is not int or max_run_ahead < 1:
             raise ValueError(f"max_run_ahead: expected an integer >= 1, got {max_run_ahead!r}")
+        if on_lost_continue not in ("resend", "raise"):
+            raise ValueError(f"on_lost_continue: expected 'resend' or 'raise', got "
+                             f"{on_lost_continue!r}")
         timing = timing or Timing()
         scheduler = Scheduler()
         started: pykka.ThreadingFuture[SessionInfo] = pykka.ThreadingFuture()
@@ -110,7 +115,7 @@ class ManagedBacktestSession:
             url=control_url, api_key=api_key, create=create, policy=policy or ReconnectPolicy(),
             timing=timing, scheduler=scheduler, started=started, listener=listener,
             max_queue=max_queue, sslopt=sslopt, max_frame_size=max_frame_size,
-            max_run_ahead=max_run_ahead)
+            max_run_ahead=max_run_ahead, on_lost_continue=on_lost_continue)
         session = cls(supervisor, scheduler, SessionInfo("", ""), timing)
         try:
             session._info = started.get()

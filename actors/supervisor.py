@@ -24,20 +24,14 @@ the actor stays alive so every event queued before it is still handed out.
 from __future__ import annotations
 
 import time
-from typing import Any, get_args
+from typing import Any
 
 import attrs
 import pykka
 
-from protocol import Attach, ContinueParams, CreateSession, ReconnectPolicy, Timing, pubsub_url
-from protocol import Completed as WireCompleted
-from protocol import Error as WireError
-from protocol import ReadyForContinue as WireReady
-from protocol import SlotNotification as WireSlot
-from protocol import Status as WireStatus
-from protocol.messages import Response
-from protocol.pubsub import StreamKind
+from protocol import Attach, CreateSession, ReconnectPolicy, Timing, pubsub_url
 
+from .children import Children, GiveUp
 from .connection import DEFAULT_MAX_FRAME_SIZE
 from .control import (
     CONTROL,
@@ -64,13 +58,22 @@ from .events import (
     SessionFailed,
     SessionInfo,
     Slot,
-    Status,
     Up,
 )
-from .gate import DEFAULT_MAX_RUN_AHEAD, ContinueGate
+from .gate import DEFAULT_MAX_RUN_AHEAD, ContinueGate, LostContinuePolicy
 from .link import ChildClosed, ChildLost, ChildUp, CloseLink, FramesMalformed, Grant, LinkFlow
 from .logs import SessionLogger
 from .outbox import Outbox, fail_reply
+from .requests import (
+    CancelTake,
+    ContinueRefused,
+    GetStats,
+    GetStatus,
+    SendContinue,
+    Shutdown,
+    SubscribeStream,
+    TakeEvents,
+)
 from .subscription import Barrier, BarrierReached, StreamItems, SubscriptionActor
 from .timers import Scheduler, TimerHandle
 
@@ -79,88 +82,6 @@ LINKS_PER_SESSION = 3  # control + transactions + account diffs
 # Events the blocking facade may take per round trip. They leave the outbox, so
 # the links' windows share max_queue minus this (memory stays bounded).
 TAKE_BATCH = 128
-
-# --- public messages (application actors tell/ask these) -------------------------------
-
-
-@attrs.frozen
-class SendContinue:
-    """Hand a continue to the session; ``reply`` (optional) resolves once it is written.
-
-    A refusal (one is outstanding, the session is over) fails ``reply``; without
-    one it is logged and a listener is told a :class:`ContinueRefused`.
-    """
-
-    params: ContinueParams = attrs.field(validator=attrs.validators.instance_of(ContinueParams))
-    reply: pykka.Future[None] | None = attrs.field(default=None, eq=False)
-
-
-@attrs.frozen
-class ContinueRefused:
-    """Told to a listener when a ``SendContinue`` without ``reply`` was refused."""
-
-    params: ContinueParams
-    error: ManagedSessionError = attrs.field(eq=False)
-
-
-@attrs.frozen
-class GetStatus:
-    """``ask`` it: a dict of connection name -> ConnectionStatus."""
-
-
-@attrs.frozen
-class GetStats:
-    """``ask`` it: counters (reconnects, duplicates dropped, malformed frames, ...)."""
-
-
-def _stream_kind(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value not in get_args(StreamKind):
-        raise ValueError(f"{attribute.name}: expected one of {get_args(StreamKind)}, "
-                         f"got {value!r}")
-
-
-def _address_tuple(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str) or not isinstance(value, tuple | list):
-        raise TypeError(f"addresses: expected a tuple of addresses, got {type(value).__name__}")
-    return tuple(value)
-
-
-@attrs.frozen
-class SubscribeStream:
-    """``ask`` it: start a subscription link for ``kind`` over ``addresses``.
-
-    The facade checks the addresses first (see ``subscribe_transactions``).
-    """
-
-    kind: StreamKind = attrs.field(validator=_stream_kind)
-    addresses: tuple[str, ...] = attrs.field(converter=_address_tuple)
-
-
-@attrs.frozen
-class TakeEvents:
-    """Complete ``reply`` with up to ``limit`` events (at least one) or the session's error.
-
-    Taking a batch per round trip instead of one event is what keeps the
-    facade from being the slowest hop.
-    """
-
-    reply: pykka.Future[list[ManagedEvent]] = attrs.field(eq=False)
-    limit: int = 1
-
-
-@attrs.frozen
-class CancelTake:
-    """``ask`` it: True if the take was withdrawn before events were put in it."""
-
-    reply: pykka.Future[list[ManagedEvent]] = attrs.field(eq=False)
-
-
-@attrs.frozen
-class Shutdown:
-    """Close everything; ``reply`` resolves with the child refs once they have stopped."""
-
-    reply: pykka.Future[list[pykka.ActorRef[Any]]] = attrs.field(eq=False)
-
 
 # --- timer messages -----------------------------------------------------------------------
 
@@ -183,38 +104,10 @@ class ShutdownDeadline:
 
 
 @attrs.frozen
-class StallCheck:
-    """A continue written on a connection that died: has anything come since the restart?"""
+class QuietCheck:
+    """The quiet window after a re-attach ended: was the continue in flight lost?"""
 
     generation: int
-    last_seq: int | None
-
-
-@attrs.define
-class _Child:
-    name: str
-    ref: pykka.ActorRef[Any] | None = None
-    generation: int = 0
-    status: ConnectionStatus = attrs.field(factory=Connecting)
-    attempt: int = 0
-    outage_started: float | None = None
-    restarts: int = 0
-    timer: TimerHandle | None = None
-    paused: bool = False  # its reader is out of credits (the application is behind)
-
-
-def _to_event(msg: Response) -> ManagedEvent | None:
-    if isinstance(msg, WireSlot):
-        return Slot(msg.slot)
-    if isinstance(msg, WireStatus):
-        return Status(msg.status)
-    if isinstance(msg, WireReady):
-        return ReadyForContinue()
-    if isinstance(msg, WireCompleted):
-        return Completed(msg.summary)
-    if isinstance(msg, WireError):
-        return Error(msg.error)
-    return None  # unknown methods and stray lifecycle answers: nothing to deliver
 
 
 class SessionSupervisor(pykka.ThreadingActor):
@@ -225,7 +118,8 @@ class SessionSupervisor(pykka.ThreadingActor):
                  started: pykka.Future[SessionInfo], listener: pykka.ActorRef[Any] | None,
                  max_queue: int, sslopt: dict[str, Any] | None = None,
                  max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
-                 max_run_ahead: int = DEFAULT_MAX_RUN_AHEAD) -> None:
+                 max_run_ahead: int = DEFAULT_MAX_RUN_AHEAD,
+                 on_lost_continue: LostContinuePolicy = "resend") -> None:
         super().__init__()
         self._url = url
         self._api_key = api_key
@@ -241,15 +135,15 @@ class SessionSupervisor(pykka.ThreadingActor):
         window = max(1, (max_queue - min(TAKE_BATCH, max_queue // 2)) // LINKS_PER_SESSION)
         self._outbox = Outbox(window=window, log=self._log,
                               listener=None if listener is None else self._tell_listener)
-        self._gate = ContinueGate(max_run_ahead=max_run_ahead)
+        self._gate = ContinueGate(max_run_ahead=max_run_ahead, on_lost_continue=on_lost_continue)
         self._info: SessionInfo | None = None
-        self._children: dict[str, _Child] = {CONTROL: _Child(CONTROL)}
+        self._children = Children(policy)
+        self._children.add(CONTROL)
         self._completed: Completed | None = None
         self._failure: ManagedSessionError | None = None
         self._shutdown: Shutdown | None = None
         self._shutdown_timer: TimerHandle | None = None
-        self._stats = {"malformed_frames": 0, "continues_written": 0, "continue_stalls": 0,
-                       "continues_refused": 0}
+        self._stats = {"malformed_frames": 0, "continues_written": 0, "continues_refused": 0}
 
     # --- pykka ------
 
@@ -302,15 +196,12 @@ class SessionSupervisor(pykka.ThreadingActor):
                       self._shutdown.reply if self._shutdown else None):
             if reply is not None:
                 fail_reply(reply, error)
-        for child in self._children.values():
-            if child.ref is not None:
-                child.ref.stop(block=False)
+        for ref in self._children.alive():
+            ref.stop(block=False)
         self.on_stop()
 
     def on_stop(self) -> None:
-        for child in self._children.values():
-            if child.timer:
-                child.timer.cancel()
+        self._children.cancel_timers()
         self._outbox.close_takers(ManagedSessionError("closed", "session shut down"))
 
     def _pump(self) -> None:
@@ -395,12 +286,8 @@ class SessionSupervisor(pykka.ThreadingActor):
         child.status = status
         self._outbox.put(None, ConnectionChanged(name, status))
 
-    def _current(self, name: str, generation: int) -> bool:
-        child = self._children.get(name)
-        return child is not None and child.generation == generation
-
     def _on_session_ready(self, message: SessionReady) -> None:
-        if not self._current(CONTROL, message.generation):
+        if not self._children.current(CONTROL, message.generation):
             return
         self._info = message.info
         self._log.session_id = message.info.session_id
@@ -411,7 +298,7 @@ class SessionSupervisor(pykka.ThreadingActor):
 
     def _on_child_up(self, message: ChildUp) -> None:
         name = message.name
-        if not self._current(name, message.generation) or self._shutdown is not None:
+        if not self._children.current(name, message.generation) or self._shutdown is not None:
             return
         child = self._children[name]
         if child.attempt:
@@ -420,9 +307,9 @@ class SessionSupervisor(pykka.ThreadingActor):
         self._gate.link_up(name)
         child.timer = self._scheduler.schedule(self._policy.uptime_reset, self.actor_ref,
                                                UptimeCheck(name, message.generation))
-        if name == CONTROL and self._gate.state == "outstanding":
-            self._scheduler.schedule(self._timing.handshake, self.actor_ref,
-                                     StallCheck(message.generation, self._outbox.last_seq))
+        if name == CONTROL and self._gate.control_resumed(message.generation):
+            self._scheduler.schedule(self._timing.quiet_window, self.actor_ref,
+                                     QuietCheck(message.generation))
         self._report_gap(name)
 
     def _report_gap(self, name: str) -> None:
@@ -434,15 +321,9 @@ class SessionSupervisor(pykka.ThreadingActor):
                                 gap.last_slot, gap.slots)
                 self._outbox.put(None, gap)
 
-    def _on_uptime_check(self, message: UptimeCheck) -> None:
-        child = self._children[message.name]
-        if message.generation == child.generation and isinstance(child.status, Up):
-            child.attempt = 0
-            child.outage_started = None
-
     def _on_child_lost(self, message: ChildLost) -> None:
         name = message.name
-        if not self._current(name, message.generation):
+        if not self._children.current(name, message.generation):
             return
         child = self._children[name]
         child.ref = None
@@ -463,21 +344,14 @@ class SessionSupervisor(pykka.ThreadingActor):
         if self._completed is not None and (name == CONTROL or self._gate.completed_done):
             self._set_status(name, Closed())  # nothing left to fetch on this link
             return
-        now = time.monotonic()
-        attempt = child.attempt + 1
-        outage_started = child.outage_started if child.outage_started is not None else now
-        if self._policy.exhausted(attempt, now - outage_started):
-            self._fail(self._failure_kind(name), name,
-                       f"{message.reason}; reconnect budget spent after {attempt - 1} "
-                       f"restarts in {now - outage_started:.1f}s")
+        decision = self._children.lost(name, message.reason, time.monotonic())
+        if isinstance(decision, GiveUp):
+            self._fail(self._failure_kind(name), name, decision.reason)
             return
-        delay = self._policy.delay(attempt)
-        child.attempt, child.outage_started = attempt, outage_started
-        child.restarts += 1
-        self._log.warning("%s lost (%s); restart %d in %.3fs", name, message.reason, attempt,
-                          delay)
-        self._set_status(name, Reconnecting(attempt, delay, message.reason))
-        child.timer = self._scheduler.schedule(delay, self.actor_ref,
+        self._log.warning("%s lost (%s); restart %d in %.3fs", name, message.reason,
+                          decision.attempt, decision.delay)
+        self._set_status(name, Reconnecting(decision.attempt, decision.delay, message.reason))
+        child.timer = self._scheduler.schedule(decision.delay, self.actor_ref,
                                                RestartChild(name, child.generation))
 
     def _failure_kind(self, name: str) -> ErrorKind:
@@ -492,7 +366,7 @@ class SessionSupervisor(pykka.ThreadingActor):
             self._spawn(message.name)
 
     def _on_child_closed(self, message: ChildClosed) -> None:
-        if not self._current(message.name, message.generation):
+        if not self._children.current(message.name, message.generation):
             return
         child = self._children[message.name]
         child.ref = None
@@ -512,7 +386,7 @@ class SessionSupervisor(pykka.ThreadingActor):
             raise ManagedSessionError("closed", "session is over")
         if message.kind in self._children:
             raise ValueError(f"kind: {message.kind} is already subscribed on this session")
-        self._children[message.kind] = _Child(message.kind)
+        self._children.add(message.kind)
         self._outbox.add_stream(message.kind, message.addresses)
         self._gate.add_stream(message.kind)
         self._outbox.put(None, ConnectionChanged(message.kind, Connecting()))
@@ -521,12 +395,11 @@ class SessionSupervisor(pykka.ThreadingActor):
     def _on_stream_items(self, message: StreamItems) -> None:
         if self._outbox.has_stream(message.name):
             self._outbox.stream_items(message.name, message.items,
-                                      self._current(message.name, message.generation))
+                                      self._children.current(message.name, message.generation))
 
     def _on_control_events(self, message: ControlEvents) -> None:
         fresh, dropped = self._outbox.fresh_control(message.items)
-        for msg in fresh:
-            event = _to_event(msg)
+        for event in fresh:
             if isinstance(event, Slot):
                 self._gate.on_slot(event.slot)
             elif isinstance(event, ReadyForContinue) and not self._gate.on_ready():
@@ -541,17 +414,17 @@ class SessionSupervisor(pykka.ThreadingActor):
                 dropped += 1
             else:
                 self._outbox.put(CONTROL, event)
-        if self._current(CONTROL, message.generation):
+        if self._children.current(CONTROL, message.generation):
             self._outbox.consumed(CONTROL, dropped)
         for name in self._children:
             self._report_gap(name)  # a gap held back by a running continue
 
     def _on_barrier(self, message: BarrierReached) -> None:
-        if self._current(message.name, message.generation):
+        if self._children.current(message.name, message.generation):
             self._gate.barrier_reached(message.name, message.token)
 
     def _on_link_flow(self, message: LinkFlow) -> None:
-        if self._current(message.name, message.generation):
+        if self._children.current(message.name, message.generation):
             self._children[message.name].paused = message.paused
 
     def _on_take(self, message: TakeEvents) -> None:
@@ -583,26 +456,26 @@ class SessionSupervisor(pykka.ThreadingActor):
             self._tell_listener(ContinueRefused(message.params, error))
 
     def _on_continue_written(self, message: ContinueWritten) -> None:
-        if self._current(CONTROL, message.generation) and self._gate.written():
+        if (self._children.current(CONTROL, message.generation)
+                and self._gate.written(message.generation, self._outbox.last_seq)):
             self._stats["continues_written"] += 1
             if self._gate.reply is not None:
                 self._gate.reply.set(None)
+                self._gate.reply = None  # answered once, even if the chunk is resent
 
     def _on_continue_not_written(self, message: ContinueNotWritten) -> None:
-        if self._current(CONTROL, message.generation):
+        if self._children.current(CONTROL, message.generation):
             self._gate.not_written()
 
-    def _on_stall_check(self, message: StallCheck) -> None:
-        """A written continue is never re-sent (that could advance twice). When nothing
-        at all has come from the session for ``Timing.handshake`` after a reconnect,
-        the continue most likely died in flight with the old connection: say so."""
-        if (self._current(CONTROL, message.generation) and self._gate.state == "outstanding"
-                and self._outbox.last_seq == message.last_seq):
-            self._stats["continue_stalls"] += 1
-            self._log.warning(
-                "no answer to the outstanding continue %ss after reconnecting: it was written "
-                "on a connection that died and may never have reached the server; it is not "
-                "re-sent (that could advance the session twice)", self._timing.handshake)
+    def _on_quiet_check(self, message: QuietCheck) -> None:
+        if not self._children.current(CONTROL, message.generation):
+            return
+        lost = self._gate.quiet_window_over(message.generation, self._outbox.last_seq)
+        if lost is not None:
+            self._log.warning("continue lost in flight with the old connection (nothing "
+                              "new %ss after re-attaching); %s", self._timing.quiet_window,
+                              "written again" if lost.resent else "handed to the application")
+            self._outbox.put(None, lost)
 
     # --- failure and shutdown ------
 
@@ -630,9 +503,8 @@ class SessionSupervisor(pykka.ThreadingActor):
             message.reply.set([])
             return
         self._shutdown = message
+        self._children.cancel_timers()
         for name, child in self._children.items():
-            if child.timer:
-                child.timer.cancel()
             if not self._tell_child(name, CloseLink()):
                 child.ref = None
         self._shutdown_timer = self._scheduler.schedule(
@@ -646,7 +518,7 @@ class SessionSupervisor(pykka.ThreadingActor):
     def _finish_shutdown(self, forced: bool = False) -> None:
         if self._shutdown is None:
             return
-        alive = [c.ref for c in self._children.values() if c.ref is not None]
+        alive = self._children.alive()
         if alive and not forced:
             return
         if self._shutdown_timer is not None:
@@ -661,10 +533,8 @@ class SessionSupervisor(pykka.ThreadingActor):
 
     def _snapshot_stats(self) -> dict[str, Any]:
         return {
-            **self._stats, **self._outbox.stats, **self._gate.stats,
+            **self._stats, **self._outbox.stats, **self._gate.stats, **self._children.stats(),
             "held": self._outbox.queued,
-            "reconnects": {name: c.restarts for name, c in self._children.items()},
-            "paused": {name: c.paused for name, c in self._children.items()},
             "last_seq": self._outbox.last_seq,
             "continue_state": self._gate.state,
         }
@@ -686,11 +556,11 @@ class SessionSupervisor(pykka.ThreadingActor):
             "malformed_frames", self._stats["malformed_frames"] + m.count),
         LinkFlow: _on_link_flow,
         RestartChild: _on_restart,
-        UptimeCheck: _on_uptime_check,
+        UptimeCheck: lambda self, m: self._children.stayed_up(m.name, m.generation),
         GetStatus: lambda self, m: {n: c.status for n, c in self._children.items()},
         GetStats: lambda self, m: self._snapshot_stats(),
         SubscribeStream: _on_subscribe,
         Shutdown: _on_shutdown,
         ShutdownDeadline: lambda self, m: self._finish_shutdown(forced=True),
-        StallCheck: _on_stall_check,
+        QuietCheck: _on_quiet_check,
     }

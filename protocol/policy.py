@@ -48,6 +48,15 @@ class Timing:
     keepalive_interval: float = attrs.field(default=KEEPALIVE_INTERVAL, validator=_positive)
     keepalive_deadline: float = attrs.field(default=KEEPALIVE_MISS_DEADLINE, validator=_positive)
     graceful_close: float = attrs.field(default=GRACEFUL_CLOSE_TIMEOUT, validator=_positive)
+    # How long a re-attached session may stay silent about a continue written on
+    # the dead connection before it counts as lost (None: keepalive_deadline).
+    continue_quiet: float | None = attrs.field(
+        default=None, validator=attrs.validators.optional(_positive))
+
+    @property
+    def quiet_window(self) -> float:
+        """``continue_quiet``, or ``keepalive_deadline`` when it is not set."""
+        return self.keepalive_deadline if self.continue_quiet is None else self.continue_quiet
 
     @keepalive_deadline.validator
     def _deadline_after_interval(self, _a: attrs.Attribute[float], value: float) -> None:

@@ -9,11 +9,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import attrs
 import pykka
 import pytest
 
 from actors import (
     ConnectionChanged,
+    ContinueLost,
     Error,
     ManagedBacktestSession,
     ManagedSessionError,
@@ -336,26 +338,59 @@ def test_design_no_json_in_actors_and_no_retry_loop_in_links() -> None:
     assert pykka  # imported for the leak checks in the harness
 
 
-def test_continue_lost_in_flight_is_reported_never_resent(sim: LocalSimulator,
-                                                          caplog: pytest.LogCaptureFixture
-                                                          ) -> None:
+def test_twenty_continues_lost_in_flight_are_resent_once_each(sim: LocalSimulator) -> None:
+    """DESIGN §6: re-attached, replay complete, quiet window passed: written again."""
     first, _ = sim.available_range()
-    timing = Timing(connect=2, handshake=0.3, keepalive_interval=0.05, keepalive_deadline=0.25,
-                    graceful_close=1)
-    caplog.set_level(logging.WARNING, logger="backtest_actors")
-    session = start(sim, first, first + 20, timing=timing)
+    end = first + 60
+    address = sim.addresses[0]
+    expected = sim.expected(first, end, transactions=[address])
+    timing = attrs.evolve(FAST, continue_quiet=0.2)
+    session = start(sim, first, end, timing=timing)
+    losses = iter(range(20))
+    try:
+        session.subscribe_transactions([address])
+        sid = session.session_info.session_id
+
+        def lose_some(event: object) -> None:
+            # Armed before the continue that answers this ReadyForContinue.
+            if isinstance(event, ReadyForContinue) and next(losses, None) is not None:
+                sim.faults.lose_next_continue(session_id=sid)
+
+        events = drive(session, on_event=lose_some, timeout=10)
+        stats = session.stats()
+    finally:
+        session.shutdown()
+    check_exact(events, expected)
+    lost = [e for e in events if isinstance(e, ContinueLost)]
+    assert len(lost) == 20 and all(e.resent for e in lost)
+    assert stats["lost_continues"] == 20 and stats["continues_resent"] == 20
+    assert stats["double_advances"] == 0
+    server = sim.session_stats(sid)
+    assert server.blocks_executed == len(expected.slots) - 1  # never advanced twice
+    assert sim.fault_counts()["lose_continue"] == 20
+
+
+def test_lost_continue_with_policy_raise_reaches_the_application_in_time(
+        sim: LocalSimulator) -> None:
+    first, _ = sim.available_range()
+    timing = attrs.evolve(FAST, continue_quiet=0.3)
+    session = start(sim, first, first + 20, timing=timing, on_lost_continue="raise")
     try:
         wait_ready(session)
         sim.faults.lose_next_continue()
-        session.send_continue()  # written; the server never sees it; the link dies
-        wait_for(lambda: session.stats()["continue_stalls"] == 1, 5, "the stall report")
-        stats = session.stats()
-        with pytest.raises(ManagedSessionError) as info:
-            session.send_continue()
-        assert info.value.kind == "continue_outstanding"
+        session.send_continue(ContinueParams(advance_count=3))
+        written = time.monotonic()
+        while True:
+            event = session.next_event(timeout=5)
+            if isinstance(event, ContinueLost):
+                break
+        # Found dead at the keepalive deadline, re-attached, then the quiet window.
+        assert time.monotonic() - written < timing.keepalive_deadline + 0.3 + 1.0
+        assert event == ContinueLost(ContinueParams(advance_count=3), resent=False)
+        assert session.stats()["continue_state"] == "idle"
+        session.send_continue(event.params)  # the application re-sends it
+        while not isinstance(session.next_event(timeout=5), ReadyForContinue):
+            pass
     finally:
         session.shutdown()
-    assert stats["continue_state"] == "outstanding"
-    assert stats["continues_written"] == 1 and stats["reconnects"]["control"] == 1
-    assert sim.session_stats(session.session_info.session_id).continues_received == 0
-    assert any("may never have reached the server" in r.getMessage() for r in caplog.records)
+    assert sim.session_stats(session.session_info.session_id).blocks_executed == 3

@@ -1,0 +1,92 @@
+"""Children: the supervisor's connection actors and their restart budgets.
+
+A plain class (no threads, no sockets): which generation of each link is the
+live one, what status the application was last told, and what the
+:class:`ReconnectPolicy` says after a loss (restart after a delay, or give up).
+The supervisor turns the answers into actor starts and timers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import pykka
+
+from protocol import ReconnectPolicy
+
+from .events import Connecting, ConnectionStatus, Up
+from .timers import TimerHandle
+
+
+@attrs.define
+class Child:
+    name: str
+    ref: pykka.ActorRef[Any] | None = None
+    generation: int = 0
+    status: ConnectionStatus = attrs.field(factory=Connecting)
+    attempt: int = 0
+    outage_started: float | None = None
+    restarts: int = 0
+    timer: TimerHandle | None = None
+    paused: bool = False  # its reader is out of credits (the application is behind)
+
+
+@attrs.frozen
+class Restart:
+    attempt: int
+    delay: float
+
+
+@attrs.frozen
+class GiveUp:
+    reason: str
+
+
+class Children(dict[str, Child]):
+    """Name -> :class:`Child`, with the policy's restart arithmetic."""
+
+    def __init__(self, policy: ReconnectPolicy) -> None:
+        super().__init__()
+        self._policy = policy
+
+    def add(self, name: str) -> Child:
+        self[name] = Child(name)
+        return self[name]
+
+    def current(self, name: str, generation: int) -> bool:
+        """A report from this generation of ``name`` is about the live link."""
+        child = self.get(name)
+        return child is not None and child.generation == generation
+
+    def lost(self, name: str, reason: str, now: float) -> Restart | GiveUp:
+        """The live link of ``name`` was lost: restart it after a delay, or give up."""
+        child = self[name]
+        child.ref = None
+        attempt = child.attempt + 1
+        started = child.outage_started if child.outage_started is not None else now
+        if self._policy.exhausted(attempt, now - started):
+            return GiveUp(f"{reason}; reconnect budget spent after {attempt - 1} restarts in "
+                          f"{now - started:.1f}s")
+        child.attempt, child.outage_started = attempt, started
+        child.restarts += 1
+        return Restart(attempt, self._policy.delay(attempt))
+
+    def stayed_up(self, name: str, generation: int) -> None:
+        """Up for ``uptime_reset``: the next loss starts a fresh budget."""
+        child = self[name]
+        if child.generation == generation and isinstance(child.status, Up):
+            child.attempt = 0
+            child.outage_started = None
+
+    def alive(self) -> list[pykka.ActorRef[Any]]:
+        return [c.ref for c in self.values() if c.ref is not None]
+
+    def cancel_timers(self) -> None:
+        for child in self.values():
+            if child.timer:
+                child.timer.cancel()
+
+    def stats(self) -> dict[str, Any]:
+        return {"reconnects": {name: c.restarts for name, c in self.items()},
+                "paused": {name: c.paused for name, c in self.items()}}
