@@ -15,7 +15,8 @@ import pykka
 
 from protocol import ReconnectPolicy
 
-from .events import Connecting, ConnectionStatus, Up
+from .control import CONTROL
+from .events import Connecting, ConnectionStatus, ErrorKind, Up
 from .timers import TimerHandle
 
 
@@ -40,7 +41,14 @@ class Restart:
 
 @attrs.frozen
 class GiveUp:
+    kind: ErrorKind
     reason: str
+
+
+@attrs.frozen
+class StayClosed:
+    """Nothing left to fetch on this link (the session completed)."""
+
 
 
 class Children(dict[str, Child]):
@@ -59,15 +67,27 @@ class Children(dict[str, Child]):
         child = self.get(name)
         return child is not None and child.generation == generation
 
-    def lost(self, name: str, reason: str, now: float) -> Restart | GiveUp:
-        """The live link of ``name`` was lost: restart it after a delay, or give up."""
+    def lost(self, name: str, reason: str, now: float, *, terminal: bool, created: bool,
+             create_written: bool, completed: bool) -> Restart | GiveUp | StayClosed:
+        """The live link of ``name`` was lost: restart it after a delay, or give up.
+
+        A create request is never written twice (the reference's rule: retry
+        connects, never re-send Create): a control link lost after writing it,
+        before the session was named, fails the start.
+        """
         child = self[name]
         child.ref = None
+        kind: ErrorKind = ("subscription_failed" if name != CONTROL
+                           else "control_failed" if created else "create")
+        if terminal or (name == CONTROL and not created and create_written):
+            return GiveUp(kind, reason)
+        if completed:
+            return StayClosed()
         attempt = child.attempt + 1
         started = child.outage_started if child.outage_started is not None else now
         if self._policy.exhausted(attempt, now - started):
-            return GiveUp(f"{reason}; reconnect budget spent after {attempt - 1} restarts in "
-                          f"{now - started:.1f}s")
+            return GiveUp(kind, f"{reason}; reconnect budget spent after {attempt - 1} "
+                          f"restarts in {now - started:.1f}s")
         child.attempt, child.outage_started = attempt, started
         child.restarts += 1
         return Restart(attempt, self._policy.delay(attempt))
@@ -78,6 +98,28 @@ class Children(dict[str, Child]):
         if child.generation == generation and isinstance(child.status, Up):
             child.attempt = 0
             child.outage_started = None
+
+    def tell(self, name: str, message: Any) -> bool:
+        """Tell the live link of ``name``; False when there is none."""
+        child = self.get(name)
+        if child is None or child.ref is None:
+            return False
+        try:
+            child.ref.tell(message)
+            return True
+        except pykka.ActorDeadError:
+            return False
+
+    def set_status(self, name: str, status: ConnectionStatus) -> bool:
+        """Record ``status``; True when it changed (the application is told)."""
+        child = self[name]
+        changed = child.status != status
+        child.status = status
+        return changed
+
+    def flow(self, name: str, generation: int, paused: bool) -> None:
+        if self.current(name, generation):
+            self[name].paused = paused
 
     def alive(self) -> list[pykka.ActorRef[Any]]:
         return [c.ref for c in self.values() if c.ref is not None]

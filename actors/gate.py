@@ -62,7 +62,16 @@ import attrs
 from protocol import ContinueParams
 from protocol.pubsub import PUBSUB_BUFFER_SLOTS
 
-from .events import ContinueLost, Gap
+from .events import (
+    Completed,
+    ContinueLost,
+    Error,
+    Gap,
+    ManagedEvent,
+    ManagedSessionError,
+    ReadyForContinue,
+    Slot,
+)
 
 DEFAULT_MAX_RUN_AHEAD = PUBSUB_BUFFER_SLOTS - 20  # 20 slots of margin
 
@@ -107,6 +116,7 @@ class ContinueGate:
         self._written_any = False
         self._completed = False
         self._completed_released = False
+        self.completed_event: Completed | None = None
         self._tokens = itertools.count(1)
         self.stats = {"chunks_written": 0, "barriers_sent": 0, "chunk_holds": 0, "gaps": 0,
                       "gap_slots": 0, "lost_continues": 0, "continues_resent": 0,
@@ -141,6 +151,31 @@ class ContinueGate:
 
     def remove_stream(self, name: str) -> None:
         self._streams.pop(name, None)
+
+    def absorb(self, event: ManagedEvent) -> ManagedEvent | None:
+        """A control event passes through the gate: it returns what the application
+        should see now (``None``: the end of a chunk, or ``Completed``, held in
+        :attr:`completed_event` until every stream confirmed the last slot)."""
+        if isinstance(event, Slot):
+            self.on_slot(event.slot)
+        elif isinstance(event, ReadyForContinue):
+            return event if self.on_ready() else None
+        elif isinstance(event, Completed):
+            self.on_completed()
+            self.completed_event = event
+            return None
+        elif isinstance(event, Error):
+            self.on_error()
+        return event
+
+    def refusal(self, session_over: bool) -> ManagedSessionError | None:
+        """Why a user continue cannot be taken now, if it cannot."""
+        if session_over or self._completed:
+            return ManagedSessionError("closed", "session is over")
+        if self.state != "idle":
+            return ManagedSessionError("continue_outstanding",
+                                       "the previous continue has not been answered yet")
+        return None
 
     def on_slot(self, slot: int) -> None:
         """The control reported ``slot``; the anchor slot before any continue is not a block."""
@@ -349,9 +384,14 @@ class ContinueGate:
         self.stats["gap_slots"] += len(slots)
         return Gap(name, addresses, slots[0], slots[-1], len(slots))
 
-    def confirmed_slot(self, name: str) -> int | None:
-        """The newest executed slot through which ``name`` is confirmed, if any."""
-        return self._confirmed_slot(self._streams[name])
+    def replay_from(self, name: str, last_delivered: int | None, start_slot: int) -> int:
+        """Where a re-subscribe resumes: the address's last delivered slot (inclusive:
+        it may be partial) or past the stream's barrier-confirmed slot, whichever is
+        later; with neither, ``start_slot`` (the whole server buffer)."""
+        confirmed = self._confirmed_slot(self._streams[name])
+        candidates = [s for s in (last_delivered, confirmed + 1 if confirmed >= 0 else None)
+                      if s is not None]
+        return max(candidates) if candidates else start_slot
 
     # --- internals ------
 

@@ -18,6 +18,7 @@ import pykka
 from protocol import ContinueParams, CreateSession, ReconnectPolicy, Timing, backtest_ws_url
 from protocol.pubsub import StreamKind
 
+from .config import DEFAULT_MAX_QUEUE, LINKS_PER_SESSION, TAKE_BATCH, SessionConfig
 from .connection import DEFAULT_MAX_FRAME_SIZE
 from .events import ConnectionStatus, ManagedEvent, ManagedSessionError, SessionInfo
 from .gate import DEFAULT_MAX_RUN_AHEAD, LostContinuePolicy
@@ -30,7 +31,7 @@ from .requests import (
     SubscribeStream,
     TakeEvents,
 )
-from .supervisor import DEFAULT_MAX_QUEUE, LINKS_PER_SESSION, TAKE_BATCH, SessionSupervisor
+from .supervisor import SessionSupervisor
 from .timers import Scheduler
 
 # Extra time shutdown() allows beyond Timing.graceful_close for actors to end.
@@ -111,11 +112,12 @@ class ManagedBacktestSession:
         timing = timing or Timing()
         scheduler = Scheduler()
         started: pykka.ThreadingFuture[SessionInfo] = pykka.ThreadingFuture()
-        supervisor = SessionSupervisor.start(
+        config = SessionConfig(
             url=control_url, api_key=api_key, create=create, policy=policy or ReconnectPolicy(),
-            timing=timing, scheduler=scheduler, started=started, listener=listener,
-            max_queue=max_queue, sslopt=sslopt, max_frame_size=max_frame_size,
+            timing=timing, max_queue=max_queue, sslopt=sslopt, max_frame_size=max_frame_size,
             max_run_ahead=max_run_ahead, on_lost_continue=on_lost_continue)
+        supervisor = SessionSupervisor.start(config, scheduler=scheduler, started=started,
+                                             listener=listener)
         session = cls(supervisor, scheduler, SessionInfo("", ""), timing)
         try:
             session._info = started.get()

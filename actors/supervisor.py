@@ -1,24 +1,14 @@
 """SessionSupervisor: the glue between the connection actors and the application.
 
-Erlang/Akka backoff-supervisor style. The connection actors only connect,
-handshake, run and report. This actor keeps its children and routes messages;
-its decisions live in two plain classes beside it:
-
-* :class:`~actors.gate.ContinueGate` decides when a continue (or a chunk of
-  one) may be written, which barriers to send, when ``Completed`` may go and
-  whether a resumed stream lost events it must report as a :class:`Gap`;
-* :class:`~actors.outbox.Outbox` decides what the application gets: each event
-  once, in order, within the flow-control windows.
-
-What stays here: restart a lost child after ``ReconnectPolicy.delay(attempt)``
+Erlang/Akka backoff-supervisor style: the connection actors connect, handshake,
+run and report; this actor starts them, routes their reports and restarts them
 in *resume mode* (control: attach with the last ``seqId``; subscription:
-subscribe with ``replayFromSlot``), escalate to ``Failed`` when the failure is
-terminal or the budget is spent, reset the attempt counter of a child that
-stays Up for ``uptime_reset``, and one shutdown path.
-
-A bug inside this actor never goes quiet: the message that raised fails the
-session with a typed ``ManagedSessionError("internal")`` carrying the cause, and
-the actor stays alive so every event queued before it is still handed out.
+``replayFromSlot``). Its decisions live in plain classes beside it:
+:class:`~actors.gate.ContinueGate` (when a continue or a chunk of one may go,
+barriers, ``Completed``, gaps, lost continues), :class:`~actors.outbox.Outbox`
+(what the application gets, once) and :class:`~actors.children.Children`
+(generations and restart budgets). A bug in a handler fails the session with a
+typed ``internal`` error after the queued events (:mod:`actors.failsafe`).
 """
 
 from __future__ import annotations
@@ -29,10 +19,10 @@ from typing import Any
 import attrs
 import pykka
 
-from protocol import Attach, CreateSession, ReconnectPolicy, Timing, pubsub_url
+from protocol import Attach, pubsub_url
 
-from .children import Children, GiveUp
-from .connection import DEFAULT_MAX_FRAME_SIZE
+from .children import Children, GiveUp, StayClosed
+from .config import SessionConfig
 from .control import (
     CONTROL,
     ContinueNotWritten,
@@ -44,23 +34,20 @@ from .control import (
 )
 from .events import (
     Closed,
-    Completed,
     Connecting,
     ConnectionChanged,
     ConnectionStatus,
-    Error,
     ErrorKind,
     Failed,
     ManagedEvent,
     ManagedSessionError,
-    ReadyForContinue,
     Reconnecting,
     SessionFailed,
     SessionInfo,
-    Slot,
     Up,
 )
-from .gate import DEFAULT_MAX_RUN_AHEAD, ContinueGate, LostContinuePolicy
+from .failsafe import FailSafeActor
+from .gate import ContinueGate
 from .link import ChildClosed, ChildLost, ChildUp, CloseLink, FramesMalformed, Grant, LinkFlow
 from .logs import SessionLogger
 from .outbox import Outbox, fail_reply
@@ -77,17 +64,9 @@ from .requests import (
 from .subscription import Barrier, BarrierReached, StreamItems, SubscriptionActor
 from .timers import Scheduler, TimerHandle
 
-DEFAULT_MAX_QUEUE = 4096
-LINKS_PER_SESSION = 3  # control + transactions + account diffs
-# Events the blocking facade may take per round trip. They leave the outbox, so
-# the links' windows share max_queue minus this (memory stays bounded).
-TAKE_BATCH = 128
-
-# --- timer messages -----------------------------------------------------------------------
-
 
 @attrs.frozen
-class RestartChild:
+class RestartChild:  # the timer messages the supervisor sends itself
     name: str
     generation: int
 
@@ -100,7 +79,7 @@ class UptimeCheck:
 
 @attrs.frozen
 class ShutdownDeadline:
-    pass
+    """``Timing.graceful_close`` after a shutdown: stop what did not close."""
 
 
 @attrs.frozen
@@ -110,36 +89,24 @@ class QuietCheck:
     generation: int
 
 
-class SessionSupervisor(pykka.ThreadingActor):
-    use_daemon_thread = True
-
-    def __init__(self, *, url: str, api_key: str, create: CreateSession,
-                 policy: ReconnectPolicy, timing: Timing, scheduler: Scheduler,
-                 started: pykka.Future[SessionInfo], listener: pykka.ActorRef[Any] | None,
-                 max_queue: int, sslopt: dict[str, Any] | None = None,
-                 max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
-                 max_run_ahead: int = DEFAULT_MAX_RUN_AHEAD,
-                 on_lost_continue: LostContinuePolicy = "resend") -> None:
+class SessionSupervisor(FailSafeActor):
+    def __init__(self, config: SessionConfig, *, scheduler: Scheduler,
+                 started: pykka.Future[SessionInfo],
+                 listener: pykka.ActorRef[Any] | None) -> None:
         super().__init__()
-        self._url = url
-        self._api_key = api_key
-        self._create = create
-        self._policy = policy
-        self._timing = timing
+        self._config = config
+        self._timing = config.timing
         self._scheduler = scheduler
         self._started: pykka.Future[SessionInfo] | None = started
         self._listener = listener
-        self._sslopt = sslopt
-        self._max_frame_size = max_frame_size
         self._log = SessionLogger("supervisor")
-        window = max(1, (max_queue - min(TAKE_BATCH, max_queue // 2)) // LINKS_PER_SESSION)
-        self._outbox = Outbox(window=window, log=self._log,
+        self._outbox = Outbox(window=config.window, log=self._log,
                               listener=None if listener is None else self._tell_listener)
-        self._gate = ContinueGate(max_run_ahead=max_run_ahead, on_lost_continue=on_lost_continue)
+        self._gate = ContinueGate(max_run_ahead=config.max_run_ahead,
+                                  on_lost_continue=config.on_lost_continue)
         self._info: SessionInfo | None = None
-        self._children = Children(policy)
+        self._children = Children(config.policy)
         self._children.add(CONTROL)
-        self._completed: Completed | None = None
         self._failure: ManagedSessionError | None = None
         self._shutdown: Shutdown | None = None
         self._shutdown_timer: TimerHandle | None = None
@@ -148,10 +115,7 @@ class SessionSupervisor(pykka.ThreadingActor):
     # --- pykka ------
 
     def on_start(self) -> None:
-        try:
-            self._spawn(CONTROL)
-        except Exception as exc:  # noqa: BLE001 - e.g. "can't start new thread"
-            self._internal_error(exc)
+        self._spawn(CONTROL)  # if it raises (can't start a thread): on_internal_error
 
     def on_receive(self, message: Any) -> Any:
         handler = self._HANDLERS.get(type(message))
@@ -162,36 +126,16 @@ class SessionSupervisor(pykka.ThreadingActor):
         self._pump()
         return result
 
-    def _handle_failure(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
-        """A told message (or ``on_start``) raised: a bug. pykka would stop the actor
-        and the events it queued would be lost with it; instead the session fails
-        with a typed error carrying the cause, delivered after those events.
-        (An ``ask`` that raises reaches its asker and never comes here.)"""
-        if self.actor_stopped.is_set() or not isinstance(exc_value, Exception):
-            super()._handle_failure(exc_type, exc_value, traceback)
-            return
-        self._recovered = True  # pykka calls on_failure next
-        try:
-            self._internal_error(exc_value)
-        except Exception:  # noqa: BLE001 - failing must not fail; stop as pykka would
-            self._recovered = False
-            super()._handle_failure(exc_type, exc_value, traceback)
-
-    _recovered = False
-
-    def _internal_error(self, exc: Exception) -> None:
+    def on_internal_error(self, exc: Exception) -> None:
         self._log.error("internal error: %r", exc, exc_info=exc)
         error = ManagedSessionError("internal", f"supervisor: {exc!r}")
         error.__cause__ = exc
         self._fail("internal", error=error)
         self._pump()
 
-    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
-        if self._recovered:
-            self._recovered = False
-            return
-        # Failing itself failed and pykka stopped the actor: nobody may wait forever.
-        error = ManagedSessionError("internal", f"supervisor crashed: {exception_value!r}")
+    def on_crash(self, exc: BaseException | None) -> None:
+        """Failing itself failed and pykka stopped the actor: nobody may wait forever."""
+        error = ManagedSessionError("internal", f"supervisor crashed: {exc!r}")
         for reply in (self._started, self._gate.reply,
                       self._shutdown.reply if self._shutdown else None):
             if reply is not None:
@@ -207,20 +151,20 @@ class SessionSupervisor(pykka.ThreadingActor):
     def _pump(self) -> None:
         """Carry out what the gate and the outbox decided after each message."""
         chunk = self._gate.next_chunk()
-        if chunk is not None and self._tell_child(CONTROL, WriteContinue(chunk)):
+        if chunk is not None and self._children.tell(CONTROL, WriteContinue(chunk)):
             self._gate.handed()
         elif chunk is not None:
             self._gate.not_written()
         for name, token in self._gate.barriers_due():
-            self._tell_child(name, Barrier(token))
-        if self._completed is not None and self._gate.completed_due():
-            self._outbox.put(None, self._completed)
+            self._children.tell(name, Barrier(token))
+        if self._gate.completed_event is not None and self._gate.completed_due():
+            self._outbox.put(None, self._gate.completed_event)
             for name in self._children:
-                self._tell_child(name, CloseLink())
+                self._children.tell(name, CloseLink())
         if self._outbox.listener_lost and self._failure is None:
             self._fail("closed", reason="the listener actor is gone")
         for name, credits in self._outbox.take_grants():
-            self._tell_child(name, Grant(credits))
+            self._children.tell(name, Grant(credits))
 
     # --- children ------
 
@@ -232,43 +176,26 @@ class SessionSupervisor(pykka.ThreadingActor):
             "supervisor": self.actor_ref, "generation": child.generation,
             "timing": self._timing, "scheduler": self._scheduler,
             "window": self._outbox.reset_link(name), "session_id": self._log.session_id,
-            "sslopt": self._sslopt, "max_frame_size": self._max_frame_size,
+            "sslopt": self._config.sslopt, "max_frame_size": self._config.max_frame_size,
         }
         if name == CONTROL:
             attach = None if self._info is None else Attach(self._info.session_id,
                                                             self._outbox.last_seq)
-            child.ref = ControlActor.start(create=self._create, attach=attach,
-                                           api_key=self._api_key, url=self._url, **common)
+            child.ref = ControlActor.start(create=self._config.create, attach=attach,
+                                           api_key=self._config.api_key, url=self._config.url,
+                                           **common)
             return
         assert self._info is not None
         addresses = self._outbox.addresses(name)
         replay: dict[str, int] = {}
         if child.generation > 1:
-            replay = {a: self._replay_from(name, a) for a in addresses}
+            replay = {a: self._gate.replay_from(name, self._outbox.replay_cursor(name, a),
+                                                self._config.create.start_slot)
+                      for a in addresses}
             self._gate.resubscribing(name, self._outbox.delivered_through(name))
         child.ref = SubscriptionActor.start(
             kind=name, addresses=addresses, replay_from=replay,
             url=pubsub_url(self._info.rpc_endpoint), **common)
-
-    def _replay_from(self, name: str, address: str) -> int:
-        """Resume after what is known delivered: the address's last slot (inclusive:
-        it may be partial) or past the stream's barrier-confirmed slot, whichever is
-        later. Nothing delivered at all: the whole server buffer."""
-        last = self._outbox.replay_cursor(name, address)
-        confirmed = self._gate.confirmed_slot(name)
-        candidates = [s for s in (last, None if confirmed is None or confirmed < 0
-                                  else confirmed + 1) if s is not None]
-        return max(candidates) if candidates else self._create.start_slot
-
-    def _tell_child(self, name: str, message: Any) -> bool:
-        child = self._children.get(name)
-        if child is None or child.ref is None:
-            return False
-        try:
-            child.ref.tell(message)
-            return True
-        except pykka.ActorDeadError:
-            return False
 
     def _tell_listener(self, event: ManagedEvent | SessionFailed | ContinueRefused) -> bool:
         assert self._listener is not None
@@ -280,11 +207,8 @@ class SessionSupervisor(pykka.ThreadingActor):
             return False
 
     def _set_status(self, name: str, status: ConnectionStatus) -> None:
-        child = self._children[name]
-        if child.status == status:
-            return
-        child.status = status
-        self._outbox.put(None, ConnectionChanged(name, status))
+        if self._children.set_status(name, status):
+            self._outbox.put(None, ConnectionChanged(name, status))
 
     def _on_session_ready(self, message: SessionReady) -> None:
         if not self._children.current(CONTROL, message.generation):
@@ -305,7 +229,7 @@ class SessionSupervisor(pykka.ThreadingActor):
             self._log.info("%s up again after restart %d", name, child.attempt)
         self._set_status(name, Up())
         self._gate.link_up(name)
-        child.timer = self._scheduler.schedule(self._policy.uptime_reset, self.actor_ref,
+        child.timer = self._scheduler.schedule(self._config.policy.uptime_reset, self.actor_ref,
                                                UptimeCheck(name, message.generation))
         if name == CONTROL and self._gate.control_resumed(message.generation):
             self._scheduler.schedule(self._timing.quiet_window, self.actor_ref,
@@ -323,41 +247,24 @@ class SessionSupervisor(pykka.ThreadingActor):
 
     def _on_child_lost(self, message: ChildLost) -> None:
         name = message.name
-        if not self._children.current(name, message.generation):
+        if not self._link_ended(name, message.generation) or self._failure is not None:
             return
-        child = self._children[name]
-        child.ref = None
-        self._gate.link_down(name)
-        if self._shutdown is not None:
-            child.status = Closed()
-            self._finish_shutdown()
-            return
-        if self._failure is not None:
-            return
-        if name == CONTROL and self._info is None and (message.terminal
-                                                       or message.request_written):
-            self._fail("create", name, message.reason)
-            return
-        if message.terminal:
-            self._fail(self._failure_kind(name), name, message.reason)
-            return
-        if self._completed is not None and (name == CONTROL or self._gate.completed_done):
-            self._set_status(name, Closed())  # nothing left to fetch on this link
-            return
-        decision = self._children.lost(name, message.reason, time.monotonic())
+        decision = self._children.lost(
+            name, message.reason, time.monotonic(), terminal=message.terminal,
+            created=self._info is not None, create_written=message.request_written,
+            completed=self._gate.completed_event is not None and (
+                name == CONTROL or self._gate.completed_done))
         if isinstance(decision, GiveUp):
-            self._fail(self._failure_kind(name), name, decision.reason)
-            return
-        self._log.warning("%s lost (%s); restart %d in %.3fs", name, message.reason,
-                          decision.attempt, decision.delay)
-        self._set_status(name, Reconnecting(decision.attempt, decision.delay, message.reason))
-        child.timer = self._scheduler.schedule(decision.delay, self.actor_ref,
-                                               RestartChild(name, child.generation))
-
-    def _failure_kind(self, name: str) -> ErrorKind:
-        if name != CONTROL:
-            return "subscription_failed"
-        return "control_failed" if self._info is not None else "create"
+            self._fail(decision.kind, name, decision.reason)
+        elif isinstance(decision, StayClosed):
+            self._set_status(name, Closed())
+        else:
+            self._log.warning("%s lost (%s); restart %d in %.3fs", name, message.reason,
+                              decision.attempt, decision.delay)
+            self._set_status(name, Reconnecting(decision.attempt, decision.delay,
+                                                message.reason))
+            self._children[name].timer = self._scheduler.schedule(
+                decision.delay, self.actor_ref, RestartChild(name, message.generation))
 
     def _on_restart(self, message: RestartChild) -> None:
         child = self._children[message.name]
@@ -366,23 +273,27 @@ class SessionSupervisor(pykka.ThreadingActor):
             self._spawn(message.name)
 
     def _on_child_closed(self, message: ChildClosed) -> None:
-        if not self._children.current(message.name, message.generation):
-            return
-        child = self._children[message.name]
-        child.ref = None
-        self._gate.link_down(message.name)
-        if self._shutdown is not None:
-            child.status = Closed()
-            self._finish_shutdown()
-        else:
+        if self._link_ended(message.name, message.generation):
             self._set_status(message.name, Closed())
+
+    def _link_ended(self, name: str, generation: int) -> bool:
+        """A link stopped: False when nothing is left to decide (stale, or shutting down)."""
+        if not self._children.current(name, generation):
+            return False
+        self._children[name].ref = None
+        self._gate.link_down(name)
+        if self._shutdown is None:
+            return True
+        self._children[name].status = Closed()
+        self._finish_shutdown()
+        return False
 
     # --- subscriptions and events ------
 
     def _on_subscribe(self, message: SubscribeStream) -> None:
         if self._failure is not None:
             raise self._failure
-        if self._shutdown is not None or self._completed is not None:
+        if self._shutdown is not None or self._gate.completed_event is not None:
             raise ManagedSessionError("closed", "session is over")
         if message.kind in self._children:
             raise ValueError(f"kind: {message.kind} is already subscribed on this session")
@@ -399,17 +310,8 @@ class SessionSupervisor(pykka.ThreadingActor):
 
     def _on_control_events(self, message: ControlEvents) -> None:
         fresh, dropped = self._outbox.fresh_control(message.items)
-        for event in fresh:
-            if isinstance(event, Slot):
-                self._gate.on_slot(event.slot)
-            elif isinstance(event, ReadyForContinue) and not self._gate.on_ready():
-                event = None  # the end of a chunk, not of the user's continue
-            elif isinstance(event, Completed):
-                self._gate.on_completed()
-                self._completed = event  # held until every stream confirmed the last slot
-                event = None
-            elif isinstance(event, Error):
-                self._gate.on_error()
+        for received in fresh:
+            event = None if received is None else self._gate.absorb(received)
             if event is None:
                 dropped += 1
             else:
@@ -419,31 +321,18 @@ class SessionSupervisor(pykka.ThreadingActor):
         for name in self._children:
             self._report_gap(name)  # a gap held back by a running continue
 
-    def _on_barrier(self, message: BarrierReached) -> None:
-        if self._children.current(message.name, message.generation):
-            self._gate.barrier_reached(message.name, message.token)
-
-    def _on_link_flow(self, message: LinkFlow) -> None:
-        if self._children.current(message.name, message.generation):
-            self._children[message.name].paused = message.paused
-
     def _on_take(self, message: TakeEvents) -> None:
         closed = None
         if self._shutdown is not None:
             closed = ManagedSessionError("closed", "session shut down")
-        elif self._gate.completed_done and all(c.ref is None for c in self._children.values()):
+        elif self._gate.completed_done and not self._children.alive():
             closed = ManagedSessionError("closed", "session completed: nothing more will come")
         self._outbox.take(message.reply, message.limit, closed)
 
     # --- continue ------
 
     def _on_send_continue(self, message: SendContinue) -> None:
-        error: ManagedSessionError | None = self._failure
-        if error is None and (self._shutdown is not None or self._completed is not None):
-            error = ManagedSessionError("closed", "session is over")
-        if error is None and self._gate.state != "idle":
-            error = ManagedSessionError("continue_outstanding",
-                                        "the previous continue has not been answered yet")
+        error = self._failure or self._gate.refusal(self._shutdown is not None)
         if error is None:
             self._gate.submit(message.params, message.reply)
             return
@@ -462,10 +351,6 @@ class SessionSupervisor(pykka.ThreadingActor):
             if self._gate.reply is not None:
                 self._gate.reply.set(None)
                 self._gate.reply = None  # answered once, even if the chunk is resent
-
-    def _on_continue_not_written(self, message: ContinueNotWritten) -> None:
-        if self._children.current(CONTROL, message.generation):
-            self._gate.not_written()
 
     def _on_quiet_check(self, message: QuietCheck) -> None:
         if not self._children.current(CONTROL, message.generation):
@@ -496,7 +381,7 @@ class SessionSupervisor(pykka.ThreadingActor):
         self._gate.abandon()
         self._outbox.fail(self._failure)
         for child_name in self._children:
-            self._tell_child(child_name, CloseLink())
+            self._children.tell(child_name, CloseLink())
 
     def _on_shutdown(self, message: Shutdown) -> None:
         if self._shutdown is not None:
@@ -505,7 +390,7 @@ class SessionSupervisor(pykka.ThreadingActor):
         self._shutdown = message
         self._children.cancel_timers()
         for name, child in self._children.items():
-            if not self._tell_child(name, CloseLink()):
+            if not self._children.tell(name, CloseLink()):
                 child.ref = None
         self._shutdown_timer = self._scheduler.schedule(
             self._timing.graceful_close, self.actor_ref, ShutdownDeadline())
@@ -531,14 +416,6 @@ class SessionSupervisor(pykka.ThreadingActor):
         except Exception:  # noqa: BLE001 - answered already
             pass
 
-    def _snapshot_stats(self) -> dict[str, Any]:
-        return {
-            **self._stats, **self._outbox.stats, **self._gate.stats, **self._children.stats(),
-            "held": self._outbox.queued,
-            "last_seq": self._outbox.last_seq,
-            "continue_state": self._gate.state,
-        }
-
     _HANDLERS: dict[type, Any] = {
         StreamItems: _on_stream_items,
         ControlEvents: _on_control_events,
@@ -546,19 +423,24 @@ class SessionSupervisor(pykka.ThreadingActor):
         CancelTake: lambda self, m: self._outbox.cancel_take(m.reply),
         SendContinue: _on_send_continue,
         ContinueWritten: _on_continue_written,
-        ContinueNotWritten: _on_continue_not_written,
+        ContinueNotWritten: lambda self, m: self._children.current(CONTROL, m.generation)
+        and self._gate.not_written(),
         SessionReady: _on_session_ready,
         ChildUp: _on_child_up,
         ChildLost: _on_child_lost,
         ChildClosed: _on_child_closed,
-        BarrierReached: _on_barrier,
+        BarrierReached: lambda self, m: self._children.current(m.name, m.generation)
+        and self._gate.barrier_reached(m.name, m.token),
         FramesMalformed: lambda self, m: self._stats.__setitem__(
             "malformed_frames", self._stats["malformed_frames"] + m.count),
-        LinkFlow: _on_link_flow,
+        LinkFlow: lambda self, m: self._children.flow(m.name, m.generation, m.paused),
         RestartChild: _on_restart,
         UptimeCheck: lambda self, m: self._children.stayed_up(m.name, m.generation),
         GetStatus: lambda self, m: {n: c.status for n, c in self._children.items()},
-        GetStats: lambda self, m: self._snapshot_stats(),
+        GetStats: lambda self, m: {  # every key is listed in the README (Stats)
+            **self._stats, **self._outbox.stats, **self._gate.stats, **self._children.stats(),
+            "held": self._outbox.queued, "last_seq": self._outbox.last_seq,
+            "continue_state": self._gate.state},
         SubscribeStream: _on_subscribe,
         Shutdown: _on_shutdown,
         ShutdownDeadline: lambda self, m: self._finish_shutdown(forced=True),

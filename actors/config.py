@@ -1,0 +1,45 @@
+"""SessionConfig: everything a session's supervisor needs to know before it starts.
+
+One frozen value instead of a dozen keyword arguments, so the facade, the
+application-actor setup and the tests build a session the same way, and the
+supervisor's constructor stays glue.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from protocol import CreateSession, ReconnectPolicy, Timing
+
+from .connection import DEFAULT_MAX_FRAME_SIZE
+from .gate import DEFAULT_MAX_RUN_AHEAD, LostContinuePolicy
+
+DEFAULT_MAX_QUEUE = 4096
+LINKS_PER_SESSION = 3  # control + transactions + account diffs
+# Events the blocking facade may take per round trip. They leave the outbox, so
+# the links' windows share max_queue minus this (memory stays bounded).
+TAKE_BATCH = 128
+
+
+@attrs.frozen
+class SessionConfig:
+    """What to connect to and with which bounds; see ``ManagedBacktestSession.start``."""
+
+    url: str
+    api_key: str = attrs.field(repr=False)  # never logged
+    create: CreateSession
+    policy: ReconnectPolicy = attrs.field(factory=ReconnectPolicy)
+    timing: Timing = attrs.field(factory=Timing)
+    max_queue: int = DEFAULT_MAX_QUEUE
+    sslopt: dict[str, Any] | None = None
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+    max_run_ahead: int = DEFAULT_MAX_RUN_AHEAD
+    on_lost_continue: LostContinuePolicy = "resend"
+
+    @property
+    def window(self) -> int:
+        """Undelivered frames each link may hold: ``max_queue`` less one take batch."""
+        return max(1, (self.max_queue - min(TAKE_BATCH, self.max_queue // 2))
+                   // LINKS_PER_SESSION)
