@@ -21,6 +21,7 @@ from actors import (
     ManagedSessionError,
     ReadyForContinue,
     Reconnecting,
+    SendContinue,
     Slot,
     Status,
     Up,
@@ -254,7 +255,9 @@ def test_continue_outstanding_is_rejected(sim: LocalSimulator) -> None:
     try:
         session.subscribe_transactions(sim.addresses[:1])
         assert isinstance(wait_ready(session), ReadyForContinue)
-        session.send_continue()  # waits for the subscription (its ack is delayed)
+        # Held until the subscription is Up (its ack is delayed 0.5 s), so the
+        # second one always meets it outstanding.
+        session.supervisor.tell(SendContinue(ContinueParams()))
         with pytest.raises(ManagedSessionError) as info:
             session.send_continue()
         assert info.value.kind == "continue_outstanding"
