@@ -261,9 +261,10 @@ def test_continue_outstanding_is_rejected(sim: LocalSimulator) -> None:
         with pytest.raises(ManagedSessionError) as info:
             session.send_continue()
         assert info.value.kind == "continue_outstanding"
+        wait_for(lambda: sim.session_stats(session.session_info.session_id)
+                 .continues_received == 1, 5, "the held continue to reach the server")
     finally:
         session.shutdown()
-    assert sim.session_stats(session.session_info.session_id).continues_received == 1
 
 
 def wait_ready(session: ManagedBacktestSession) -> object:
