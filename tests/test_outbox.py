@@ -1,0 +1,126 @@
+"""Outbox as a plain class: dedup, order, credits and takes, with no actor or socket."""
+
+from __future__ import annotations
+
+import logging
+
+import pykka
+import pytest
+
+from actors.events import (
+    AccountDiff,
+    ManagedEvent,
+    ManagedSessionError,
+    SessionFailed,
+    Slot,
+    Transaction,
+)
+from actors.outbox import Outbox
+
+LOG = logging.LoggerAdapter(logging.getLogger("test.outbox"), {})
+
+
+def tx(slot: int, sig: str) -> Transaction:
+    return Transaction(slot, sig)
+
+
+def take(outbox: Outbox, limit: int = 100) -> list[ManagedEvent]:
+    reply: pykka.ThreadingFuture[list[ManagedEvent]] = pykka.ThreadingFuture()
+    outbox.take(reply, limit, None)
+    return reply.get(timeout=0)
+
+
+def test_replayed_items_are_delivered_once_in_order() -> None:
+    outbox = Outbox(window=64, log=LOG)
+    outbox.add_stream("transactions", ("a", "b"))
+    outbox.stream_items("transactions", [("a", tx(1, "s1")), ("b", tx(2, "s2"))], True)
+    # A resume replays the boundary slot, and one item matched two addresses.
+    outbox.stream_items("transactions", [("a", tx(2, "s2")), ("b", tx(2, "s2")),
+                                         ("a", tx(3, "s3"))], True)
+    assert take(outbox) == [tx(1, "s1"), tx(2, "s2"), tx(3, "s3")]
+    assert outbox.stats["duplicates_dropped"] == 2
+    assert outbox.replay_cursor("transactions", "a") == 3
+    assert outbox.replay_cursor("transactions", "b") == 2
+    assert outbox.delivered_through("transactions") == 3
+
+
+def test_diffs_are_keyed_by_signature_and_account() -> None:
+    outbox = Outbox(window=64, log=LOG)
+    outbox.add_stream("account_diffs", ("x", "y"))
+    items = [("x", AccountDiff(5, "x", "s")), ("y", AccountDiff(5, "y", "s")),
+             ("x", AccountDiff(5, "x", "s"))]
+    outbox.stream_items("account_diffs", items, True)
+    assert len(take(outbox)) == 2
+
+
+def test_control_replays_are_dropped_and_a_backwards_seq_is_logged(
+        caplog: pytest.LogCaptureFixture) -> None:
+    outbox = Outbox(window=64, log=LOG)
+    fresh, dropped = outbox.fresh_control([(1, Slot(1)), (2, Slot(2))])
+    assert (fresh, dropped) == ([Slot(1), Slot(2)], 0)
+    with caplog.at_level(logging.WARNING):
+        fresh, dropped = outbox.fresh_control([(2, Slot(2)), (1, Slot(1)), (3, Slot(3))])
+    assert (fresh, dropped) == ([Slot(3)], 2)
+    assert outbox.stats["stale_seq_dropped"] == 1
+    assert any("out of order" in r.getMessage() for r in caplog.records)
+
+
+def test_credits_come_back_in_batches_and_on_an_empty_queue() -> None:
+    outbox = Outbox(window=80, log=LOG)  # a grant per 10 credits
+    outbox.add_stream("transactions", ("a",))
+    outbox.stream_items("transactions", [("a", tx(i, f"s{i}")) for i in range(30)], True)
+    assert take(outbox, limit=5) and outbox.take_grants() == []
+    take(outbox, limit=5)
+    assert outbox.take_grants() == [("transactions", 10)]
+    take(outbox)  # the rest: queue empty, everything owed goes back
+    assert outbox.take_grants() == [("transactions", 20)]
+    assert outbox.reset_link("transactions") == 80
+
+
+def test_a_failure_comes_after_every_queued_event_and_then_every_time() -> None:
+    outbox = Outbox(window=64, log=LOG)
+    outbox.put(None, Slot(1))
+    outbox.put(None, Slot(2))
+    error = ManagedSessionError("internal", "boom")
+    outbox.fail(error)
+    assert take(outbox, limit=1) == [Slot(1)]
+    assert take(outbox) == [Slot(2)]
+    for _ in range(2):
+        with pytest.raises(ManagedSessionError, match="boom"):
+            take(outbox)
+
+
+def test_a_waiting_take_is_answered_withdrawn_or_closed() -> None:
+    outbox = Outbox(window=64, log=LOG)
+    waiting: pykka.ThreadingFuture[list[ManagedEvent]] = pykka.ThreadingFuture()
+    outbox.take(waiting, 10, None)
+    outbox.put(None, Slot(7))
+    assert waiting.get(timeout=0) == [Slot(7)]
+    assert not outbox.cancel_take(waiting)  # answered already: the events are the caller's
+    withdrawn: pykka.ThreadingFuture[list[ManagedEvent]] = pykka.ThreadingFuture()
+    outbox.take(withdrawn, 10, None)
+    assert outbox.cancel_take(withdrawn)
+    outbox.put(None, Slot(8))  # not lost in the withdrawn take
+    assert take(outbox) == [Slot(8)]
+    closed: pykka.ThreadingFuture[list[ManagedEvent]] = pykka.ThreadingFuture()
+    outbox.take(closed, 10, ManagedSessionError("closed", "over"))
+    with pytest.raises(ManagedSessionError, match="closed"):
+        closed.get(timeout=0)
+
+
+def test_listener_mode_tells_at_once_and_notices_a_lost_listener() -> None:
+    told: list[object] = []
+    alive = [True]
+
+    def listener(event: object) -> bool:
+        told.append(event)
+        return alive[0]
+
+    outbox = Outbox(window=64, log=LOG, listener=listener)
+    outbox.put(None, Slot(1))
+    alive[0] = False
+    outbox.put(None, Slot(2))
+    assert outbox.listener_lost
+    error = ManagedSessionError("closed", "gone")
+    outbox.fail(error)
+    assert told[:2] == [Slot(1), Slot(2)] and told[2] == SessionFailed(error)
