@@ -31,7 +31,9 @@ from .events import (
     AccountDiff,
     Completed,
     ConnectionChanged,
+    ContinueLost,
     Error,
+    Gap,
     ManagedEvent,
     ManagedSessionError,
     ReadyForContinue,
@@ -40,6 +42,7 @@ from .events import (
     Status,
     Transaction,
 )
+from .gate import DEFAULT_MAX_RUN_AHEAD, LostContinuePolicy
 from .session import ManagedBacktestSession
 
 API_KEY_ENV = "BACKTEST_API_KEY"
@@ -97,6 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="subscribe to transactions mentioning ADDR (repeatable)")
     run.add_argument("--account-diffs", action="append", default=[], metavar="ADDR",
                      help="subscribe to account diffs of ADDR (repeatable)")
+    run.add_argument("--max-run-ahead", type=_positive, default=DEFAULT_MAX_RUN_AHEAD,
+                     metavar="SLOTS",
+                     help=f"executed slots the session may run past what every subscription "
+                          f"confirmed (default {DEFAULT_MAX_RUN_AHEAD}; above "
+                          f"{PUBSUB_BUFFER_SLOTS}, the server's replay buffer, a long outage "
+                          f"can lose events: reported as a gap, exit 1)")
+    run.add_argument("--on-lost-continue", choices=("resend", "raise"), default="resend",
+                     help="a continue that died unread with its connection: write it again "
+                          "(default) or stop the run (exit 1)")
     run.add_argument("--out", metavar="FILE", help="write every event as a JSON line")
     run.add_argument("--chaos", action="store_true",
                      help="embedded mode: drop and silence connections during the run")
@@ -186,7 +198,8 @@ class _Plan:
             out = open(args.out, "w", encoding="utf-8") if args.out else None  # noqa: SIM115
             return _Run(console, url, self.api_key, create, timing, policy, tx_addrs,
                         diff_addrs, args.advance, out, simulator if args.chaos else None,
-                        args.seed).run()
+                        args.seed, max_run_ahead=args.max_run_ahead,
+                        on_lost_continue=args.on_lost_continue).run()
         except OSError as exc:
             sys.stderr.write(f"backtest-actors run: --out: {exc}\n")
             return 2
@@ -218,8 +231,13 @@ class _Run:
     def __init__(self, console: Console, url: str, api_key: str, create: CreateSession,
                  timing: Timing, policy: ReconnectPolicy, tx_addrs: list[str],
                  diff_addrs: list[str], advance: int, out: IO[str] | None,
-                 chaos: LocalSimulator | None, seed: int) -> None:
+                 chaos: LocalSimulator | None, seed: int, *,
+                 max_run_ahead: int = DEFAULT_MAX_RUN_AHEAD,
+                 on_lost_continue: LostContinuePolicy = "resend") -> None:
         self.console = console
+        self.max_run_ahead, self.on_lost_continue = max_run_ahead, on_lost_continue
+        self.gaps: list[Gap] = []
+        self.lost_continues: list[ContinueLost] = []
         self.url, self.api_key, self.create = url, api_key, create
         self.timing, self.policy = timing, policy
         self.tx_addrs, self.diff_addrs = tx_addrs, diff_addrs
@@ -238,8 +256,9 @@ class _Run:
     def run(self) -> int:
         started = time.monotonic()
         try:
-            session = ManagedBacktestSession.start(self.url, self.api_key, self.create,
-                                                   timing=self.timing, policy=self.policy)
+            session = ManagedBacktestSession.start(
+                self.url, self.api_key, self.create, timing=self.timing, policy=self.policy,
+                max_run_ahead=self.max_run_ahead, on_lost_continue=self.on_lost_continue)
         except ManagedSessionError as exc:
             self.console.print(f"[red]session not created:[/] {exc}", highlight=False)
             return 1
@@ -262,13 +281,17 @@ class _Run:
                         self.summary, self.completed = event.summary, True
                         update()
                         break
+                    elif isinstance(event, ContinueLost) and not event.resent:
+                        raise ManagedSessionError(
+                            "control_failed", "a continue was lost in flight "
+                            "(--on-lost-continue raise)")
         except ManagedSessionError as exc:
             failure = exc
         stats = session.stats()
         session.shutdown()
         self._print_summary(session.session_info.session_id, stats, time.monotonic() - started,
                             failure)
-        return 1 if failure else 0
+        return 1 if failure or self.gaps else 0
 
     def _count(self, event: ManagedEvent) -> None:
         self.counts["events"] += 1
@@ -291,6 +314,10 @@ class _Run:
             self.counts["errors"] += 1
         elif isinstance(event, ConnectionChanged) and isinstance(event.status, Reconnecting):
             self.counts["reconnects"] += 1
+        elif isinstance(event, Gap):
+            self.gaps.append(event)
+        elif isinstance(event, ContinueLost):
+            self.lost_continues.append(event)
 
     def _check_duplicate(self, slot: int, key: Any) -> None:
         keys = self.seen.setdefault(slot, set())
@@ -331,7 +358,13 @@ class _Run:
         table = Table(title=f"backtest {session_id}", show_header=True)
         table.add_column("what")
         table.add_column("value", justify="right")
-        table.add_row("result", "completed" if failure is None else f"failed: {failure}")
+        result = "completed" if failure is None else f"failed: {failure}"
+        if failure is None and self.gaps:
+            result = f"completed with {len(self.gaps)} gap(s): events may be missing"
+        table.add_row("result", result)
+        for gap in self.gaps:
+            table.add_row(f"gap: {gap.stream}",
+                          f"slots {gap.first_slot}..={gap.last_slot} ({gap.slots} slots)")
         table.add_row("slots", f"{self.counts['slots']} ({self._done()}/{self.total} range)")
         table.add_row("transactions", str(self.counts["transactions"]))
         table.add_row("account diffs", str(self.counts["account_diffs"]))
@@ -341,6 +374,10 @@ class _Run:
         table.add_row("duplicates dropped", str(stats.get("duplicates_dropped", 0)))
         table.add_row("duplicates delivered", str(self.counts["duplicates_delivered"]))
         table.add_row("malformed frames", str(stats.get("malformed_frames", 0)))
+        table.add_row(f"lost continues ({self.on_lost_continue})",
+                      f"{stats.get('lost_continues', 0)} (resent "
+                      f"{stats.get('continues_resent', 0)})")
+        table.add_row("double advances", str(stats.get("double_advances", 0)))
         table.add_row("wall time", f"{wall:.2f} s")
         for key, value in sorted((self.summary or {}).items()):
             table.add_row(f"server: {key}", str(value))

@@ -26,10 +26,11 @@ def test_bounded_soak_loses_duplicates_and_leaks_nothing() -> None:
 
     assert row("sessions completed / failed") == "5 / 0"
     assert row("missing") == row("duplicated") == row("double advances") == "0"
+    assert row("gaps reported") == row("missing without a gap report") == "0"
     assert row("threads left after shutdown") == row("actors left after shutdown") == "0"
     expected, delivered = row("events expected / delivered (slots, txs, diffs)").split(" / ")
     assert expected == delivered
-    sent, advanced = row("continues sent / server-side advances").split(" / ")
+    sent, advanced = row("continues (chunks) received / server-side advances").split(" / ")
     assert sent == advanced
     assert int(row("faults injected: total")) >= 25
     for kind in ("drop", "blackhole", "malformed", "refuse", "http_status", "delay_handshake"):
