@@ -35,6 +35,7 @@ from actors import (  # noqa: E402
     Transaction,
     Up,
 )
+from actors.gate import DEFAULT_MAX_RUN_AHEAD  # noqa: E402
 from protocol import (  # noqa: E402
     ContinueParams,
     CreateSession,
@@ -53,6 +54,7 @@ from protocol.simulator.process import simulator_process  # noqa: E402
 
 TIMING = Timing(connect=5, handshake=10, keepalive_interval=0.1, keepalive_deadline=0.5,
                 graceful_close=2)
+BARRIER_EVERY = 4
 NO_DELAY = ReconnectPolicy(initial=0.0, jitter=0.0, max_attempts=50, uptime_reset=1.0)
 
 
@@ -80,9 +82,10 @@ def raw_run(url: str, first: int, last: int, addresses: list[str], frames: int) 
     return frames / elapsed
 
 
-def managed_run(url: str, first: int, last: int, addresses: list[str]) -> float:
+def managed_run(url: str, first: int, last: int, addresses: list[str],
+                max_run_ahead: int = DEFAULT_MAX_RUN_AHEAD) -> float:
     session = ManagedBacktestSession.start(url, DEFAULT_API_KEY, CreateSession(first, last),
-                                           timing=TIMING)
+                                           timing=TIMING, max_run_ahead=max_run_ahead)
     try:
         session.subscribe_transactions(addresses)
         while not isinstance(session.next_event(timeout=30), ReadyForContinue):
@@ -105,14 +108,19 @@ def bench_throughput(runs: int, slots: int, txs_per_slot: int) -> list[list[str]
     addresses = list(chain.addresses)
     frames = sum(len(tx.mentions) for s in chain.produced_in(first + 1, last)
                  for tx in chain.block(s))
-    raw, managed, ratios = [], [], []
+    raw, managed, ratios, gated, gated_ratios = [], [], [], [], []
     with simulator_process(seed=1, slots=slots + 1, txs_per_slot=txs_per_slot) as url:
         for _ in range(runs):
             r = raw_run(url, first, last, addresses, frames)
             m = managed_run(url, first, last, addresses)
+            # The replay-horizon gate at its most expensive: a chunk and a barrier
+            # round trip every BARRIER_EVERY slots instead of every ~40.
+            g = managed_run(url, first, last, addresses, max_run_ahead=BARRIER_EVERY)
             raw.append(r)
             managed.append(m)
+            gated.append(g)
             ratios.append(m / r)
+            gated_ratios.append(g / r)
     per_slot = frames // len(chain.produced_in(first + 1, last))
     return [
         ["raw websocket-client loop + codec", f"{statistics.median(raw):,.0f}",
@@ -121,6 +129,11 @@ def bench_throughput(runs: int, slots: int, txs_per_slot: int) -> list[list[str]
          f"{min(managed):,.0f}–{max(managed):,.0f}"],
         ["ratio managed/raw (pairwise median)", f"{statistics.median(ratios):.2f}",
          f"{min(ratios):.2f}–{max(ratios):.2f}"],
+        [f"managed, max_run_ahead={BARRIER_EVERY} (barrier per {BARRIER_EVERY} slots)",
+         f"{statistics.median(gated):,.0f}", f"{min(gated):,.0f}–{max(gated):,.0f}"],
+        [f"ratio managed(max_run_ahead={BARRIER_EVERY})/raw",
+         f"{statistics.median(gated_ratios):.2f}",
+         f"{min(gated_ratios):.2f}–{max(gated_ratios):.2f}"],
         ["stream", f"{frames:,} notifications", f"~{per_slot:,}/slot, {runs} runs"],
     ]
 
