@@ -80,19 +80,27 @@ class Status:
 
 @attrs.frozen
 class Transaction:
+    """A transaction mentioning a subscribed address; ``index``: its position in the
+    block, when the server sends it."""
+
     slot: int
     signature: str
     transaction: Any = None
     meta: Any = None
+    index: int | None = None
 
 
 @attrs.frozen
 class AccountDiff:
+    """A write to a subscribed account; ``write_index``: its position among the slot's
+    writes, when the server sends it."""
+
     slot: int
     account: str
     signature: str
     pre: Any = None
     post: Any = None
+    write_index: int | None = None
 
     @property
     def key(self) -> tuple[str, str]:

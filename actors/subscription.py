@@ -6,11 +6,14 @@ them. A restart subscribes with ``replayFromSlot`` = the last slot the
 application received for that address (inclusive: the boundary slot comes
 again and the supervisor drops what was already delivered).
 
-Slot order across a resume: the server replays address after address, so the
+Order across a resume: the server replays address after address, so the
 replayed items of two addresses would interleave by slot. After the last ack
 the link sends a ping (``resume`` barrier); its pong comes after every replay.
-Items read until then are held, sorted by slot (stably) and forwarded in one
-batch, so the stream stays in slot order. Should the replay outgrow half the
+Items read until then are held, sorted by (slot, position in the slot) and
+forwarded in one batch, so the stream stays in execution order, within a slot
+too. The position is a transaction's ``index`` in its block (a diff's
+``write_index``); from a server that does not send it, the order within a slot
+is the arrival order (the sort is stable). Should the replay outgrow half the
 flow-control window, the held part is forwarded early (still exactly once,
 sorted per part) rather than stall the reader.
 
@@ -72,8 +75,15 @@ class Barrier:
 def _to_event(item: TransactionNotification | AccountDiffNotification
               ) -> Transaction | AccountDiff:
     if isinstance(item, TransactionNotification):
-        return Transaction(item.slot, item.signature, item.transaction, item.meta)
-    return AccountDiff(item.slot, item.account, item.signature, item.pre, item.post)
+        return Transaction(item.slot, item.signature, item.transaction, item.meta, item.index)
+    return AccountDiff(item.slot, item.account, item.signature, item.pre, item.post,
+                       item.write_index)
+
+
+def _execution_order(pair: tuple[str, Transaction | AccountDiff]) -> tuple[int, int]:
+    event = pair[1]
+    position = event.index if isinstance(event, Transaction) else event.write_index
+    return event.slot, -1 if position is None else position
 
 
 class SubscriptionActor(LinkActor):
@@ -166,7 +176,7 @@ class SubscriptionActor(LinkActor):
     def _release_held(self, out: list[tuple[str, Transaction | AccountDiff]]) -> None:
         held = self._held + out
         self._held = []
-        held.sort(key=lambda pair: pair[1].slot)  # stable: chain order within a slot
+        held.sort(key=_execution_order)  # stable: arrival order where positions tie
         if held:
             self.report(StreamItems(self.name, self.generation, held))
 

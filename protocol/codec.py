@@ -415,9 +415,13 @@ def encode_notification_result(msg: TransactionNotification | AccountDiffNotific
     if isinstance(msg, TransactionNotification):
         result: dict[str, Any] = {"slot": msg.slot, "signature": msg.signature,
                                   "transaction": msg.transaction, "meta": msg.meta}
+        if msg.index is not None:
+            result["index"] = msg.index
     else:
         result = {"context": {"slot": msg.slot}, "account": msg.account,
                   "signature": msg.signature, "pre": msg.pre, "post": msg.post}
+        if msg.write_index is not None:
+            result["writeIndex"] = msg.write_index
     return _dumps(result)
 
 
@@ -480,6 +484,7 @@ def decode_pubsub(frame: str | bytes) -> PubsubMessage:
             _field(result, "signature", str, path, frame),
             result.get("transaction"),
             result.get("meta"),
+            _position(result, "index", path, frame),
         )
     context = _object(result.get("context"), f"{path}.context", frame)
     return AccountDiffNotification(
@@ -489,4 +494,15 @@ def decode_pubsub(frame: str | bytes) -> PubsubMessage:
         _field(result, "signature", str, path, frame),
         result.get("pre"),
         result.get("post"),
+        _position(result, "writeIndex", path, frame),
     )
+
+
+def _position(result: dict[str, Any], key: str, path: str, frame: str | bytes) -> int | None:
+    """An optional position (``index``/``writeIndex``): absent is fine, wrong is not."""
+    value = result.get(key)
+    if value is None:
+        return None
+    if type(value) is not int or value < 0:
+        raise ProtocolError(f"{path}.{key}", "expected a position (int >= 0)", frame)
+    return value

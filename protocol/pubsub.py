@@ -72,21 +72,33 @@ class JsonRpcError:
 
 @attrs.frozen
 class TransactionNotification:
+    """``index``: the transaction's position in its block, when the server sends it.
+
+    A replay after a reconnect comes address after address; the position is
+    what puts the items of one slot back in execution order (see
+    :mod:`actors.subscription`). Optional on the wire (``"index"``).
+    """
+
     subscription: int
     slot: int
     signature: str
     transaction: Any = None
     meta: Any = None
+    index: int | None = None
 
 
 @attrs.frozen
 class AccountDiffNotification:
+    """``write_index``: the write's position among the slot's account writes, when
+    the server sends it (``"writeIndex"``); the same role as a transaction's ``index``."""
+
     subscription: int
     slot: int
     account: str
     signature: str
     pre: Any = None
     post: Any = None
+    write_index: int | None = None
 
 
 @attrs.frozen

@@ -55,13 +55,17 @@ class ExecutedSlot:
     subscriber and every replay, so the cost is paid only for what is sent.
     """
 
-    __slots__ = ("slot", "txs", "_tx_json", "_diff_json")
+    __slots__ = ("slot", "txs", "_tx_json", "_diff_json", "_first_write")
 
     def __init__(self, slot: int, txs: tuple[Tx, ...]) -> None:
         self.slot = slot
         self.txs = txs
         self._tx_json: dict[int, str] = {}
         self._diff_json: dict[tuple[int, int], str] = {}
+        # Position of each transaction's first account write in the slot.
+        self._first_write = [0]
+        for tx in txs:
+            self._first_write.append(self._first_write[-1] + len(tx.diffs))
 
     def notifications(self, subs: Mapping[tuple[StreamKind, str], list[int]]
                       ) -> Iterator[tuple[str, str, int]]:
@@ -83,7 +87,7 @@ class ExecutedSlot:
             cached = self._tx_json[i] = encode_notification_result(TransactionNotification(
                 0, self.slot, tx.signature,
                 {"signatures": [tx.signature], "message": {"accountKeys": list(tx.mentions)}},
-                {"err": None, "fee": 5000},
+                {"err": None, "fee": 5000}, index=i,
             ))
         return cached
 
@@ -94,7 +98,8 @@ class ExecutedSlot:
             diff = tx.diffs[j]
             cached = self._diff_json[(i, j)] = encode_notification_result(
                 AccountDiffNotification(0, self.slot, diff.account, tx.signature,
-                                        {"lamports": diff.pre}, {"lamports": diff.post}))
+                                        {"lamports": diff.pre}, {"lamports": diff.post},
+                                        write_index=self._first_write[i] + j))
         return cached
 
 
