@@ -110,6 +110,10 @@ class Children(dict[str, Child]):
         except pykka.ActorDeadError:
             return False
 
+    def tell_all(self, message: Any) -> None:
+        for name in self:
+            self.tell(name, message)
+
     def set_status(self, name: str, status: ConnectionStatus) -> bool:
         """Record ``status``; True when it changed (the application is told)."""
         child = self[name]

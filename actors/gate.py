@@ -59,7 +59,7 @@ from typing import Any, Literal
 
 import attrs
 
-from protocol import ContinueParams
+from protocol import BacktestError, ContinueParams
 from protocol.pubsub import PUBSUB_BUFFER_SLOTS
 
 from .events import (
@@ -74,6 +74,9 @@ from .events import (
 )
 
 DEFAULT_MAX_RUN_AHEAD = PUBSUB_BUFFER_SLOTS - 20  # 20 slots of margin
+SESSION_ENDING_ERRORS = frozenset({
+    "advanceSlotFailed", "finalizeSlotFailed", "noMoreBlocks", "sessionNotFound",
+    "sessionOwnerMismatch", "bundleNotFound", "noProducedBlocksInRange"})
 
 ContinueState = Literal["idle", "pending", "handed", "outstanding"]
 LostContinuePolicy = Literal["resend", "raise"]
@@ -167,6 +170,18 @@ class ContinueGate:
         elif isinstance(event, Error):
             self.on_error()
         return event
+
+    @staticmethod
+    def ends_session(error: BacktestError) -> bool:
+        """Whether an ``error`` frame means the session cannot go on.
+
+        Decision (the reference classifies errors for handshakes only): an
+        error answering a continue ends that continue (:meth:`on_error`). Those
+        that say the *session* is broken or gone also fail it, after the
+        ``Error`` event is delivered; ``invalid*`` ones blame the request (a bad
+        transaction, a continue while not ready) and the session goes on.
+        """
+        return error.kind in SESSION_ENDING_ERRORS
 
     def refusal(self, session_over: bool) -> ManagedSessionError | None:
         """Why a user continue cannot be taken now, if it cannot."""

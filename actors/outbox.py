@@ -27,6 +27,8 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
+import pykka
+
 from protocol.pubsub import PUBSUB_BUFFER_SLOTS
 
 from .events import (
@@ -76,14 +78,14 @@ class _FailureMarker:
         self.error = error
 
 
-Listener = Callable[[ManagedEvent | SessionFailed], bool]
+Listener = Callable[[Any], None]  # an ActorRef's tell
 
 
 class Outbox:
     """Dedup, order, credits and takes for one session.
 
-    ``listener`` (optional) is called with every event at once instead of
-    queueing it; it returns False when the listener is gone.
+    ``listener`` (optional, an actor's ``tell``) gets every event at once instead
+    of queueing it; :attr:`listener_lost` says when it raised (the actor is gone).
     """
 
     def __init__(self, *, window: int, log: logging.LoggerAdapter[logging.Logger],
@@ -178,11 +180,22 @@ class Outbox:
 
     # --- the queue ------
 
+    def notify(self, message: Any) -> bool:
+        """Tell the listener ``message``; False when there is none, or it is gone."""
+        if self._listener is None or self.listener_lost:
+            return False
+        try:
+            self._listener(message)
+            return True
+        except pykka.ActorDeadError:
+            self._log.warning("the listener actor is gone")
+            self.listener_lost = True
+            return False
+
     def put(self, source: str | None, event: ManagedEvent) -> None:
         """Hand ``event`` to the listener or the first waiting take, or queue it."""
         if self._listener is not None:
-            if not self._listener(event):
-                self.listener_lost = True
+            self.notify(event)
             self._delivered(source, 1)
             return
         if self._takers and not self._queue:
@@ -201,7 +214,7 @@ class Outbox:
             return
         self._failure = error
         if self._listener is not None:
-            self._listener(SessionFailed(error))
+            self.notify(SessionFailed(error))
             return
         self._queue.append((None, _FailureMarker(error)))
         while self._takers and isinstance(self._queue[0][1], _FailureMarker):

@@ -62,6 +62,7 @@ class ManagedBacktestSession:
         self._info = info
         self._timing = timing
         self._closed = False
+        self._listener_mode = False  # events go to a listener actor, not next_event()
         self._lock = threading.Lock()  # makes shutdown() idempotent across threads
         # Taken from the supervisor in batches; bounded by TAKE_BATCH, counted in max_queue.
         self._taken: deque[ManagedEvent] = deque()
@@ -119,6 +120,7 @@ class ManagedBacktestSession:
         supervisor = SessionSupervisor.start(config, scheduler=scheduler, started=started,
                                              listener=listener)
         session = cls(supervisor, scheduler, SessionInfo("", ""), timing)
+        session._listener_mode = listener is not None
         try:
             session._info = started.get()
         except BaseException:
@@ -169,6 +171,9 @@ class ManagedBacktestSession:
         """
         if self._taken:
             return self._taken.popleft()
+        if self._listener_mode:
+            raise ValueError("next_event: this session tells its events to its listener "
+                             "actor; nothing would ever come here")
         reply: pykka.ThreadingFuture[list[ManagedEvent]] = pykka.ThreadingFuture()
         self._tell(TakeEvents(reply, TAKE_BATCH))
         try:

@@ -13,6 +13,7 @@ typed ``internal`` error after the queued events (:mod:`actors.failsafe`).
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -37,12 +38,11 @@ from .events import (
     Connecting,
     ConnectionChanged,
     ConnectionStatus,
+    Error,
     ErrorKind,
     Failed,
-    ManagedEvent,
     ManagedSessionError,
     Reconnecting,
-    SessionFailed,
     SessionInfo,
     Up,
 )
@@ -101,7 +101,7 @@ class SessionSupervisor(FailSafeActor):
         self._listener = listener
         self._log = SessionLogger("supervisor")
         self._outbox = Outbox(window=config.window, log=self._log,
-                              listener=None if listener is None else self._tell_listener)
+                              listener=None if listener is None else listener.tell)
         self._gate = ContinueGate(max_run_ahead=config.max_run_ahead,
                                   on_lost_continue=config.on_lost_continue)
         self._info: SessionInfo | None = None
@@ -159,9 +159,9 @@ class SessionSupervisor(FailSafeActor):
             self._children.tell(name, Barrier(token))
         if self._gate.completed_event is not None and self._gate.completed_due():
             self._outbox.put(None, self._gate.completed_event)
-            for name in self._children:
-                self._children.tell(name, CloseLink())
-        if self._outbox.listener_lost and self._failure is None:
+            self._children.tell_all(CloseLink())
+        if self._failure is None and self._listener is not None and (
+                self._outbox.listener_lost or not self._listener.is_alive()):
             self._fail("closed", reason="the listener actor is gone")
         for name, credits in self._outbox.take_grants():
             self._children.tell(name, Grant(credits))
@@ -196,15 +196,6 @@ class SessionSupervisor(FailSafeActor):
         child.ref = SubscriptionActor.start(
             kind=name, addresses=addresses, replay_from=replay,
             url=pubsub_url(self._info.rpc_endpoint), **common)
-
-    def _tell_listener(self, event: ManagedEvent | SessionFailed | ContinueRefused) -> bool:
-        assert self._listener is not None
-        try:
-            self._listener.tell(event)
-            return True
-        except pykka.ActorDeadError:
-            self._log.warning("listener is gone; the session stops")
-            return False
 
     def _set_status(self, name: str, status: ConnectionStatus) -> None:
         if self._children.set_status(name, status):
@@ -314,8 +305,11 @@ class SessionSupervisor(FailSafeActor):
             event = None if received is None else self._gate.absorb(received)
             if event is None:
                 dropped += 1
-            else:
-                self._outbox.put(CONTROL, event)
+                continue
+            self._outbox.put(CONTROL, event)
+            if isinstance(event, Error) and self._gate.ends_session(event.error):
+                # Delivered first, so the application sees what the server said.
+                self._fail("control_failed", CONTROL, f"server error: {event.error}")
         if self._children.current(CONTROL, message.generation):
             self._outbox.consumed(CONTROL, dropped)
         for name in self._children:
@@ -341,8 +335,7 @@ class SessionSupervisor(FailSafeActor):
             fail_reply(message.reply, error)
             return
         self._log.warning("continue refused: %s", error)
-        if self._listener is not None:
-            self._tell_listener(ContinueRefused(message.params, error))
+        self._outbox.notify(ContinueRefused(message.params, error))
 
     def _on_continue_written(self, message: ContinueWritten) -> None:
         if (self._children.current(CONTROL, message.generation)
@@ -370,7 +363,9 @@ class SessionSupervisor(FailSafeActor):
             return
         self._failure = error or ManagedSessionError(kind, f"{name}: {reason}" if name
                                                      else reason)
-        self._log.error("session failed: %s", self._failure)
+        # A starter waiting for this error raises it: logged once, by whoever catches it.
+        self._log.log(logging.INFO if self._started else logging.ERROR, "session failed: %s",
+                      self._failure)
         if name:
             self._set_status(name, Failed(reason))
         if self._started is not None:
@@ -380,8 +375,7 @@ class SessionSupervisor(FailSafeActor):
             fail_reply(self._gate.reply, self._failure)
         self._gate.abandon()
         self._outbox.fail(self._failure)
-        for child_name in self._children:
-            self._children.tell(child_name, CloseLink())
+        self._children.tell_all(CloseLink())
 
     def _on_shutdown(self, message: Shutdown) -> None:
         if self._shutdown is not None:

@@ -108,19 +108,26 @@ def test_a_waiting_take_is_answered_withdrawn_or_closed() -> None:
         closed.get(timeout=0)
 
 
-def test_listener_mode_tells_at_once_and_notices_a_lost_listener() -> None:
+def test_listener_mode_tells_at_once_then_the_failure_last() -> None:
     told: list[object] = []
-    alive = [True]
+    outbox = Outbox(window=64, log=LOG, listener=told.append)
+    outbox.put(None, Slot(1))
+    error = ManagedSessionError("closed", "over")
+    outbox.fail(error)
+    assert told == [Slot(1), SessionFailed(error)] and not outbox.listener_lost
 
-    def listener(event: object) -> bool:
+
+def test_a_listener_that_is_gone_is_noticed_and_not_told_again() -> None:
+    told: list[object] = []
+
+    def listener(event: object) -> None:
+        if told:
+            raise pykka.ActorDeadError("gone")
         told.append(event)
-        return alive[0]
 
     outbox = Outbox(window=64, log=LOG, listener=listener)
     outbox.put(None, Slot(1))
-    alive[0] = False
     outbox.put(None, Slot(2))
     assert outbox.listener_lost
-    error = ManagedSessionError("closed", "gone")
-    outbox.fail(error)
-    assert told[:2] == [Slot(1), Slot(2)] and told[2] == SessionFailed(error)
+    assert not outbox.notify(Slot(3))
+    assert told == [Slot(1)]
