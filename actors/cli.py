@@ -258,7 +258,8 @@ class _Run:
         try:
             session = ManagedBacktestSession.start(
                 self.url, self.api_key, self.create, timing=self.timing, policy=self.policy,
-                max_run_ahead=self.max_run_ahead, on_lost_continue=self.on_lost_continue)
+                max_run_ahead=self.max_run_ahead, on_lost_continue=self.on_lost_continue,
+                on_starting=self._starting)
         except ManagedSessionError as exc:
             self.console.print(f"[red]session not created:[/] {exc}", highlight=False)
             return 1
@@ -292,6 +293,14 @@ class _Run:
         self._print_summary(session.session_info.session_id, stats, time.monotonic() - started,
                             failure)
         return 1 if failure or self.gaps else 0
+
+    def _starting(self, change: ConnectionChanged) -> None:
+        """Retries before the session exists, as they happen (terminal or pipe)."""
+        status = change.status
+        if isinstance(status, Reconnecting):
+            self.console.print(
+                f"connecting: attempt {status.attempt} failed ({status.reason}); next try "
+                f"in {status.delay:.1f}s", highlight=False, soft_wrap=True)
 
     def _count(self, event: ManagedEvent) -> None:
         self.counts["events"] += 1

@@ -7,6 +7,7 @@ supervisor's constructor stays glue.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -14,6 +15,7 @@ import attrs
 from protocol import CreateSession, ReconnectPolicy, Timing
 
 from .connection import DEFAULT_MAX_FRAME_SIZE
+from .events import ConnectionChanged
 from .gate import DEFAULT_MAX_RUN_AHEAD, LostContinuePolicy
 
 DEFAULT_MAX_QUEUE = 4096
@@ -37,6 +39,10 @@ class SessionConfig:
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
     max_run_ahead: int = DEFAULT_MAX_RUN_AHEAD
     on_lost_continue: LostContinuePolicy = "resend"
+    # Told each connection change while start() waits (retries are visible before the
+    # session exists); runs on the supervisor's thread, so it must be quick. Its
+    # exceptions are the session's (a bug there fails the session as "internal").
+    on_starting: Callable[[ConnectionChanged], None] | None = None
 
     @property
     def window(self) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pykka
@@ -20,7 +20,13 @@ from protocol.pubsub import StreamKind
 
 from .config import DEFAULT_MAX_QUEUE, LINKS_PER_SESSION, TAKE_BATCH, SessionConfig
 from .connection import DEFAULT_MAX_FRAME_SIZE
-from .events import ConnectionStatus, ManagedEvent, ManagedSessionError, SessionInfo
+from .events import (
+    ConnectionChanged,
+    ConnectionStatus,
+    ManagedEvent,
+    ManagedSessionError,
+    SessionInfo,
+)
 from .gate import DEFAULT_MAX_RUN_AHEAD, LostContinuePolicy
 from .requests import (
     CancelTake,
@@ -75,7 +81,9 @@ class ManagedBacktestSession:
               sslopt: dict[str, Any] | None = None,
               max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
               max_run_ahead: int = DEFAULT_MAX_RUN_AHEAD,
-              on_lost_continue: LostContinuePolicy = "resend") -> ManagedBacktestSession:
+              on_lost_continue: LostContinuePolicy = "resend",
+              on_starting: Callable[[ConnectionChanged], None] | None = None
+              ) -> ManagedBacktestSession:
         """Connect, create the session, return once its identity is known.
 
         Raises ``ManagedSessionError(kind="create")`` when the session cannot be
@@ -93,6 +101,11 @@ class ManagedBacktestSession:
         ``on_lost_continue``: what to do with a continue that died unread with
         its connection (see ``ContinueLost``): ``"resend"`` (default: a hung
         backtest is the worse failure) or ``"raise"`` (the application decides).
+
+        ``on_starting`` (optional) is called with each ``ConnectionChanged`` while
+        ``start`` waits, so retries (refused, 5xx, ownership busy) can be shown
+        before the session exists; it runs on the session's thread: keep it quick.
+        The same events are also delivered by ``next_event`` afterwards.
         """
         control_url = backtest_ws_url(url)
         if not isinstance(api_key, str) or not api_key:
@@ -116,7 +129,8 @@ class ManagedBacktestSession:
         config = SessionConfig(
             url=control_url, api_key=api_key, create=create, policy=policy or ReconnectPolicy(),
             timing=timing, max_queue=max_queue, sslopt=sslopt, max_frame_size=max_frame_size,
-            max_run_ahead=max_run_ahead, on_lost_continue=on_lost_continue)
+            max_run_ahead=max_run_ahead, on_lost_continue=on_lost_continue,
+            on_starting=on_starting)
         supervisor = SessionSupervisor.start(config, scheduler=scheduler, started=started,
                                              listener=listener)
         session = cls(supervisor, scheduler, SessionInfo("", ""), timing)

@@ -200,6 +200,8 @@ class SessionSupervisor(FailSafeActor):
     def _set_status(self, name: str, status: ConnectionStatus) -> None:
         if self._children.set_status(name, status):
             self._outbox.put(None, ConnectionChanged(name, status))
+            if self._started is not None and self._config.on_starting is not None:
+                self._config.on_starting(ConnectionChanged(name, status))
 
     def _on_session_ready(self, message: SessionReady) -> None:
         if not self._children.current(CONTROL, message.generation):

@@ -146,3 +146,19 @@ def test_standalone_simulator_logs_and_stops_on_ctrl_c(command: list[str]) -> No
     assert "control connection from" in log
     assert re.search(r"session backtest_\S+ created for slots 400000000\.\.=400000003", log)
     assert "control connection closed" in log
+
+
+def test_a_wrong_url_shows_its_first_retry_within_2s() -> None:
+    started = time.monotonic()
+    proc = subprocess.Popen([*COMMAND, "run", "--url", "ws://127.0.0.1:1", "--api-key", "k",
+                             "--start-slot", "1"], stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        elapsed = time.monotonic() - started
+        assert re.match(r"connecting: attempt 1 failed \(connect failed: .*refused.*\); "
+                        r"next try in [\d.]+s", line), line
+        assert elapsed < 2.0
+    finally:
+        proc.kill()
+        proc.wait(5)
