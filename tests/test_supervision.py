@@ -7,6 +7,7 @@ reported nothing.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 
@@ -24,10 +25,11 @@ from actors import (
     SendContinue,
     Slot,
     SubscribeStream,
+    Transaction,
 )
 from actors.connection import Connection
 from protocol import ContinueParams, CreateSession, ReconnectPolicy
-from protocol.simulator import DEFAULT_API_KEY, LocalSimulator
+from protocol.simulator import LocalSimulator
 from tests.harness import FAST, drive, no_leaks, start, wait_for
 from tests.scripted import created, hold, scripted_server
 
@@ -283,4 +285,56 @@ def next_of(session: ManagedBacktestSession, kind: type) -> object:
     raise AssertionError(f"no {kind.__name__}")
 
 
-assert DEFAULT_API_KEY and Completed  # imported for readers of the scripts above
+def test_calls_after_shutdown_raise_closed_at_once(sim: LocalSimulator) -> None:
+    first, _ = sim.available_range()
+    session = start(sim, first, first + 5)
+    session.shutdown()
+    started = time.monotonic()
+    for call in (lambda: session.next_event(timeout=30), lambda: session.send_continue(),
+                 lambda: session.subscribe_transactions(sim.addresses[:1]),
+                 session.stats, session.status):
+        with pytest.raises(ManagedSessionError) as info:
+            call()
+        assert info.value.kind == "closed"
+    assert time.monotonic() - started < 1.0
+    session.shutdown()  # idempotent
+
+
+def test_two_consumer_threads_share_the_events_exactly_once(sim: LocalSimulator) -> None:
+    first, _ = sim.available_range()
+    end = first + 60
+    addresses = list(sim.addresses[:2])
+    expected = sim.expected(first, end, transactions=addresses)
+    session = start(sim, first, end)
+    got: list[list[object]] = [[], []]
+    done = threading.Event()
+
+    def consume(mine: list[object]) -> None:
+        while not done.is_set():
+            try:
+                event = session.next_event(timeout=0.2)
+            except TimeoutError:
+                continue
+            except ManagedSessionError:
+                return
+            mine.append(event)
+            if isinstance(event, ReadyForContinue):
+                session.send_continue(timeout=5)
+            elif isinstance(event, Completed):
+                done.set()
+
+    try:
+        session.subscribe_transactions(addresses)
+        threads = [threading.Thread(target=consume, args=(g,)) for g in got]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(20)
+        assert done.is_set()
+    finally:
+        session.shutdown()
+    events = got[0] + got[1]
+    signatures = [e.signature for e in events if isinstance(e, Transaction)]
+    assert sorted(signatures) == sorted(expected.signatures)
+    assert len(signatures) == len(set(signatures))
+    assert sorted(e.slot for e in events if isinstance(e, Slot)) == expected.slots
