@@ -42,6 +42,8 @@ from .timers import Scheduler
 
 # Extra time shutdown() allows beyond Timing.graceful_close for actors to end.
 SHUTDOWN_MARGIN = 1.0
+# The supervisor answers an ask at once (it never blocks); this bounds a bug.
+ASK_TIMEOUT = 10.0
 
 
 def _check_addresses(field: str, addresses: Iterable[str]) -> tuple[str, ...]:
@@ -135,8 +137,14 @@ class ManagedBacktestSession:
                                              listener=listener)
         session = cls(supervisor, scheduler, SessionInfo("", ""), timing)
         session._listener_mode = listener is not None
+        # Bound: the policy's outage budget, plus the attempt under way when it runs
+        # out (connect and one handshake answer); past that a bug, never a wait.
+        bound = config.policy.max_total + timing.connect + timing.handshake + SHUTDOWN_MARGIN
         try:
-            session._info = started.get()
+            session._info = started.get(timeout=bound)
+        except pykka.Timeout:
+            session.shutdown()
+            raise ManagedSessionError("create", f"no session within {bound:.0f}s") from None
         except BaseException:
             session.shutdown()
             raise
@@ -195,12 +203,12 @@ class ManagedBacktestSession:
         except pykka.Timeout:
             # Withdraw the take; if events were put in it meanwhile, they are ours.
             try:
-                withdrawn = self._supervisor.ask(CancelTake(reply))
-            except pykka.ActorDeadError:
+                withdrawn = self._supervisor.ask(CancelTake(reply), timeout=ASK_TIMEOUT)
+            except (pykka.ActorDeadError, pykka.Timeout):
                 withdrawn = True
             if withdrawn:
                 raise TimeoutError(f"no event within {timeout}s") from None
-            batch = reply.get()
+            batch = reply.get(timeout=ASK_TIMEOUT)  # answered: CancelTake came after
         self._taken.extend(batch[1:])
         return batch[0]
 
@@ -264,6 +272,9 @@ class ManagedBacktestSession:
         if self._closed:
             raise ManagedSessionError("closed", "session shut down")
         try:
-            return self._supervisor.ask(message)
+            return self._supervisor.ask(message, timeout=ASK_TIMEOUT)
         except pykka.ActorDeadError:
             raise ManagedSessionError("closed", "session shut down") from None
+        except pykka.Timeout:
+            raise ManagedSessionError("internal", f"the session did not answer "
+                                      f"{type(message).__name__} within {ASK_TIMEOUT}s") from None
