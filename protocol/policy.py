@@ -76,6 +76,19 @@ class ReconnectPolicy:
     ends in failure when ``exhausted(attempt, elapsed)`` says so: either
     ``max_attempts`` restarts were made or ``max_total`` seconds have passed
     since the outage began.
+
+    **The defaults outlive a half-open owner.** When the client's side of the
+    control connection dies silently (NAT timeout, dead host), the server keeps
+    the old connection as the session's owner until its own keepalive finds it
+    dead: up to its deadline plus one ping interval, 45 + 15 = 60 s with the
+    real defaults. Until then every re-attach is answered
+    ``sessionOwnershipBusy`` (retryable). Restart ``n`` comes after the delays
+    1..n (0.5, 1, 2, 4, 8, 16, 30, 30, 30, 30 s), at 0.5, 1.5, 3.5, 7.5, 15.5,
+    31.5, 61.5, 91.5, 121.5 and 151.5 s after the loss; with the full -20 %
+    jitter restart 8 still comes at 73.2 s. So restarts 8 to 10 always come
+    after the server released the owner (each attempt's own connect time only
+    adds to that), and ``max_total`` (300 s) is far beyond it. A shorter policy must keep
+    ``sum(delays) > server deadline + interval`` to survive a half-open owner.
     """
 
     initial: float = attrs.field(default=RECONNECT_INITIAL_BACKOFF, validator=_non_negative)
