@@ -5,9 +5,9 @@
 Each session replays its own range with both subscriptions while faults of
 every kind the simulator has are injected (seeded): abrupt drops and
 blackholes at random slots, malformed frames, refused connects, delayed
-handshakes and 503 answers to upgrades. Prints a markdown table and exits 1
-if anything was lost, duplicated, double-advanced or leaked (or a session
-failed).
+handshakes, 503 answers to upgrades, and continues lost in flight. Prints a
+markdown table and exits 1 if anything was lost without a gap report,
+duplicated, double-advanced or leaked (or a session failed).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from protocol import ContinueParams, CreateSession, ReconnectPolicy, Timing  # n
 from protocol.simulator import DEFAULT_API_KEY, LocalSimulator  # noqa: E402
 
 TIMING = Timing(connect=2, handshake=3, keepalive_interval=0.1, keepalive_deadline=0.6,
-                graceful_close=2)
+                graceful_close=2, continue_quiet=0.3)
 MALFORMED = ['{"method":"slotNotification"', "[]", b"\xff\xfe", '{"jsonrpc":"2.0","result":"x"}',
              '{"method":"status","params":{"status":1}}']
 
@@ -138,10 +138,15 @@ class Soak:
             session.subscribe_account_diffs(diffs)
             sid = session.session_info.session_id
             self._arm(rng, sid, expected.slots)
+            readies = 0
+            lose_at = set(rng.sample(range(2, 40), self.args.lost_continues))
             while True:
                 event = session.next_event(timeout=120)
                 events.append(event)
                 if isinstance(event, ReadyForContinue):
+                    readies += 1
+                    if readies in lose_at:  # the server resets the socket, continue unread
+                        self.sim.faults.lose_next_continue(session_id=sid)
                     session.send_continue(ContinueParams(advance_count=rng.choice([1, 2, 5])))
                 elif isinstance(event, Completed):
                     break
@@ -259,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slots", type=int, default=300)
     parser.add_argument("--faults", type=int, default=120, help="about how many to inject")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--lost-continues", type=int, default=2,
+                        help="continues lost in flight per session")
     return Soak(parser.parse_args(argv)).run()
 
 
