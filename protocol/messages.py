@@ -17,29 +17,96 @@ import attrs
 
 MAX_DISCONNECT_TIMEOUT_SECS = 900
 
+# Upper bounds of the wire's Rust integer types (wire-protocol.md §3): a larger value
+# cannot be decoded by the server, so it is refused here, before anything is sent.
+U16_MAX = 2**16 - 1
+U32_MAX = 2**32 - 1
+U64_MAX = 2**64 - 1
+
+# Solana public keys: 32 bytes written in base58 (Bitcoin alphabet), 32 to 44 characters.
+BASE58_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+_BASE58_DIGITS = {c: i for i, c in enumerate(BASE58_ALPHABET)}
+PUBKEY_BYTES = 32
+PUBKEY_MIN_CHARS, PUBKEY_MAX_CHARS = 32, 44
+
+
+def is_pubkey(text: object) -> bool:
+    """True for a base58 string that decodes to exactly 32 bytes (a Solana public key).
+
+    The length and alphabet alone admit strings of 44 characters that decode to
+    33 bytes, which the server's ``Pubkey::from_str`` rejects, so the value is
+    decoded too. Leading ``1`` characters stand for leading zero bytes.
+    """
+    if not isinstance(text, str) or not PUBKEY_MIN_CHARS <= len(text) <= PUBKEY_MAX_CHARS:
+        return False
+    number = 0
+    for char in text:
+        digit = _BASE58_DIGITS.get(char)
+        if digit is None:
+            return False
+        number = number * 58 + digit
+    zeros = len(text) - len(text.lstrip("1"))
+    return zeros + (number.bit_length() + 7) // 8 == PUBKEY_BYTES
+
+
+def pubkey_problem(value: object) -> str | None:
+    """Why ``value`` is not a public key (for an error that names the field), or None."""
+    if not isinstance(value, str):
+        return f"expected a base58 public key (str), got {type(value).__name__}"
+    if not is_pubkey(value):
+        return (f"expected a base58 public key ({PUBKEY_MIN_CHARS}-{PUBKEY_MAX_CHARS} "
+                f"characters of {PUBKEY_BYTES} bytes), got {value!r:.60}")
+    return None
+
+
 # --- validators -----------------------------------------------------------------
 
 
-def _non_negative_int(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if type(value) is not int or value < 0:
-        raise ValueError(f"{attribute.name}: expected an integer >= 0, got {value!r}")
+def _int_in(low: int, high: int) -> Any:
+    """An attrs validator: an ``int`` (never a bool) in ``low..=high``, named in the error."""
+
+    def check(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if type(value) is not int or not low <= value <= high:
+            raise ValueError(
+                f"{attribute.name}: expected an integer in {low}..{high}, got {value!r:.60}")
+
+    return check
 
 
-def _positive_int(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if type(value) is not int or value < 1:
-        raise ValueError(f"{attribute.name}: expected an integer >= 1, got {value!r}")
+def _optional(validator: Any) -> Any:
+    def check(inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value is not None:
+            validator(inst, attribute, value)
+
+    return check
 
 
-def _optional_non_negative_int(
-    inst: object, attribute: attrs.Attribute[Any], value: object
-) -> None:
-    if value is not None:
-        _non_negative_int(inst, attribute, value)
+_non_negative_int = _int_in(0, U64_MAX)
+
+
+def _bool(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if type(value) is not bool:
+        raise TypeError(f"{attribute.name}: expected a bool, got {value!r:.60}")
 
 
 def _str_tuple(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if not isinstance(value, tuple) or not all(isinstance(v, str) and v for v in value):
         raise ValueError(f"{attribute.name}: expected a sequence of non-empty strings")
+
+
+def _pubkey_tuple(inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    _str_tuple(inst, attribute, value)
+    assert isinstance(value, tuple)
+    for index, item in enumerate(value):
+        problem = pubkey_problem(item)
+        if problem is not None:
+            raise ValueError(f"{attribute.name}[{index}]: {problem}")
+
+
+def _pubkey(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    problem = pubkey_problem(value)
+    if problem is not None:
+        raise ValueError(f"{attribute.name}: {problem}")
 
 
 def _to_tuple(value: Any) -> Any:
@@ -68,18 +135,18 @@ def is_base64(text: str) -> bool:
 class CreateSession:
     """``createBacktestSession``: replay ``start_slot..=end_slot``."""
 
-    start_slot: int = attrs.field(validator=_non_negative_int)
-    end_slot: int = attrs.field(validator=_non_negative_int)
+    start_slot: int = attrs.field(validator=_int_in(0, U64_MAX))
+    end_slot: int = attrs.field(validator=_int_in(0, U64_MAX))
     signer_filter: tuple[str, ...] = attrs.field(
-        default=(), converter=_to_tuple, validator=_str_tuple
+        default=(), converter=_to_tuple, validator=_pubkey_tuple
     )
-    send_summary: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
+    send_summary: bool = attrs.field(default=True, validator=_bool)
     disconnect_timeout_secs: int = attrs.field(default=MAX_DISCONNECT_TIMEOUT_SECS)
     capacity_wait_timeout_secs: int | None = attrs.field(
-        default=None, validator=_optional_non_negative_int
+        default=None, validator=_optional(_int_in(0, U16_MAX))
     )
     extra_compute_units: int | None = attrs.field(
-        default=None, validator=_optional_non_negative_int
+        default=None, validator=_optional(_int_in(0, U32_MAX))
     )
 
     @end_slot.validator
@@ -116,9 +183,9 @@ class AccountData:
     """An account override for ``modifyAccountStates``; ``data`` may be raw bytes."""
 
     data: EncodedBinary = attrs.field(converter=_account_data_bytes)
-    executable: bool
+    executable: bool = attrs.field(validator=_bool)
     lamports: int = attrs.field(validator=_non_negative_int)
-    owner: str
+    owner: str = attrs.field(validator=_pubkey)
     space: int = attrs.field(validator=_non_negative_int)
 
     @data.validator
@@ -141,8 +208,9 @@ def _account_states(_inst: object, attribute: attrs.Attribute[Any], value: objec
     if not isinstance(value, dict):
         raise ValueError(f"{attribute.name}: expected a mapping of address -> AccountData")
     for address, account in value.items():
-        if not isinstance(address, str) or not address:
-            raise ValueError(f"{attribute.name}: address {address!r} is not a non-empty string")
+        problem = pubkey_problem(address)
+        if problem is not None:
+            raise ValueError(f"{attribute.name}[{address}]: {problem}")
         if not isinstance(account, AccountData):
             raise ValueError(f"{attribute.name}[{address}]: expected AccountData")
 
@@ -151,7 +219,8 @@ def _account_states(_inst: object, attribute: attrs.Attribute[Any], value: objec
 class ContinueParams:
     """``continue``: advance ``advance_count`` produced blocks, injecting ``transactions``."""
 
-    advance_count: int = attrs.field(default=1, validator=_positive_int)
+    # u64 on the wire; the server would refuse a larger count only after it was sent.
+    advance_count: int = attrs.field(default=1, validator=_int_in(1, U64_MAX))
     transactions: tuple[str, ...] = attrs.field(
         default=(), converter=_to_tuple, validator=_transactions
     )

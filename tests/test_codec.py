@@ -45,7 +45,8 @@ from protocol import (
 SID = "backtest_0192a3b4-c5d6-7e8f-9012-3456789abcde"
 
 REQUESTS = [
-    CreateSession(399834992, 399834997, signer_filter=("Sig1",), send_summary=True,
+    CreateSession(399834992, 399834997,
+                  signer_filter=("Vote111111111111111111111111111111111111111",), send_summary=True,
                   disconnect_timeout_secs=900, capacity_wait_timeout_secs=900,
                   extra_compute_units=5000),
     CreateSession(1, 1),
