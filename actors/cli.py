@@ -24,6 +24,7 @@ from rich.table import Table
 
 from protocol import ContinueParams, CreateSession, ReconnectPolicy, Timing, backtest_ws_url
 from protocol.codec import encode_record
+from protocol.messages import pubkey_problem
 from protocol.pubsub import PUBSUB_BUFFER_SLOTS
 from protocol.simulator import DEFAULT_API_KEY, LocalSimulator
 
@@ -147,6 +148,13 @@ class _Plan:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> _Plan:
+        # Checked here, not at subscribe time: by then the session exists on the server.
+        for option, addresses in (("--transactions", args.transactions),
+                                  ("--account-diffs", args.account_diffs)):
+            for address in addresses:
+                problem = pubkey_problem(address)
+                if problem is not None:
+                    raise UsageError(f"backtest-actors run: {option}: {problem}")
         if args.url is None:
             if args.api_key:
                 raise UsageError("backtest-actors run: --api-key needs --url")

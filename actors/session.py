@@ -7,15 +7,18 @@ future, and the facade waits on that future.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import attrs
 import pykka
 
 from protocol import ContinueParams, CreateSession, ReconnectPolicy, Timing, backtest_ws_url
+from protocol.messages import pubkey_problem
 from protocol.pubsub import StreamKind
 
 from .config import DEFAULT_MAX_QUEUE, LINKS_PER_SESSION, TAKE_BATCH, SessionConfig
@@ -47,17 +50,45 @@ ASK_TIMEOUT = 10.0
 
 
 def _check_addresses(field: str, addresses: Iterable[str]) -> tuple[str, ...]:
-    if isinstance(addresses, str):
+    """Base58 public keys only: the server would refuse anything else after the upgrade."""
+    if isinstance(addresses, str | bytes):
         raise TypeError(f"{field}: expected a list of addresses, got one string")
-    out = tuple(addresses)
+    try:
+        out = tuple(addresses)
+    except TypeError:
+        raise TypeError(f"{field}: expected a list of addresses, got "
+                        f"{type(addresses).__name__}") from None
     if not out:
         raise ValueError(f"{field}: at least one address is needed")
     for i, address in enumerate(out):
-        if not isinstance(address, str) or not address.strip():
-            raise ValueError(f"{field}[{i}]: expected a non-empty address, got {address!r}")
+        problem = pubkey_problem(address)
+        if problem is not None:
+            raise ValueError(f"{field}[{i}]: {problem}")
     if len(set(out)) != len(out):
         raise ValueError(f"{field}: duplicate addresses")
     return out
+
+
+def _check_timeout(timeout: object) -> float | None:
+    """A wait bound in seconds, or None; checked before any take or continue is handed over.
+
+    A bad value found only inside the wait would leave the request with the
+    supervisor, and its answer (a batch of events) with nobody.
+    """
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(f"timeout: expected seconds (int or float) or None, got "
+                        f"{type(timeout).__name__}")
+    if math.isnan(timeout) or timeout < 0:
+        raise ValueError(f"timeout: expected a number of seconds >= 0, got {timeout!r}")
+    return None if math.isinf(timeout) else float(timeout)
+
+
+def _check_optional(field: str, value: object, kind: type | tuple[type, ...],
+                    expected: str) -> None:
+    if value is not None and not isinstance(value, kind):
+        raise TypeError(f"{field}: expected {expected} or None, got {type(value).__name__}")
 
 
 class ManagedBacktestSession:
@@ -109,11 +140,25 @@ class ManagedBacktestSession:
         before the session exists; it runs on the session's thread: keep it quick.
         The same events are also delivered by ``next_event`` afterwards.
         """
+        # Every argument is checked here, in the caller's thread: a bad one found
+        # later, inside an actor, would crash it and leave start() waiting.
+        if not isinstance(url, str):
+            raise TypeError(f"url: expected a str, got {type(url).__name__}")
         control_url = backtest_ws_url(url)
-        if not isinstance(api_key, str) or not api_key:
+        if not isinstance(api_key, str):
+            raise TypeError(f"api_key: expected a str, got {type(api_key).__name__}")
+        if not api_key:
             raise ValueError("api_key: expected a non-empty string")
         if not isinstance(create, CreateSession):
             raise TypeError(f"create: expected CreateSession, got {type(create).__name__}")
+        # attrs validators ran at construction; this catches an instance changed since.
+        attrs.validate(create)
+        _check_optional("policy", policy, ReconnectPolicy, "ReconnectPolicy")
+        _check_optional("timing", timing, Timing, "Timing")
+        _check_optional("listener", listener, pykka.ActorRef, "a pykka.ActorRef")
+        _check_optional("sslopt", sslopt, dict, "a dict of websocket-client ssl options")
+        if sslopt is not None and not all(isinstance(k, str) for k in sslopt):
+            raise TypeError("sslopt: expected str keys (ssl option names)")
         if type(max_frame_size) is not int or max_frame_size < 1024:
             raise ValueError(f"max_frame_size: expected an integer >= 1024, got "
                              f"{max_frame_size!r}")
@@ -189,8 +234,10 @@ class ManagedBacktestSession:
         Meant for one consumer thread (events are handed over in batches).
 
         Raises ``ManagedSessionError`` once the session cannot go on (after every
-        event that came before the failure was returned).
+        event that came before the failure was returned). Raises
+        ``TypeError``/``ValueError`` for a bad ``timeout`` before anything is asked.
         """
+        wait = _check_timeout(timeout)
         if self._taken:
             return self._taken.popleft()
         if self._listener_mode:
@@ -199,7 +246,7 @@ class ManagedBacktestSession:
         reply: pykka.ThreadingFuture[list[ManagedEvent]] = pykka.ThreadingFuture()
         self._tell(TakeEvents(reply, TAKE_BATCH))
         try:
-            batch: list[ManagedEvent] = reply.get(timeout=timeout)
+            batch: list[ManagedEvent] = reply.get(timeout=wait)
         except pykka.Timeout:
             # Withdraw the take; if events were put in it meanwhile, they are ours.
             try:
@@ -222,10 +269,14 @@ class ManagedBacktestSession:
         params = ContinueParams() if params is None else params
         if not isinstance(params, ContinueParams):
             raise TypeError(f"params: expected ContinueParams, got {type(params).__name__}")
+        # attrs validators ran at construction; this catches an instance changed since
+        # (object.__setattr__), before the value can reach the wire.
+        attrs.validate(params)
+        wait = _check_timeout(timeout)
         reply: pykka.ThreadingFuture[None] = pykka.ThreadingFuture()
         self._tell(SendContinue(params, reply))
         try:
-            reply.get(timeout=timeout)
+            reply.get(timeout=wait)
         except pykka.Timeout:
             raise TimeoutError(f"continue not written within {timeout}s") from None
 

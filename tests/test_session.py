@@ -206,7 +206,9 @@ def test_bad_arguments_are_rejected_before_connecting(sim: LocalSimulator) -> No
     session = start(sim, first, first + 5)
     try:
         with pytest.raises(ValueError, match=r"^addresses\[1\]"):
-            session.subscribe_transactions(["a", ""])
+            session.subscribe_transactions([sim.addresses[0], ""])
+        with pytest.raises(ValueError, match=r"^addresses\[0\]"):
+            session.subscribe_transactions(["a"])  # not a 32-byte base58 public key
         with pytest.raises(TypeError, match="^addresses"):
             session.subscribe_transactions("abc")
         with pytest.raises(TypeError, match="^params"):
