@@ -47,6 +47,8 @@ from .timers import Scheduler
 SHUTDOWN_MARGIN = 1.0
 # The supervisor answers an ask at once (it never blocks); this bounds a bug.
 ASK_TIMEOUT = 10.0
+# Tries at withdrawing an interrupted take when interrupts keep coming (a held Ctrl-C).
+WITHDRAW_ATTEMPTS = 5
 
 
 def _check_addresses(field: str, addresses: Iterable[str]) -> tuple[str, ...]:
@@ -234,30 +236,86 @@ class ManagedBacktestSession:
         Meant for one consumer thread (events are handed over in batches).
 
         Raises ``ManagedSessionError`` once the session cannot go on (after every
-        event that came before the failure was returned). Raises
-        ``TypeError``/``ValueError`` for a bad ``timeout`` before anything is asked.
+        event that came before the failure was returned).
+
+        Raises ``TypeError``/``ValueError`` for a bad ``timeout`` before anything
+        is asked. An exception that interrupts the wait (``KeyboardInterrupt``,
+        an exception raised by a signal handler) loses nothing: the take is
+        withdrawn, or, if its batch had already been handed over, the batch is
+        kept and the next call returns it. The interrupt is then re-raised.
         """
         wait = _check_timeout(timeout)
-        if self._taken:
-            return self._taken.popleft()
-        if self._listener_mode:
-            raise ValueError("next_event: this session tells its events to its listener "
-                             "actor; nothing would ever come here")
-        reply: pykka.ThreadingFuture[list[ManagedEvent]] = pykka.ThreadingFuture()
-        self._tell(TakeEvents(reply, TAKE_BATCH))
-        try:
-            batch: list[ManagedEvent] = reply.get(timeout=wait)
-        except pykka.Timeout:
-            # Withdraw the take; if events were put in it meanwhile, they are ours.
+        taken = self._taken
+        if not taken:
+            if self._listener_mode:
+                raise ValueError("next_event: this session tells its events to its listener "
+                                 "actor; nothing would ever come here")
+            reply: pykka.ThreadingFuture[list[ManagedEvent]] = pykka.ThreadingFuture()
             try:
-                withdrawn = self._supervisor.ask(CancelTake(reply), timeout=ASK_TIMEOUT)
-            except (pykka.ActorDeadError, pykka.Timeout):
-                withdrawn = True
-            if withdrawn:
-                raise TimeoutError(f"no event within {timeout}s") from None
-            batch = reply.get(timeout=ASK_TIMEOUT)  # answered: CancelTake came after
-        self._taken.extend(batch[1:])
-        return batch[0]
+                # Inside the try: an interrupt that lands just after the take was
+                # handed over must withdraw it too (a take never handed over is
+                # withdrawn as well: CancelTake finds nothing, nothing ever fills it).
+                self._tell(TakeEvents(reply, TAKE_BATCH))
+                batch: list[ManagedEvent] = reply.get(timeout=wait)
+            except pykka.Timeout:
+                withdrawn, interrupt = self._withdraw(reply)
+                if interrupt is not None:
+                    raise interrupt from None
+                if withdrawn:
+                    raise TimeoutError(f"no event within {timeout}s") from None
+                if not taken:
+                    reply.get(timeout=0)  # answered with the session's error: raise it
+            except ManagedSessionError:
+                raise  # the session's own answer: it stays, every later take gets it
+            except BaseException:
+                self._withdraw(reply)  # a second interrupt meanwhile: this one is raised
+                raise
+            else:
+                taken.extend(batch)
+        # No call between removing the event and returning it, so an asynchronous
+        # exception cannot land between the two (CPython runs signal handlers at calls
+        # and backward jumps, not at subscripts or returns).
+        event = taken[0]
+        del taken[0]
+        return event
+
+    def _withdraw(self, reply: pykka.ThreadingFuture[list[ManagedEvent]]
+                  ) -> tuple[bool, BaseException | None]:
+        """Withdraw a take nobody waits for any more: (withdrawn, a later interrupt).
+
+        ``withdrawn`` is True if nothing had been put in the take. If its batch
+        was already handed over, the batch goes to ``_taken`` so the next
+        ``next_event`` returns it. The supervisor handles messages in order, so
+        once it has answered a ``CancelTake`` the future is final: set now, or
+        never. An interrupt during this (a second Ctrl-C) repeats the question
+        (``CancelTake`` is idempotent) and is handed back for the caller to
+        raise once the batch is safe.
+        """
+        interrupt: BaseException | None = None
+        outcome: list[ManagedEvent] | bool | None = None  # the batch, or withdrawn / error
+        for _ in range(WITHDRAW_ATTEMPTS):
+            try:
+                try:
+                    self._supervisor.ask(CancelTake(reply), timeout=ASK_TIMEOUT)
+                except (pykka.ActorDeadError, pykka.Timeout):
+                    # A stopped supervisor answers nothing more: final as well. One
+                    # that does not answer within ASK_TIMEOUT is a bug; what its take
+                    # holds now is kept, anything later is not waited for.
+                    pass
+                try:
+                    outcome = reply.get(timeout=0)
+                except pykka.Timeout:
+                    outcome = True
+                except Exception:  # noqa: BLE001 - the session's error: sticky, next take
+                    outcome = False
+                break
+            except BaseException as exc:  # noqa: BLE001 - handed back to the caller
+                interrupt = interrupt or exc
+        if isinstance(outcome, list):
+            self._taken.extend(outcome)
+            return False, interrupt
+        # None only after every attempt failed, so ``interrupt`` is set and is raised.
+        return bool(outcome), interrupt
 
     def send_continue(self, params: ContinueParams | None = None,
                       timeout: float | None = None) -> None:
