@@ -1,6 +1,7 @@
 """One WebSocket (websocket-client) and the reader thread that owns its blocking calls.
 
-The reader thread connects (bounded by ``Timing.connect``), then loops on
+The reader thread connects (the whole of TCP + TLS + upgrade bounded by
+``Timing.connect``, see :meth:`Connection.expire_connect`), then loops on
 ``recv``; it decodes each frame once with the codec it was given and only
 ``tell``s its actor: ``Opened``, ``ConnectFailed``, ``Received`` (a batch),
 ``ReaderPaused``/``ReaderResumed``, ``Disconnected``. The actor thread may
@@ -146,6 +147,8 @@ class Connection:
         self._read_buffer = _ReadBuffer(self._ws)
         self._condition = threading.Condition()
         self._closing = False
+        self._opened = False  # the upgrade completed (guarded by _condition)
+        self._connect_expired = False  # the owner's connect deadline passed first
         self._thread = threading.Thread(target=self._run, name=f"reader-{name}", daemon=True)
 
     def start(self) -> None:
@@ -175,11 +178,33 @@ class Connection:
         except (OSError, websocket.WebSocketException):
             pass
 
+    def expire_connect(self) -> bool:
+        """The connect deadline passed: cut a connect still in progress; True if it was.
+
+        websocket-client applies its ``timeout`` to each socket operation, so a
+        server that trickles its ``101`` reply one byte at a time never trips it.
+        The owner's timer calls this at ``Timing.connect`` after :meth:`start`;
+        shutting the socket down ends the blocked upgrade read at once. Before
+        the TCP and TLS steps have handed over their socket there is nothing to
+        shut down; those steps are each bounded by the per-operation timeout.
+        """
+        with self._condition:
+            if self._opened or self._closing:
+                return False
+            self._connect_expired = True
+        self._shutdown_socket()
+        return True
+
     def abort(self) -> None:
         """Unblock the reader and end it: shut the socket down (no close frame)."""
         with self._condition:
             self._closing = True
             self._condition.notify()
+        self._shutdown_socket()
+
+    def _shutdown_socket(self) -> None:
+        # A socket closed meanwhile has fd -1 in its object, so this cannot hit a
+        # reused descriptor: it raises OSError, which is moot.
         sock = self._ws.sock
         if sock is not None:
             try:
@@ -214,7 +239,13 @@ class Connection:
             self._ws.shutdown()
             return
         except Exception as exc:  # noqa: BLE001 - every connect failure is reported
-            self._tell(ConnectFailed(f"{type(exc).__name__}: {exc}"))
+            with self._condition:
+                expired = self._connect_expired
+            if expired:
+                self._tell(ConnectFailed(f"timed out after {self._connect_timeout}s "
+                                         "(TCP + TLS + upgrade)"))
+            else:
+                self._tell(ConnectFailed(f"{type(exc).__name__}: {exc}"))
             self._ws.shutdown()
             return
         try:
@@ -229,6 +260,9 @@ class Connection:
         with self._condition:
             if self._closing:
                 raise ConnectionAbortedError("closed while connecting")
+            if self._connect_expired:
+                raise TimeoutError("connect deadline passed")
+            self._opened = True
         self._tell(Opened())
 
     def _read_loop(self) -> None:

@@ -99,6 +99,11 @@ class HandshakeDeadline:
 
 
 @attrs.frozen
+class ConnectDeadline:
+    """``Timing.connect`` after the start: the whole connect (TCP + TLS + upgrade) is late."""
+
+
+@attrs.frozen
 class Grant:
     """Give back flow-control credits: events from this link left the client."""
 
@@ -166,6 +171,8 @@ class LinkActor(pykka.ThreadingActor):
                 connect_timeout=self._timing.connect, headers=self._headers, name=self.name,
                 sslopt=self._sslopt, max_frame_size=self._max_frame_size)
             self._conn.start()
+            # One timer bounds the whole connect; the socket timeout only bounds each read.
+            self._schedule(self._timing.connect, ConnectDeadline())
         except Exception as exc:  # noqa: BLE001 - e.g. "can't start new thread"
             # pykka would stop this actor silently (on_failure is not called for
             # on_start): report it like any lost connection, so the supervisor
@@ -200,6 +207,10 @@ class LinkActor(pykka.ThreadingActor):
             self.report(LinkFlow(self.name, self._generation, False))
         elif isinstance(message, KeepaliveTick):
             self._keepalive()
+        elif isinstance(message, ConnectDeadline):
+            if self._phase == "connecting" and self.conn.expire_connect():
+                self.lost(f"connect timed out after {self._timing.connect}s "
+                          "(TCP + TLS + upgrade)")
         elif isinstance(message, HandshakeDeadline):
             if self._phase == "handshake" and message.step == self._handshake_step:
                 self.lost(f"no handshake answer within {self._timing.handshake}s")

@@ -43,6 +43,7 @@ def _non_negative(_inst: object, attribute: attrs.Attribute[Any], value: float) 
 class Timing:
     """Every time bound of a connection's lifecycle, in seconds."""
 
+    # The whole connect (TCP + TLS + WebSocket upgrade), not each socket read.
     connect: float = attrs.field(default=CONNECT_TIMEOUT, validator=_positive)
     handshake: float = attrs.field(default=HANDSHAKE_RESPONSE_TIMEOUT, validator=_positive)
     keepalive_interval: float = attrs.field(default=KEEPALIVE_INTERVAL, validator=_positive)

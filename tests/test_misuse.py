@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import signal
+import socket
 import sys
 import threading
 import time
@@ -27,6 +28,7 @@ from actors import (
     ConnectionChanged,
     ManagedBacktestSession,
     ManagedEvent,
+    ManagedSessionError,
     ReadyForContinue,
     SessionInfo,
     Slot,
@@ -35,7 +37,7 @@ from actors import (
 from actors.cli import main as cli_main
 from actors.supervisor import CancelTake, Shutdown, TakeEvents
 from actors.timers import Scheduler
-from protocol import ContinueParams, CreateSession
+from protocol import ContinueParams, CreateSession, ReconnectPolicy, Timing
 from protocol.simulator import DEFAULT_API_KEY, LocalSimulator
 from tests.harness import FAST, QUICK_RETRY, check_exact, no_leaks, start, wait_for
 
@@ -388,6 +390,99 @@ def test_non_numeric_timeouts_are_refused_before_anything_is_asked(sim: LocalSim
     finally:
         session.shutdown()
     check_exact(events, sim.expected(first, end, transactions=tx))
+
+
+# --- item 5: Timing.connect bounds the whole connect ------------------------------------
+
+
+class _TricklingServer:
+    """Reads an upgrade request, then answers ``101`` one byte per ``pace`` seconds.
+
+    Records, per connection, how long the client stayed before closing.
+    Its own thread; every connection ends within ``limit`` seconds.
+    """
+
+    def __init__(self, pace: float = 0.1, limit: float = 8.0) -> None:
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(8)
+        self._listener.settimeout(0.05)
+        self.port = self._listener.getsockname()[1]
+        self._pace = pace
+        self._limit = limit
+        self._stop = threading.Event()
+        self.held: list[float] = []  # seconds from accept to the client's close
+        self._threads: list[threading.Thread] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True, name="trickle")
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        accepted = time.monotonic()
+        reply = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n" + (
+            b"X-Pad: " + b"a" * 4000 + b"\r\n")
+        conn.settimeout(self._pace)
+        request = b""
+        sent = 0
+        with conn:
+            while not self._stop.is_set() and time.monotonic() - accepted < self._limit:
+                try:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break  # the client closed (or shut down) its socket
+                    request += chunk
+                except TimeoutError:
+                    pass
+                except OSError:
+                    break
+                if b"\r\n\r\n" in request and sent < len(reply):
+                    try:
+                        conn.sendall(reply[sent:sent + 1])
+                    except OSError:
+                        break
+                    sent += 1
+            self.held.append(time.monotonic() - accepted)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._listener.close()
+        self._thread.join(2)
+        for thread in self._threads:
+            thread.join(2)
+
+
+def test_trickled_upgrade_reply_is_bounded_by_timing_connect() -> None:
+    """Item 5: the whole connect (TCP + TLS + upgrade) fits in ``Timing.connect``."""
+    timing = Timing(connect=1.0, handshake=1.0, keepalive_interval=0.05,
+                    keepalive_deadline=0.25, graceful_close=0.5)
+    policy = ReconnectPolicy(initial=0.01, max_delay=0.02, max_attempts=1, jitter=0)
+    server = _TricklingServer(pace=0.1, limit=8.0)
+    started = time.monotonic()
+    try:
+        with no_leaks(3.0):
+            error = _bounded(lambda: ManagedBacktestSession.start(
+                f"ws://127.0.0.1:{server.port}", "key", CreateSession(1, 2), timing=timing,
+                policy=policy), 20)
+        elapsed = time.monotonic() - started
+        wait_for(lambda: len(server.held) == 2, 5, "both connections to end")
+    finally:
+        server.close()
+    assert isinstance(error, ManagedSessionError) and error.kind == "create"
+    assert "connect timed out after 1.0s" in str(error)
+    # Two attempts (the first and one restart), each cut at the connect bound.
+    assert elapsed < 2 * timing.connect + 1.0
+    assert all(held < timing.connect + 0.5 for held in server.held), server.held
 
 
 # --- item 13: every entry point validates its arguments up front --------------------------
