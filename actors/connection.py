@@ -149,6 +149,8 @@ class Connection:
         self._closing = False
         self._opened = False  # the upgrade completed (guarded by _condition)
         self._connect_expired = False  # the owner's connect deadline passed first
+        # "Is another frame here?" without select(): select() refuses fds >= 1024.
+        self._poll: select.poll | None = None
         self._thread = threading.Thread(target=self._run, name=f"reader-{name}", daemon=True)
 
     def start(self) -> None:
@@ -263,6 +265,9 @@ class Connection:
             if self._connect_expired:
                 raise TimeoutError("connect deadline passed")
             self._opened = True
+        if hasattr(select, "poll") and self._ws.sock is not None:
+            self._poll = select.poll()
+            self._poll.register(self._ws.sock.fileno(), select.POLLIN)
         self._tell(Opened())
 
     def _read_loop(self) -> None:
@@ -341,5 +346,10 @@ class Connection:
         pending = getattr(sock, "pending", None)  # TLS may hold decrypted bytes
         if pending is not None and pending() > 0:
             return True
+        if self._poll is not None:
+            # Any event counts (POLLHUP, POLLERR too): the next read then returns at once.
+            return bool(self._poll.poll(0))
+        # No poll() (Windows): its select() takes socket handles, without the
+        # POSIX limit on descriptor values.
         readable, _, _ = select.select([sock], [], [], 0)
         return bool(readable)

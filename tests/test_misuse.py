@@ -7,7 +7,9 @@ above fd 1024) and 13 (bad arguments got past the up-front checks).
 
 from __future__ import annotations
 
+import os
 import random
+import resource
 import signal
 import socket
 import sys
@@ -39,7 +41,7 @@ from actors.supervisor import CancelTake, Shutdown, TakeEvents
 from actors.timers import Scheduler
 from protocol import ContinueParams, CreateSession, ReconnectPolicy, Timing
 from protocol.simulator import DEFAULT_API_KEY, LocalSimulator
-from tests.harness import FAST, QUICK_RETRY, check_exact, no_leaks, start, wait_for
+from tests.harness import FAST, QUICK_RETRY, check_exact, drive, no_leaks, start, wait_for
 
 
 @pytest.fixture
@@ -483,6 +485,42 @@ def test_trickled_upgrade_reply_is_bounded_by_timing_connect() -> None:
     # Two attempts (the first and one restart), each cut at the connect bound.
     assert elapsed < 2 * timing.connect + 1.0
     assert all(held < timing.connect + 0.5 for held in server.held), server.held
+
+
+# --- item 12: more than 1024 open file descriptors ---------------------------------------
+
+
+def test_a_process_holding_1100_fds_runs_a_session_to_completion(sim: LocalSimulator) -> None:
+    """Item 12: ``select()`` refused fds >= 1024; the reader's readiness check must not."""
+    needed = 1300
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        if hard != resource.RLIM_INFINITY and hard < needed:
+            pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < {needed}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        probe = socket.socket()
+        assert probe.fileno() > 1024  # every socket from here on is out of select()'s range
+        probe.close()
+        first, _ = sim.available_range()
+        end = first + 60
+        tx, diffs = list(sim.addresses[:3]), list(sim.addresses[1:4])
+        session = start(sim, first, end)
+        try:
+            session.subscribe_transactions(tx)
+            session.subscribe_account_diffs(diffs)
+            events = drive(session)
+            stats = session.stats()
+        finally:
+            session.shutdown()
+    finally:
+        for fd in held:
+            os.close(fd)
+        if soft != resource.RLIM_INFINITY and soft < needed:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    check_exact(events, sim.expected(first, end, transactions=tx, account_diffs=diffs))
+    assert stats["reconnects"] == {"control": 0, "transactions": 0, "account_diffs": 0}
 
 
 # --- item 13: every entry point validates its arguments up front --------------------------
