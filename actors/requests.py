@@ -13,6 +13,7 @@ import attrs
 import pykka
 
 from protocol import ContinueParams
+from protocol.messages import pubkey_problem
 from protocol.pubsub import StreamKind
 
 from .events import ManagedEvent, ManagedSessionError
@@ -54,10 +55,25 @@ def _stream_kind(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
                          f"got {value!r}")
 
 
-def _address_tuple(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str) or not isinstance(value, tuple | list):
-        raise TypeError(f"addresses: expected a tuple of addresses, got {type(value).__name__}")
-    return tuple(value)
+def _address_tuple(addresses: Any) -> tuple[str, ...]:
+    """Base58 public keys only: the server would refuse anything else after the upgrade,
+    so a bad one is refused here, naming it, before any connection is made."""
+    if isinstance(addresses, str | bytes):
+        raise TypeError("addresses: expected a list of addresses, got one string")
+    try:
+        out = tuple(addresses)
+    except TypeError:
+        raise TypeError(f"addresses: expected a list of addresses, got "
+                        f"{type(addresses).__name__}") from None
+    if not out:
+        raise ValueError("addresses: at least one address is needed")
+    for i, address in enumerate(out):
+        problem = pubkey_problem(address)
+        if problem is not None:
+            raise ValueError(f"addresses[{i}]: {problem}")
+    if len(set(out)) != len(out):
+        raise ValueError("addresses: duplicate addresses")
+    return out
 
 
 @attrs.frozen

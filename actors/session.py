@@ -18,8 +18,6 @@ import attrs
 import pykka
 
 from protocol import ContinueParams, CreateSession, ReconnectPolicy, Timing, backtest_ws_url
-from protocol.messages import pubkey_problem
-from protocol.pubsub import StreamKind
 
 from .config import DEFAULT_MAX_QUEUE, LINKS_PER_SESSION, TAKE_BATCH, SessionConfig
 from .connection import DEFAULT_MAX_FRAME_SIZE
@@ -49,26 +47,6 @@ SHUTDOWN_MARGIN = 1.0
 ASK_TIMEOUT = 10.0
 # Tries at withdrawing an interrupted take when interrupts keep coming (a held Ctrl-C).
 WITHDRAW_ATTEMPTS = 5
-
-
-def _check_addresses(field: str, addresses: Iterable[str]) -> tuple[str, ...]:
-    """Base58 public keys only: the server would refuse anything else after the upgrade."""
-    if isinstance(addresses, str | bytes):
-        raise TypeError(f"{field}: expected a list of addresses, got one string")
-    try:
-        out = tuple(addresses)
-    except TypeError:
-        raise TypeError(f"{field}: expected a list of addresses, got "
-                        f"{type(addresses).__name__}") from None
-    if not out:
-        raise ValueError(f"{field}: at least one address is needed")
-    for i, address in enumerate(out):
-        problem = pubkey_problem(address)
-        if problem is not None:
-            raise ValueError(f"{field}[{i}]: {problem}")
-    if len(set(out)) != len(out):
-        raise ValueError(f"{field}: duplicate addresses")
-    return out
 
 
 def _check_timeout(timeout: object) -> float | None:
@@ -220,13 +198,10 @@ class ManagedBacktestSession:
 
     def subscribe_transactions(self, addresses: Iterable[str]) -> None:
         """Subscribe before the first continue so the first slot is captured."""
-        self._subscribe("transactions", _check_addresses("addresses", addresses))
+        self._ask(SubscribeStream("transactions", addresses))
 
     def subscribe_account_diffs(self, addresses: Iterable[str]) -> None:
-        self._subscribe("account_diffs", _check_addresses("addresses", addresses))
-
-    def _subscribe(self, kind: StreamKind, addresses: tuple[str, ...]) -> None:
-        self._ask(SubscribeStream(kind, addresses))
+        self._ask(SubscribeStream("account_diffs", addresses))
 
     # --- events and continues ------
 

@@ -177,10 +177,13 @@ def drive_until_items(session: ManagedBacktestSession) -> None:
 
 
 def test_an_unknown_stream_kind_is_refused_when_the_message_is_made() -> None:
+    address = "Vote111111111111111111111111111111111111111"
     with pytest.raises(ValueError, match="kind"):
-        SubscribeStream("bogus", ("a",))  # type: ignore[arg-type]
+        SubscribeStream("bogus", (address,))  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="addresses"):
-        SubscribeStream("transactions", "a")  # type: ignore[arg-type]
+        SubscribeStream("transactions", address)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"addresses\[1\]: expected a base58"):
+        SubscribeStream("transactions", (address, "0xdeadbeef"))
 
 
 def test_next_event_after_completed_raises_closed(sim: LocalSimulator) -> None:
