@@ -27,6 +27,7 @@ from protocol.codec import encode_record
 from protocol.messages import pubkey_problem
 from protocol.pubsub import PUBSUB_BUFFER_SLOTS
 from protocol.simulator import DEFAULT_API_KEY, LocalSimulator
+from protocol.simulator.__main__ import add_server_arguments
 
 from .events import (
     AccountDiff,
@@ -116,11 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0, help="embedded chain and chaos seed")
     run.add_argument("-v", "--verbose", action="store_true", help="log reconnects to stderr")
     sim = sub.add_parser("simulator", help="run the local simulator standalone")
-    sim.add_argument("--host", default="127.0.0.1")
-    sim.add_argument("--port", type=int, default=8900)
-    sim.add_argument("--api-key", default=DEFAULT_API_KEY)
-    sim.add_argument("--seed", type=int, default=0)
-    sim.add_argument("--slots", type=int, default=2000)
+    add_server_arguments(sim)  # the same options as python -m protocol.simulator
     return parser
 
 

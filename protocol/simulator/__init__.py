@@ -13,7 +13,14 @@ from types import TracebackType
 
 from .chain import Chain, Expected
 from .faults import Faults
-from .server import ServerLimits, SessionStats, SimulatorServer
+from .server import (
+    REAL_SERVER_LIVENESS,
+    STATS_HISTORY,
+    ServerLimits,
+    ServerLiveness,
+    SessionStats,
+    SimulatorServer,
+)
 
 DEFAULT_API_KEY = "local-dev-key"
 
@@ -22,17 +29,30 @@ class LocalSimulator:
     """A simulator serving on ``host:port`` (``port=0``: a free port) in a thread.
 
     Use it as a context manager; :attr:`url` is the control URL.
+
+    It behaves as a real server does towards its peers (see
+    :mod:`protocol.simulator.server`): it pings idle connections and closes one
+    silent for ``liveness.keepalive_deadline`` (local default 3 s; a real
+    server's is 45 s, :data:`REAL_SERVER_LIVENESS`), a dead owner loses its
+    session, and a reader that does not drain within that deadline is closed
+    rather than allowed to hold its session back. PubSub needs no key: the
+    session id is the capability.
     """
 
     def __init__(self, api_key: str = DEFAULT_API_KEY, seed: int = 0, slots: int = 2000,
                  host: str = "127.0.0.1", port: int = 0, *, txs_per_slot: int = 4,
-                 limits: ServerLimits | None = None, extra_api_keys: tuple[str, ...] = (),
+                 limits: ServerLimits | None = None, liveness: ServerLiveness | None = None,
+                 extra_api_keys: tuple[str, ...] = (),
                  ssl_context: ssl.SSLContext | None = None) -> None:
-        """``extra_api_keys`` are accepted too (each owns the sessions it creates);
-        ``ssl_context`` serves ``wss://``."""
+        """``liveness`` sets the server's keepalive (default :class:`ServerLiveness`:
+        ping after 1 s idle, dead after 3 s of silence); ``extra_api_keys`` are
+        accepted too (each owns the sessions it creates); ``ssl_context`` serves
+        ``wss://``."""
         self.chain = Chain(seed, slots, txs_per_slot=txs_per_slot)
+        self.liveness = liveness or ServerLiveness()
         self._server = SimulatorServer(self.chain, api_key, host, port, limits=limits,
-                                       extra_api_keys=extra_api_keys, ssl_context=ssl_context)
+                                       liveness=self.liveness, extra_api_keys=extra_api_keys,
+                                       ssl_context=ssl_context)
         self._scheme = "ws" if ssl_context is None else "wss"
         self.faults = Faults(self._server)
         self.host = host
@@ -78,7 +98,9 @@ class LocalSimulator:
                                    account_diffs=account_diffs)
 
     def session_stats(self, session_id: str) -> SessionStats:
-        """Server-side counters of one session (continues received, blocks executed)."""
+        """Server-side counters of one session (continues received, blocks executed).
+
+        Live sessions and the last ``STATS_HISTORY`` finished ones; KeyError otherwise."""
         stats: SessionStats = self._server.call(lambda: self._server.session_stats(session_id))
         return stats
 
@@ -89,11 +111,18 @@ class LocalSimulator:
         """WebSocket upgrade requests seen, by role (``control``/``pubsub``)."""
         return dict(self._server.call(lambda: dict(self._server.upgrade_requests)))
 
+    def liveness_counts(self) -> dict[str, int]:
+        """What the server's keepalive and flow control did: ``pings`` written, ``dead``
+        and ``stalled`` connections closed, ``owners_lost`` (sessions whose owner was
+        found dead) and ``commands_refused`` (commands from a connection without
+        ownership, never executed)."""
+        return dict(self._server.call(lambda: self._server.liveness_counts.as_dict()))
+
     def fault_counts(self) -> dict[str, int]:
         """Faults applied, by kind, plus connections refused by the per-client limit."""
         return dict(self._server.call(lambda: {
             **self._server.fault_counts.as_dict(), **self._server.fault_counts_limits}))
 
 
-__all__ = ["DEFAULT_API_KEY", "Chain", "Expected", "Faults", "LocalSimulator", "ServerLimits",
-           "SessionStats"]
+__all__ = ["DEFAULT_API_KEY", "REAL_SERVER_LIVENESS", "STATS_HISTORY", "Chain", "Expected",
+           "Faults", "LocalSimulator", "ServerLimits", "ServerLiveness", "SessionStats"]

@@ -8,28 +8,59 @@ import signal
 import threading
 
 from . import DEFAULT_API_KEY, LocalSimulator
+from .server import LOCAL_KEEPALIVE_DEADLINE, LOCAL_KEEPALIVE_INTERVAL, ServerLiveness
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m protocol.simulator",
-                                     description="Run the local backtest simulator.")
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {value}")
+    return value
+
+
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """The standalone simulator's options; ``backtest-actors simulator`` has the same."""
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8900)
     parser.add_argument("--api-key", default=DEFAULT_API_KEY)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--slots", type=int, default=2000)
     parser.add_argument("--txs-per-slot", type=int, default=4)
+    parser.add_argument(
+        "--keepalive-interval", type=_seconds, default=LOCAL_KEEPALIVE_INTERVAL,
+        metavar="SECONDS",
+        help=f"ping a connection idle this long (default {LOCAL_KEEPALIVE_INTERVAL:g}; "
+             "a real server: 15, the client's default)")
+    parser.add_argument(
+        "--keepalive-deadline", type=_seconds, default=LOCAL_KEEPALIVE_DEADLINE,
+        metavar="SECONDS",
+        help=f"close a connection silent this long, releasing the session it owns, and a "
+             f"reader that does not drain within it (default {LOCAL_KEEPALIVE_DEADLINE:g}; "
+             "a real server: 45, the client's default)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m protocol.simulator",
+                                     description="Run the local backtest simulator.")
+    add_server_arguments(parser)
     args = parser.parse_args(argv)
+    try:
+        liveness = ServerLiveness(args.keepalive_interval, args.keepalive_deadline)
+    except ValueError as exc:
+        parser.error(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with LocalSimulator(args.api_key, args.seed, args.slots, args.host, args.port,
-                        txs_per_slot=args.txs_per_slot) as sim:
+                        txs_per_slot=args.txs_per_slot, liveness=liveness) as sim:
         first, last = sim.available_range()
         logging.getLogger("protocol.simulator").info(
-            "serving %s (slots %d..=%d, seed %d); Ctrl-C to stop", sim.url, first, last,
-            args.seed)
+            "serving %s (slots %d..=%d, seed %d, keepalive %gs/%gs); Ctrl-C to stop", sim.url,
+            first, last, args.seed, liveness.keepalive_interval, liveness.keepalive_deadline)
         stop.wait()
     return 0
 

@@ -1,17 +1,32 @@
 """Session state of the local simulator, free of I/O.
 
 The server feeds requests in and gets back what to send; it owns the sockets.
-A session keeps every sequenced response it produced (``log``) so that an
-attach can replay what a dropped client missed, and the notifications of the
-last :data:`PUBSUB_BUFFER_SLOTS` executed slots so that a subscription can
-resume with ``replayFromSlot``.
+The rules a real server must get right live here, where a unit test can reach
+them without a socket:
+
+* **Replay.** A session keeps its last :data:`REPLAY_LOG_LIMIT` sequenced
+  responses (``log``) so that an attach can replay what a dropped client
+  missed, and the notifications of the last :data:`PUBSUB_BUFFER_SLOTS`
+  executed slots (``buffer``) so that a subscription can resume with
+  ``replayFromSlot``. Both are bounded: memory per session does not grow with
+  the length of the run or with what a client sends.
+* **Ownership.** One connection owns a session (:meth:`Session.attach`); only
+  its commands act on it (:meth:`Session.authorize`). A connection found dead
+  (:class:`PeerLiveness`) or closed owns nothing: its session is free for the
+  next attach, and a command still arriving on it is refused, never executed.
+* **Liveness.** :class:`PeerLiveness` is one connection's keepalive clock: the
+  server stamps inbound traffic, asks what is due, and does it (ping, close).
+  Nothing here knows about injected faults: a fault only breaks a transport,
+  and these rules see what any server would see, silence.
 """
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections import deque
 from collections.abc import Iterator, Mapping
+from typing import Literal, Protocol
 
 import attrs
 
@@ -46,6 +61,66 @@ CONTINUE_STAGES = (
     "executingBlockTransactions",
 )
 FINAL_STAGE = "executedBlockTransactions"
+
+# The sequenced responses a session keeps for an attach to replay. A continue of
+# k slots produces k + 7 responses (five stages, k slot notifications, the final
+# stage, then ready or completed), so 2048 responses reach back at least 256
+# executed slots whatever the advance: further than the PubSub buffer
+# (PUBSUB_BUFFER_SLOTS), which is what bounds how far a client may run ahead of
+# what it has confirmed anyway. About 150 bytes each: at most ~300 KB a session.
+REPLAY_LOG_LIMIT = 2048
+
+Verdict = Literal["ping", "dead"]
+
+
+@attrs.define(eq=False)
+class PeerLiveness:
+    """One connection's keepalive clock, free of I/O.
+
+    The rule is the client's (DESIGN.md §3): a connection from which nothing at
+    all has arrived for ``deadline`` seconds is dead, whatever the reason: a
+    host that vanished, a NAT that forgot the mapping, a blackhole, or a peer
+    that stopped reading and so never answers a ping. Any inbound byte counts
+    (a pong, the peer's own ping, a request), so a peer that keeps talking is
+    alive even if it is slow to read; the server's flow control deals with
+    that one (see ``protocol.simulator.server``). A connection idle for
+    ``interval`` is pinged, so a healthy peer always has something to answer.
+    Once dead (or closed) it stays dead: it can never own a session again.
+    """
+
+    interval: float
+    deadline: float
+    last_inbound: float
+    last_ping: float = -math.inf
+    dead: bool = False
+
+    def inbound(self, at: float) -> None:
+        """The peer sent something at ``at`` (clock of the caller's choosing)."""
+        if at > self.last_inbound:
+            self.last_inbound = at
+
+    def check(self, now: float) -> Verdict | None:
+        """What is due now: ``"dead"`` once (then nothing), ``"ping"``, or nothing."""
+        if self.dead:
+            return None
+        if now - self.last_inbound > self.deadline:
+            self.dead = True
+            return "dead"
+        if now - max(self.last_inbound, self.last_ping) >= self.interval:
+            self.last_ping = now
+            return "ping"
+        return None
+
+    def close(self) -> None:
+        """The connection is gone: it owns nothing from now on."""
+        self.dead = True
+
+
+class Conn(Protocol):
+    """What the ownership rules need to know about a connection."""
+
+    @property
+    def dead(self) -> bool: ...
 
 
 class ExecutedSlot:
@@ -125,13 +200,15 @@ class Session:
     ready: bool = False
     completed: bool = False
     next_seq: int = 1
-    log: list[tuple[int, str]] = attrs.field(factory=list)
+    log: deque[tuple[int, str]] = attrs.field(factory=lambda: deque(maxlen=REPLAY_LOG_LIMIT))
     buffer: deque[ExecutedSlot] = attrs.field(
         factory=lambda: deque(maxlen=PUBSUB_BUFFER_SLOTS))
     continues_received: int = 0
     blocks_executed: int = 0
     user_transactions: int = 0
     transactions_executed: int = 0
+    owner: Conn | None = None
+    commands_refused: int = 0
 
     @classmethod
     def open(cls, create: CreateSession, api_key: str, chain: Chain
@@ -161,8 +238,68 @@ class Session:
         return frame
 
     def replay_after(self, last_sequence: int | None) -> list[str]:
+        """The sequenced responses after ``last_sequence``, oldest first.
+
+        Only the last :data:`REPLAY_LOG_LIMIT` are kept. A ``last_sequence``
+        older than that window replays the whole window, without an error, as a
+        ring buffer does; the client sees the gap in the ``seqId`` numbers.
+        """
         after = -1 if last_sequence is None else last_sequence
         return [frame for seq, frame in self.log if seq > after]
+
+    # --- ownership ------------------------------------------------------------------
+
+    @property
+    def owner_alive(self) -> bool:
+        return self.owner is not None and not self.owner.dead
+
+    def attach_refusal(self, conn: Conn) -> BacktestError | None:
+        """Why ``conn`` may not take the session now (None: it may).
+
+        A live owner keeps its session: another connection gets
+        ``sessionOwnershipBusy`` (retryable; the client backs off), however sure
+        its client is that the old connection is gone; only the server's own
+        keepalive decides that. A dead owner owns nothing, so its session goes
+        to the first attach. A dead connection gets nothing.
+        """
+        if conn.dead:
+            return BacktestError("sessionOwnershipBusy",
+                                 {"reason": "this connection was found dead"})
+        if self.owner is not None and self.owner is not conn and not self.owner.dead:
+            return BacktestError("sessionOwnershipBusy",
+                                 {"reason": "another connection owns the session"})
+        return None
+
+    def attach(self, conn: Conn) -> BacktestError | None:
+        """Give the session to ``conn``, or say why not (and change nothing)."""
+        refusal = self.attach_refusal(conn)
+        if refusal is None:
+            self.owner = conn
+        return refusal
+
+    def release(self, conn: Conn) -> bool:
+        """``conn`` closed, was found dead or moved on; True if it owned the session."""
+        if self.owner is conn:
+            self.owner = None
+            return True
+        return False
+
+    def authorize(self, conn: Conn) -> BacktestError | None:
+        """Fencing: a command acts on the session only when it comes from its live owner.
+
+        A connection that lost ownership (found dead, then another attached; or
+        orphaned) may still deliver a frame it sent long ago: a continue that sat
+        in a buffer, a close from a stale client. Executing it would advance or
+        end a session that someone else now drives, so it is refused (and
+        counted), never executed. The refusal answers that connection only: it
+        is not a session event, so it is not sequenced and not replayed.
+        """
+        if self.owner is conn and not conn.dead:
+            return None
+        self.commands_refused += 1
+        return BacktestError("sessionOwnershipBusy", {
+            "reason": "this connection does not own the session (ownership lost); "
+                      "attach again"})
 
     def startup(self) -> Iterator[Step]:
         """What follows a create: stages, ``sessionCreated``, the anchor slot, ready."""
@@ -222,10 +359,31 @@ class Session:
         }
 
     def buffered_since(self, slot: int) -> list[ExecutedSlot]:
+        """The buffered slots from ``slot`` on (``replayFromSlot`` is inclusive).
+
+        The buffer holds the notifications of the last ``PUBSUB_BUFFER_SLOTS``
+        executed slots. A ``replayFromSlot`` older than the buffer replays
+        everything the buffer still holds, without an error: the reference is
+        silent about this case, and a ring buffer replays what it has. The client
+        detects the gap (its first replayed slot is later than the one it asked
+        for, or its own horizon says so) and reports it; the server cannot know
+        what the client is missing.
+        """
         return [executed for executed in self.buffer if executed.slot >= slot]
 
 
 def error_frame(session: Session | None, error: BacktestError) -> str:
+    """An error the session produced: sequenced (and replayable) when it is sequenced."""
     if session is None:
         return encode_response(Error(error))
     return session.record(Error(error))
+
+
+def refusal_frame(error: BacktestError) -> str:
+    """An answer to one connection's request that the session did not act on.
+
+    Invalid requests, commands from a connection without ownership: these are
+    not session events, so they carry no ``seqId`` and never enter the replay
+    log. A client flooding a session with garbage grows nothing.
+    """
+    return encode_response(Error(error))

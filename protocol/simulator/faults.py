@@ -79,7 +79,14 @@ class Faults:
 
     def blackhole(self, target: Target = "control", *, at_slot: int | None = None,
                   session_id: str | None = None) -> None:
-        """Keep the TCP connection open but stop reading and writing on it."""
+        """Keep the TCP connection open but carry nothing, both ways.
+
+        Nothing is read and nothing is written any more, not even the server's
+        own keepalive pings or its answers to the peer's pings: the transport is
+        broken, the server is not told. Its keepalive finds the connection dead
+        after ``keepalive_deadline`` like any silent peer (a dead owner then loses
+        its session) and closes it; that close does reach the peer.
+        """
         self._connection_fault("blackhole", target, at_slot, session_id)
 
     def malformed(self, target: Target = "control", *, frame: str | bytes | None = None,

@@ -1,10 +1,45 @@
 """The simulator's network edge: a ``websockets`` asyncio server in its own thread.
 
 Control connections at ``/backtest`` (``X-API-Key`` required), PubSub at
-``/backtest/<session_id>``. All session state lives in
-:mod:`protocol.simulator.engine`; this module only moves frames and applies
-faults. Everything runs on one event loop thread, so no state is shared with
-other threads except through :meth:`SimulatorServer.call_soon` / ``call``.
+``/backtest/<session_id>``. PubSub is not authenticated, as in the real
+service: the session id (a random UUID the server hands to the session's
+owner) is the capability, so anyone who knows it may subscribe. All session
+state and the rules about it (ownership, fencing, replay bounds, keepalive
+verdicts) live in :mod:`protocol.simulator.engine`; this module only moves
+frames, keeps time and applies faults. Everything runs on one event loop
+thread, so no state is shared with other threads except through
+:meth:`SimulatorServer.call_soon` / ``call``.
+
+How the server treats its peers, as a real server must:
+
+* **Dead peers.** Every connection is pinged when it has been idle for
+  ``keepalive_interval`` and closed (close frame 1011, then TCP abort after
+  ``close_timeout``) once nothing at all has come from it for
+  ``keepalive_deadline``. A dead owner loses its session at that moment, so the
+  client's re-attach succeeds; before that, a re-attach gets
+  ``sessionOwnershipBusy``. No fault flag is consulted: a blackholed or
+  half-open connection is found the way any silent peer is.
+* **Slow peers.** Frames are written without waiting for the socket (never
+  while holding a session's lock). After each step a session waits until every
+  one of its connections is below websockets' write high-water mark (32 KiB),
+  which is what keeps memory bounded and lets TCP flow control slow the session
+  to its slowest reader; but a connection still above the mark after
+  ``keepalive_deadline`` is closed as stalled (TCP abort) and the session goes
+  on. So no reader, slow, stopped or hostile, holds a session back for longer
+  than the deadline at a time.
+* **A client that pauses reading** because its application is slow stops
+  reading pings too (websocket-client answers a ping only when its reader reads
+  it). It stays alive for the server as long as it sends anything (its own
+  pings count), but if its reader stays paused past the deadline while the
+  session has data for it, it is closed as stalled; a client that sends
+  nothing is closed as dead. Either way the client reconnects and resumes with
+  ``attach``/``replayFromSlot``; nothing is lost as long as it resumes within
+  the replay buffers (the client keeps its session within
+  ``PUBSUB_BUFFER_SLOTS`` of what its subscriptions confirmed).
+* **Bounded state.** Finished sessions are freed; only their counters are kept,
+  for the last :data:`STATS_HISTORY` of them (``/stats``, ``session_stats``).
+  Replay logs and PubSub buffers are bounded (see the engine). Answers to
+  invalid requests are neither sequenced nor logged.
 """
 
 from __future__ import annotations
@@ -14,15 +49,18 @@ import json
 import logging
 import socket
 import ssl
+import struct
 import threading
-from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterator
+from collections import OrderedDict, defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import attrs
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 from ..codec import (
     decode_pubsub_request,
@@ -43,6 +81,7 @@ from ..messages import (
     SlotNotification,
     Success,
 )
+from ..policy import KEEPALIVE_INTERVAL, KEEPALIVE_MISS_DEADLINE
 from ..pubsub import (
     INVALID_REQUEST,
     PARSE_ERROR,
@@ -53,7 +92,7 @@ from ..pubsub import (
     UnsubscribeAck,
 )
 from .chain import Chain
-from .engine import ExecutedSlot, Session, SlotStep, Step, error_frame
+from .engine import ExecutedSlot, PeerLiveness, Session, SlotStep, Step, error_frame, refusal_frame
 from .faults import CountedFault, FaultCounters, SlotTrigger
 
 log = logging.getLogger("protocol.simulator")
@@ -76,23 +115,163 @@ T = TypeVar("T")
 
 CONTROL_PATH = "/backtest"
 SESSION_PATH_PREFIX = "/backtest/"
-PUBLISH_BATCH = 256  # frames per socket write; bounds the latency a batch adds
+STATS_HISTORY = 1000  # finished sessions whose counters are kept (oldest dropped first)
+
+LOCAL_KEEPALIVE_INTERVAL = 1.0
+LOCAL_KEEPALIVE_DEADLINE = 3.0
+
+
+def _positive(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{attribute.name}: expected > 0, got {value}")
+
+
+@attrs.frozen
+class ServerLiveness:
+    """How the server finds dead and stalled peers.
+
+    The local defaults are short (ping after 1 s idle, dead after 3 s of
+    silence) so that tests and the embedded simulator see a vanished client in
+    seconds. A real server uses the client's defaults, ``KEEPALIVE_INTERVAL``
+    (15 s) and ``KEEPALIVE_MISS_DEADLINE`` (45 s) from :mod:`protocol.policy`:
+    :data:`REAL_SERVER_LIVENESS`. A client's reconnect policy must outlive the
+    server's deadline, since a re-attach is answered ``sessionOwnershipBusy``
+    until the server has found the old connection dead.
+
+    ``keepalive_deadline`` also bounds how long a session waits for one slow
+    reader before closing it (see the module docstring). ``close_timeout`` is
+    how long a connection being closed gets to answer the close frame before
+    its TCP connection is aborted.
+    """
+
+    keepalive_interval: float = attrs.field(default=LOCAL_KEEPALIVE_INTERVAL,
+                                            validator=_positive)
+    keepalive_deadline: float = attrs.field(default=LOCAL_KEEPALIVE_DEADLINE,
+                                            validator=_positive)
+    close_timeout: float = attrs.field(default=1.0, validator=_positive)
+
+    def __attrs_post_init__(self) -> None:
+        if self.keepalive_deadline <= self.keepalive_interval:
+            raise ValueError(f"keepalive_deadline ({self.keepalive_deadline}) must exceed "
+                             f"keepalive_interval ({self.keepalive_interval})")
+
+    @property
+    def tick(self) -> float:
+        """How often the keepalive sweep runs: a dead peer is found by deadline + tick."""
+        return min(self.keepalive_interval / 2, self.keepalive_deadline / 8, 1.0)
+
+
+REAL_SERVER_LIVENESS = ServerLiveness(KEEPALIVE_INTERVAL, KEEPALIVE_MISS_DEADLINE)
+
+
+class _LiveConnection(ServerConnection):
+    """A server connection that remembers when its peer last sent anything."""
+
+    last_inbound: float = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.last_inbound = self.loop.time()
+
+    def data_received(self, data: bytes) -> None:
+        self.last_inbound = self.loop.time()
+        super().data_received(data)
+
+
+class _Blackhole(asyncio.Transport):
+    """The network stopped carrying anything, both ways (the ``blackhole`` fault).
+
+    Installed in place of a connection's transport: every write (frames,
+    answers to the peer's pings, the server's own keepalive pings, a close
+    frame, EOF) is swallowed and reading stays paused, even when websockets'
+    flow control would resume it. The keepalive and ownership rules are not
+    told anything: they find the silence as a real server would. Closing or
+    aborting still reaches the socket, so when the server gives up on the
+    connection the peer sees the FIN or RST that a healed network would carry.
+    """
+
+    def __init__(self, inner: asyncio.Transport) -> None:
+        super().__init__()
+        self._inner = inner
+        inner.pause_reading()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        pass
+
+    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
+        pass
+
+    def write_eof(self) -> None:
+        pass
+
+    def can_write_eof(self) -> bool:
+        return self._inner.can_write_eof()
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def is_reading(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def abort(self) -> None:
+        self._inner.abort()
+
+    def is_closing(self) -> bool:
+        return self._inner.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._inner.get_extra_info(name, default)
+
+    def get_write_buffer_size(self) -> int:
+        return self._inner.get_write_buffer_size()
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._inner.get_write_buffer_limits()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._inner.set_write_buffer_limits(high, low)
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._inner.set_protocol(protocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._inner.get_protocol()
 
 
 @attrs.define(eq=False)
 class Peer:
-    """One accepted WebSocket connection and what the server knows about it."""
+    """One accepted WebSocket connection and what the server knows about it.
 
-    ws: ServerConnection
+    Writes never wait for the socket: frames go to the transport's buffer at
+    once (in order, since everything runs on one loop), and the caller decides
+    when and how long to wait for that buffer to drain (:meth:`SimulatorServer._drain`).
+    """
+
+    ws: _LiveConnection
     role: str  # "control" or "pubsub"
+    liveness: PeerLiveness
     session_id: str | None = None
     subs: dict[tuple[StreamKind, str], list[int]] = attrs.field(factory=dict)
-    blackholed: bool = False
     api_key: str = attrs.field(default="", repr=False)  # never logged
+    pings: int = 0
+
+    @property
+    def dead(self) -> bool:
+        return self.liveness.dead
 
     @property
     def kinds(self) -> set[str]:
         return {kind for kind, _ in self.subs}
+
+    @property
+    def writable(self) -> bool:
+        return self.ws.protocol.state is State.OPEN and not self.ws.transport.is_closing()
 
     def matches(self, target: str, session_id: str | None) -> bool:
         if session_id is not None and self.session_id != session_id:
@@ -105,49 +284,87 @@ class Peer:
             return False
         return target == "subscriptions" or target in self.kinds
 
-    async def send(self, frame: str | bytes) -> None:
-        if self.blackholed:
-            return  # a blackhole swallows everything
-        try:
-            await self.ws.send(frame)
-        except ConnectionClosed:
-            pass  # the reader side notices and cleans up
-
-    async def send_batch(self, frames: list[str]) -> None:
-        """Many text frames in one socket write.
+    def write(self, frames: Iterable[str]) -> int:
+        """Queue text frames in one socket write; how many were queued (0 if closing).
 
         One ``send()`` per frame costs a syscall each and capped the stream near
         13k frames/s; framing through the sans-I/O protocol object and writing
         the joined bytes once is what lets the simulator outrun any client.
         """
-        if self.blackholed or not frames:
-            return
-        try:
-            async with self.ws.send_context():
-                protocol = self.ws.protocol
-                for frame in frames:
-                    protocol.send_text(frame.encode())
-                self.ws.transport.write(b"".join(protocol.data_to_send()))
-        except ConnectionClosed:
-            pass
+        if not self.writable:
+            return 0
+        protocol = self.ws.protocol
+        count = 0
+        for frame in frames:
+            protocol.send_text(frame.encode())
+            count += 1
+        self._flush()
+        return count
+
+    def write_frame(self, frame: str | bytes) -> bool:
+        """One frame (bytes go as a binary frame); False if the connection is closing."""
+        if not self.writable:
+            return False
+        if isinstance(frame, bytes):
+            self.ws.protocol.send_binary(frame)
+        else:
+            self.ws.protocol.send_text(frame.encode())
+        self._flush()
+        return True
+
+    def ping(self) -> None:
+        """A keepalive ping, written at once (never waits behind a full buffer)."""
+        if self.writable:
+            self.pings += 1
+            self.ws.protocol.send_ping(struct.pack("!I", self.pings))
+            self._flush()
+
+    def _flush(self) -> None:
+        chunks = self.ws.protocol.data_to_send()
+        data = b"".join(chunks)
+        if data:
+            self.ws.transport.write(data)
+        if any(not chunk for chunk in chunks):  # an EOF marker: let websockets handle it
+            self.ws.send_data()
+
+    def close(self, code: int, reason: str, grace: float) -> None:
+        """Close frame now, TCP abort after ``grace`` unless the peer closed by then."""
+        if self.writable:
+            self.ws.protocol.send_close(code, reason)
+            self._flush()
+        loop = self.ws.loop
+        loop.call_later(grace, self.drop)
 
     def drop(self) -> None:
-        self.ws.transport.abort()  # RST, no close frame
+        """Abrupt close: TCP reset, no close frame (a no-op once closed)."""
+        if self.ws.protocol.state is not State.CLOSED:
+            self.ws.transport.abort()
 
     def blackhole(self) -> None:
-        self.blackholed = True
-        self.ws.transport.pause_reading()
+        if not isinstance(self.ws.transport, _Blackhole):
+            self.ws.transport = _Blackhole(self.ws.transport)
 
 
 @attrs.define(eq=False)
 class SessionState:
     session: Session
     lock: asyncio.Lock = attrs.field(factory=asyncio.Lock)
-    owner: Peer | None = None
     subscribers: set[Peer] = attrs.field(factory=set)
     expiry: asyncio.TimerHandle | None = None
     next_sub_id: int = 1
     notifications_sent: int = 0
+
+    @property
+    def owner(self) -> Peer | None:
+        """The owner's connection, while it is alive."""
+        owner = self.session.owner
+        if isinstance(owner, Peer) and not owner.dead:
+            return owner
+        return None
+
+    def peers(self) -> list[Peer]:
+        owner = self.owner
+        return [*self.subscribers, *([owner] if owner is not None else [])]
 
 
 @attrs.frozen
@@ -173,30 +390,51 @@ class SessionStats:
     owner_connected: bool
     subscribers: int
     notifications_sent: int
+    commands_refused: int = 0  # commands from a connection without ownership (fenced)
+    replay_log_entries: int = 0  # sequenced responses kept for an attach to replay
+
+
+@attrs.define
+class LivenessCounters:
+    """What the server's keepalive and flow control did, for tests and the soak."""
+
+    pings: int = 0  # keepalive pings written
+    dead: int = 0  # connections closed after keepalive_deadline of silence
+    stalled: int = 0  # connections closed because they did not drain within the deadline
+    owners_lost: int = 0  # sessions whose owner was found dead (ownership released)
+    commands_refused: int = 0  # control commands fenced off (connection without ownership)
+
+    def as_dict(self) -> dict[str, int]:
+        return attrs.asdict(self)
 
 
 class SimulatorServer:
     """Owns the event loop thread, the listening socket and every session."""
 
     def __init__(self, chain: Chain, api_key: str, host: str, port: int, *,
-                 limits: ServerLimits | None = None, extra_api_keys: tuple[str, ...] = (),
+                 limits: ServerLimits | None = None,
+                 liveness: ServerLiveness | None = None,
+                 extra_api_keys: tuple[str, ...] = (),
                  ssl_context: ssl.SSLContext | None = None) -> None:
         self.chain = chain
         self.api_key = api_key
         self.api_keys = frozenset((api_key, *extra_api_keys))
         self.limits = limits or ServerLimits()
+        self.liveness = liveness or ServerLiveness()
         self.ssl_context = ssl_context
         self.connections_by_client: dict[str, int] = defaultdict(int)
         self.host = host
         self.port = port
         self.sessions: dict[str, SessionState] = {}
-        self.retired: dict[str, SessionState] = {}  # closed or expired: stats only
+        # Finished sessions: counters only, the last STATS_HISTORY of them.
+        self.retired: OrderedDict[str, SessionStats] = OrderedDict()
         self.peers: set[Peer] = set()
         self.slot_triggers: list[SlotTrigger] = []
         self.handshake_delays: list[CountedFault] = []
         self.http_faults: list[CountedFault] = []
         self.lose_continue: list[str | None] = []
         self.fault_counts = FaultCounters()
+        self.liveness_counts = LivenessCounters()
         self.upgrade_requests: dict[str, int] = defaultdict(int)
         self.fault_counts_limits: dict[str, int] = defaultdict(int)
         self._servers: list[Server] = []
@@ -213,6 +451,7 @@ class SimulatorServer:
     def start(self) -> None:
         self._thread.start()
         self.call(self._listen)
+        self.call_soon(lambda: self._spawn(self._keepalive()))
 
     def stop(self) -> None:
         if not self._thread.is_alive():
@@ -247,8 +486,12 @@ class SimulatorServer:
         self.port = sock.getsockname()[1]
         server = await serve(
             self._handle, sock=sock, process_request=self._process_request,
-            ping_interval=None,  # the client drives keepalive; a blackhole must stay silent
-            compression=None, close_timeout=1, server_header=None, ssl=self.ssl_context,
+            # Keepalive is this server's own (_keepalive): one sweep for every
+            # connection, "silent for the deadline" as the client defines it, and
+            # pings that never wait behind a full buffer.
+            ping_interval=None, create_connection=_LiveConnection,
+            compression=None, close_timeout=self.liveness.close_timeout, server_header=None,
+            ssl=self.ssl_context,
             # A client that opens TCP and never finishes the upgrade is closed.
             open_timeout=self.limits.handshake_timeout,
             max_size=self.limits.max_frame_size, logger=wire_log,
@@ -289,11 +532,67 @@ class SimulatorServer:
     # --- statistics (call through ``call``) --------------------------------------
 
     def session_stats(self, session_id: str) -> SessionStats:
-        state = self.sessions.get(session_id) or self.retired[session_id]
+        """Counters of a live session, or of one of the last finished ones (else KeyError)."""
+        state = self.sessions.get(session_id)
+        if state is None:
+            return self.retired[session_id]
         s = state.session
         return SessionStats(session_id, s.continues_received, s.blocks_executed, s.completed,
-                            state.owner is not None, len(state.subscribers),
-                            state.notifications_sent)
+                            s.owner_alive, len(state.subscribers), state.notifications_sent,
+                            s.commands_refused, len(s.log))
+
+    # --- keepalive and flow control ----------------------------------------------
+
+    async def _keepalive(self) -> None:
+        """One sweep over every connection: ping the idle, close the silent."""
+        tick = self.liveness.tick
+        while True:
+            await asyncio.sleep(tick)
+            now = self._loop.time()
+            for peer in list(self.peers):
+                peer.liveness.inbound(peer.ws.last_inbound)
+                verdict = peer.liveness.check(now)
+                if verdict == "ping":
+                    self.liveness_counts.pings += 1
+                    peer.ping()
+                elif verdict == "dead":
+                    self._found_dead(peer, now - peer.liveness.last_inbound)
+
+    def _found_dead(self, peer: Peer, silent: float) -> None:
+        self.liveness_counts.dead += 1
+        log.info("%s connection (session %s) silent for %.2fs: closed as dead", peer.role,
+                 peer.session_id, silent)
+        state = self.sessions.get(peer.session_id) if peer.session_id else None
+        if state is not None and peer.role == "control":
+            # Ownership goes at once, not when the close completes: the client's
+            # re-attach must not wait for a dead peer's close handshake.
+            self._lose_owner(state, peer, "owner found dead")
+        peer.close(CloseCode.INTERNAL_ERROR, "keepalive deadline missed",
+                   self.liveness.close_timeout)
+
+    async def _drain(self, peers: Iterable[Peer]) -> None:
+        """Wait until each peer is below its write high-water mark, for the deadline at most.
+
+        A peer still above the mark when the deadline passes is closed as stalled
+        (abort: a graceful close frame would queue behind what it does not read).
+        Waiting happens without any session lock held.
+        """
+        deadline_at: float | None = None
+        for peer in peers:
+            if not peer.ws.paused or not peer.writable:
+                continue
+            if deadline_at is None:
+                deadline_at = self._loop.time() + self.liveness.keepalive_deadline
+            try:
+                async with asyncio.timeout_at(deadline_at):
+                    await peer.ws.drain()
+            except TimeoutError:
+                self.liveness_counts.stalled += 1
+                log.info("%s connection (session %s) did not drain within %.1fs: closed",
+                         peer.role, peer.session_id, self.liveness.keepalive_deadline)
+                peer.drop()
+            except (ConnectionError, OSError, ConnectionClosed):
+                pass  # lost while waiting: its handler cleans up
 
     # --- faults -------------------------------------------------------------------
 
@@ -309,7 +608,7 @@ class SimulatorServer:
                 peer.blackhole()
             else:
                 self.fault_counts.malformed += 1
-                self._spawn(peer.send(trigger.frame))
+                peer.write_frame(trigger.frame)
 
     def _take_lost_continue(self, session_id: str) -> bool:
         for wanted in self.lose_continue:
@@ -369,6 +668,7 @@ class SimulatorServer:
                 log.info("control upgrade rejected: missing or wrong API key")
                 return connection.respond(401, "missing or invalid X-API-Key\n")
             return None
+        # PubSub: no key, as in the real service; knowing the session id is enough.
         if not path.startswith(SESSION_PATH_PREFIX) or (
                 path[len(SESSION_PATH_PREFIX):] not in self.sessions):
             return connection.respond(404, "no such session\n")
@@ -383,7 +683,7 @@ class SimulatorServer:
             body: Any = [{"bundleStartSlot": first, "maxBundleEndSlot": last}]
         elif path == "/stats":
             body = {sid: attrs.asdict(self.session_stats(sid))
-                    for sid in [*self.sessions, *self.retired]}
+                    for sid in [*self.retired, *self.sessions]}
         else:
             return connection.respond(404, "not found\n")
         response = connection.respond(200, json.dumps(body))
@@ -391,6 +691,7 @@ class SimulatorServer:
         return response
 
     async def _handle(self, ws: ServerConnection) -> None:
+        assert isinstance(ws, _LiveConnection)
         path = ws.request.path.split("?", 1)[0] if ws.request else ""
         client = _client_of(ws)
         self.connections_by_client[client] += 1
@@ -401,27 +702,36 @@ class SimulatorServer:
                 await self._pubsub(ws, path[len(SESSION_PATH_PREFIX):])
         finally:
             self.connections_by_client[client] -= 1
+            if not self.connections_by_client[client]:
+                del self.connections_by_client[client]
+
+    def _peer(self, ws: _LiveConnection, role: str, session_id: str | None = None,
+              api_key: str = "") -> Peer:
+        clock = PeerLiveness(self.liveness.keepalive_interval,
+                             self.liveness.keepalive_deadline, ws.last_inbound)
+        peer = Peer(ws, role, clock, session_id, api_key=api_key)
+        self.peers.add(peer)
+        return peer
 
     # --- control channel ---------------------------------------------------------
 
-    async def _control(self, ws: ServerConnection) -> None:
-        peer = Peer(ws, "control", api_key=ws.request.headers.get("X-API-Key", "")
-                    if ws.request else "")
-        self.peers.add(peer)
+    async def _control(self, ws: _LiveConnection) -> None:
+        peer = self._peer(ws, "control", api_key=ws.request.headers.get("X-API-Key", "")
+                          if ws.request else "")
         log.info("control connection from %s", ws.remote_address)
         state: SessionState | None = None
         try:
             async for frame in ws:
-                if peer.blackholed:
-                    continue
                 state = await self._control_frame(peer, state, frame)
+                await self._drain([peer])  # a client that does not read its answers waits
         except ConnectionClosed:
             pass
         finally:
+            peer.liveness.close()
             self.peers.discard(peer)
             log.info("control connection closed (session %s)", peer.session_id)
-            if state is not None and state.owner is peer:
-                self._orphan(state)
+            if state is not None:
+                self._lose_owner(state, peer, "control connection closed")
 
     async def _control_frame(self, peer: Peer, state: SessionState | None,
                              frame: str | bytes) -> SessionState | None:
@@ -429,20 +739,26 @@ class SimulatorServer:
         try:
             request = decode_request(frame)
         except ProtocolError as exc:
-            await peer.send(error_frame(session, BacktestError("invalidRequest",
-                                                               {"error": str(exc)})))
+            peer.write_frame(refusal_frame(BacktestError("invalidRequest", {"error": str(exc)})))
             return state
         if isinstance(request, CreateSession):
             if state is not None:
-                await peer.send(error_frame(session, BacktestError(
+                peer.write_frame(refusal_frame(BacktestError(
                     "invalidRequest", {"error": "a session is already bound to this connection"})))
                 return state
             return await self._create(peer, request)
         if isinstance(request, Attach):
             return await self._attach(peer, state, request)
         if state is None or session is None:
-            await peer.send(error_frame(None, BacktestError(
+            peer.write_frame(refusal_frame(BacktestError(
                 "invalidRequest", {"error": "no session on this connection"})))
+            return state
+        refusal = session.authorize(peer)
+        if refusal is not None:
+            self.liveness_counts.commands_refused += 1
+            log.info("session %s: %s from a connection without ownership refused", session.id,
+                     type(request).__name__)
+            peer.write_frame(refusal_frame(refusal))
             return state
         if isinstance(request, ContinueParams):
             if self._take_lost_continue(session.id):
@@ -450,13 +766,13 @@ class SimulatorServer:
                 return state
             refusal = session.check_continue()
             if refusal is not None:
-                await peer.send(error_frame(session, refusal))
+                peer.write_frame(error_frame(session, refusal))
             else:
                 self._spawn(self._run(state, session.run_continue(request)))
         elif isinstance(request, Resume):
-            await peer.send(encode_response(Success()))
+            peer.write_frame(encode_response(Success()))
         elif isinstance(request, Close):
-            await peer.send(encode_response(Success()))
+            peer.write_frame(encode_response(Success()))
             self._remove(state, "closed by client")
             return None
         return state
@@ -465,9 +781,13 @@ class SimulatorServer:
         session, error = Session.open(request, peer.api_key, self.chain)
         if session is None:
             assert error is not None
-            await peer.send(error_frame(None, error))
+            peer.write_frame(error_frame(None, error))
             return None
-        state = SessionState(session, owner=peer)
+        refusal = session.attach(peer)
+        if refusal is not None:  # the connection was found dead meanwhile
+            peer.write_frame(refusal_frame(refusal))
+            return None
+        state = SessionState(session)
         self.sessions[session.id] = state
         peer.session_id = session.id
         log.info("session %s created for slots %d..=%d", session.id, request.start_slot,
@@ -480,105 +800,128 @@ class SimulatorServer:
                       ) -> SessionState | None:
         target = self.sessions.get(request.session_id)
         if target is None:
-            await peer.send(error_frame(None, BacktestError(
+            peer.write_frame(refusal_frame(BacktestError(
                 "sessionNotFound", {"session_id": request.session_id})))
             return state
         if target.session.api_key != peer.api_key:
-            await peer.send(error_frame(None, BacktestError("sessionOwnerMismatch")))
+            peer.write_frame(refusal_frame(BacktestError("sessionOwnerMismatch")))
             return state
-        owner = target.owner
-        if owner is not None and owner is not peer:
-            if not owner.blackholed:
-                await peer.send(error_frame(None, BacktestError(
-                    "sessionOwnershipBusy", {"reason": "another connection owns the session"})))
-                return state
-            owner.drop()  # a silenced owner is stale: the new connection takes over
-        if target.expiry is not None:
-            target.expiry.cancel()
-            target.expiry = None
+        refusal = target.session.attach_refusal(peer)
+        if refusal is not None:
+            peer.write_frame(refusal_frame(refusal))
+            return state
         await self._handshake_delay("control", None, request.session_id)
+        if self.sessions.get(request.session_id) is not target:  # expired meanwhile
+            peer.write_frame(refusal_frame(BacktestError(
+                "sessionNotFound", {"session_id": request.session_id})))
+            return state
         async with target.lock:
+            # Decided again under the lock: the owner may have come back, or
+            # another attach won, or this connection died, during the delay.
+            refusal = target.session.attach(peer)
+            if refusal is not None:
+                peer.write_frame(refusal_frame(refusal))
+                return state
+            if target.expiry is not None:
+                target.expiry.cancel()
+                target.expiry = None
+            if state is not None and state is not target:
+                self._lose_owner(state, peer, "its connection attached to another session")
             # Handshake answers are per connection, not session events: not sequenced.
             s = target.session
-            await peer.send(encode_response(SessionAttached(s.id, f"/backtest/{s.id}")))
-            for frame in s.replay_after(request.last_sequence):
-                await peer.send(frame)
-            target.owner = peer
+            peer.write([encode_response(SessionAttached(s.id, f"/backtest/{s.id}")),
+                        *s.replay_after(request.last_sequence)])
             peer.session_id = s.id
         log.info("session %s attached after sequence %s", s.id, request.last_sequence)
         return target
 
-    def _orphan(self, state: SessionState) -> None:
-        state.owner = None
+    def _lose_owner(self, state: SessionState, peer: Peer, reason: str) -> None:
+        """``peer`` no longer owns ``state``'s session (if it did): orphan the session."""
+        if not state.session.release(peer) or state.session.id not in self.sessions:
+            return
+        if reason == "owner found dead":
+            self.liveness_counts.owners_lost += 1
         timeout = state.session.create.disconnect_timeout_secs
         if timeout <= 0:
-            self._remove(state, "control connection lost, no disconnect timeout")
+            self._remove(state, f"{reason}, no disconnect timeout")
             return
-        log.info("session %s kept %ds for a re-attach", state.session.id, timeout)
+        log.info("session %s orphaned (%s), kept %ds for a re-attach", state.session.id,
+                 reason, timeout)
         state.expiry = self._loop.call_later(timeout, self._remove, state, "expired")
 
     def _remove(self, state: SessionState, reason: str) -> None:
-        if self.sessions.pop(state.session.id, None) is None:
+        """Free a finished session; keep only its counters, for the last STATS_HISTORY."""
+        session_id = state.session.id
+        if self.sessions.get(session_id) is not state:
             return
-        self.retired[state.session.id] = state
-        log.info("session %s removed: %s", state.session.id, reason)
+        self.retired[session_id] = self.session_stats(session_id)
+        del self.sessions[session_id]
+        while len(self.retired) > STATS_HISTORY:
+            self.retired.popitem(last=False)
+        log.info("session %s removed: %s", session_id, reason)
         if state.expiry is not None:
             state.expiry.cancel()
+            state.expiry = None
         for peer in list(state.subscribers):
-            # A graceful close frame goes after what is already queued for the peer.
-            self._spawn(peer.ws.close())
+            # A close frame after what is already queued for the peer.
+            peer.close(CloseCode.NORMAL_CLOSURE, "session closed", self.liveness.close_timeout)
 
     async def _run(self, state: SessionState, steps: Iterator[Step]) -> None:
-        """Send a session's steps in order; the lock keeps attach/subscribe atomic."""
+        """Send a session's steps in order; the lock keeps attach/subscribe atomic.
+
+        Writes under the lock never wait; the wait for slow readers happens
+        between steps, without the lock, bounded by the keepalive deadline.
+        """
         session = state.session
         for step in steps:
             async with state.lock:
                 if isinstance(step, SlotStep):
                     slot = step.executed.slot
-                    await self._publish(state, step.executed)
-                    await self._emit(state, session.record(SlotNotification(slot)))
+                    self._publish(state, step.executed)
+                    self._emit(state, session.record(SlotNotification(slot)))
                     self._fire_slot_triggers(session.id, slot)
                 else:
-                    await self._emit(state, session.record(step))
+                    self._emit(state, session.record(step))
+            slow = [p for p in state.peers() if p.ws.paused]
+            if slow:
+                await self._drain(slow)
+            else:
+                await asyncio.sleep(0)  # one step at a time: other sessions run too
             if session.id not in self.sessions:
                 return
 
-    async def _emit(self, state: SessionState, frame: str) -> None:
-        if state.owner is not None:
-            await state.owner.send(frame)
+    def _emit(self, state: SessionState, frame: str) -> None:
+        owner = state.owner
+        if owner is not None:
+            owner.write_frame(frame)
 
-    async def _publish(self, state: SessionState, executed: ExecutedSlot,
-                       only: tuple[Peer, int] | None = None) -> None:
+    def _publish(self, state: SessionState, executed: ExecutedSlot,
+                 only: tuple[Peer, int] | None = None) -> None:
         peers = [only[0]] if only else list(state.subscribers)
         for peer in peers:
-            batch: list[str] = []
-            for method, result_json, sub_id in executed.notifications(peer.subs):
-                if only is None or only[1] == sub_id:
-                    batch.append(notification_frame(method, result_json, sub_id))
-                    if len(batch) >= PUBLISH_BATCH:
-                        await peer.send_batch(batch)
-                        state.notifications_sent += len(batch)
-                        batch = []
-            await peer.send_batch(batch)
-            state.notifications_sent += len(batch)
+            frames = [notification_frame(method, result_json, sub_id)
+                      for method, result_json, sub_id in executed.notifications(peer.subs)
+                      if only is None or only[1] == sub_id]
+            if frames:
+                state.notifications_sent += peer.write(frames)
 
     # --- PubSub -------------------------------------------------------------------
 
-    async def _pubsub(self, ws: ServerConnection, session_id: str) -> None:
+    async def _pubsub(self, ws: _LiveConnection, session_id: str) -> None:
         state = self.sessions.get(session_id)
         if state is None:
             return
-        peer = Peer(ws, "pubsub", session_id)
-        self.peers.add(peer)
+        peer = self._peer(ws, "pubsub", session_id)
         state.subscribers.add(peer)
         log.info("pubsub connection for session %s", session_id)
         try:
             async for frame in ws:
-                if not peer.blackholed:
-                    await self._pubsub_frame(peer, state, frame)
+                await self._pubsub_frame(peer, state, frame)
+                await self._drain([peer])
         except ConnectionClosed:
             pass
         finally:
+            peer.liveness.close()
             self.peers.discard(peer)
             state.subscribers.discard(peer)
             log.info("pubsub connection closed (session %s)", session_id)
@@ -588,7 +931,7 @@ class SimulatorServer:
             request = decode_pubsub_request(frame)
         except ProtocolError as exc:
             code = PARSE_ERROR if "not JSON" in exc.detail else INVALID_REQUEST
-            await peer.send(encode_pubsub(JsonRpcError(None, code, str(exc))))
+            peer.write_frame(encode_pubsub(JsonRpcError(None, code, str(exc))))
             return
         if isinstance(request, Subscribe):
             await self._handshake_delay("pubsub", request.kind, state.session.id)
@@ -596,10 +939,15 @@ class SimulatorServer:
                 sub_id = state.next_sub_id
                 state.next_sub_id += 1
                 peer.subs.setdefault((request.kind, request.address), []).append(sub_id)
-                await peer.send(encode_pubsub(SubscribeAck(request.id, sub_id)))
+                peer.write_frame(encode_pubsub(SubscribeAck(request.id, sub_id)))
                 if request.replay_from_slot is not None:
                     for executed in state.session.buffered_since(request.replay_from_slot):
-                        await self._publish(state, executed, only=(peer, sub_id))
+                        self._publish(state, executed, only=(peer, sub_id))
+                        # Replay drains as it goes (the session waits: this subscriber's
+                        # order depends on it); one that stops draining is closed.
+                        await self._drain([peer])
+                        if not peer.writable:
+                            break
             return
         removed = False
         for key, ids in list(peer.subs.items()):
@@ -608,7 +956,7 @@ class SimulatorServer:
                 removed = True
                 if not ids:
                     del peer.subs[key]
-        await peer.send(encode_pubsub(UnsubscribeAck(request.id, removed)))
+        peer.write_frame(encode_pubsub(UnsubscribeAck(request.id, removed)))
 
 
 def _counted_matches(fault: CountedFault, role: str, kind: str | None,
@@ -622,4 +970,5 @@ def _counted_matches(fault: CountedFault, role: str, kind: str | None,
     return fault.target == "subscriptions" or kind is None or fault.target == kind
 
 
-__all__ = ["SessionStats", "SimulatorServer"]
+__all__ = ["REAL_SERVER_LIVENESS", "STATS_HISTORY", "LivenessCounters", "ServerLimits",
+           "ServerLiveness", "SessionStats", "SimulatorServer"]
