@@ -21,8 +21,10 @@ from protocol.simulator import DEFAULT_API_KEY, LocalSimulator
 TIMEOUT = 5.0
 
 
-def control(sim: LocalSimulator, api_key: str = DEFAULT_API_KEY) -> websocket.WebSocket:
-    return websocket.create_connection(sim.url, header={"X-API-Key": api_key},
+def control(sim: LocalSimulator, api_key: str = DEFAULT_API_KEY, *, url: str | None = None
+            ) -> websocket.WebSocket:
+    """A control connection to ``sim`` (or to ``url``, e.g. through a fault proxy)."""
+    return websocket.create_connection(url or sim.url, header={"X-API-Key": api_key},
                                        timeout=TIMEOUT)
 
 
@@ -36,9 +38,10 @@ def read_until(ws: websocket.WebSocket, *stop: type) -> list[tuple[int | None, R
             return out
 
 
-def create(sim: LocalSimulator, start: int, end: int, **kwargs: object
+def create(sim: LocalSimulator, start: int, end: int, *, url: str | None = None,
+           **kwargs: object
            ) -> tuple[websocket.WebSocket, str, list[tuple[int | None, Response]]]:
-    ws = control(sim)
+    ws = control(sim, url=url)
     ws.send(encode_request(CreateSession(start, end, **kwargs)))  # type: ignore[arg-type]
     msgs = read_until(ws, ReadyForContinue, Completed)
     session_id = next(m.session_id for _, m in msgs if isinstance(m, SessionCreated))
@@ -46,11 +49,16 @@ def create(sim: LocalSimulator, start: int, end: int, **kwargs: object
 
 
 def subscribe(sim: LocalSimulator, session_id: str, kind: str, addresses: list[str],
-              replay_from_slot: int | None = None
-              ) -> tuple[websocket.WebSocket, list[PubsubMessage]]:
-    """A subscribed connection, and the notifications that came in between the acks."""
-    url = pubsub_url(resolve_rpc_url(sim.url, f"/backtest/{session_id}"))
-    ws = websocket.create_connection(url, timeout=TIMEOUT)
+              replay_from_slot: int | None = None, *, url: str | None = None,
+              **options: object) -> tuple[websocket.WebSocket, list[PubsubMessage]]:
+    """A subscribed connection, and the notifications that came in between the acks.
+
+    ``url`` is the control URL the session's PubSub endpoint resolves against
+    (a proxy's, say); ``options`` go to ``websocket.create_connection``.
+    """
+    endpoint = pubsub_url(resolve_rpc_url(url or sim.url, f"/backtest/{session_id}"))
+    options.setdefault("timeout", TIMEOUT)
+    ws = websocket.create_connection(endpoint, **options)
     early: list[PubsubMessage] = []
     for i, address in enumerate(addresses, 1):
         ws.send(encode_subscribe(Subscribe(i, kind, address, replay_from_slot)))  # type: ignore[arg-type]

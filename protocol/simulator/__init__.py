@@ -34,9 +34,9 @@ class LocalSimulator:
     :mod:`protocol.simulator.server`): it pings idle connections and closes one
     silent for ``liveness.keepalive_deadline`` (local default 3 s; a real
     server's is 45 s, :data:`REAL_SERVER_LIVENESS`), a dead owner loses its
-    session, and a reader that does not drain within that deadline is closed
-    rather than allowed to hold its session back. PubSub needs no key: the
-    session id is the capability.
+    session, and a reader that is alive but does not drain holds its session
+    back for ``liveness.stall_timeout`` at most (default 30 s). PubSub needs no
+    key: the session id is the capability.
     """
 
     def __init__(self, api_key: str = DEFAULT_API_KEY, seed: int = 0, slots: int = 2000,
@@ -45,7 +45,8 @@ class LocalSimulator:
                  extra_api_keys: tuple[str, ...] = (),
                  ssl_context: ssl.SSLContext | None = None) -> None:
         """``liveness`` sets the server's keepalive (default :class:`ServerLiveness`:
-        ping after 1 s idle, dead after 3 s of silence); ``extra_api_keys`` are
+        ping after 1 s idle, dead after 3 s of silence, a stalled reader closed
+        after 30 s); ``extra_api_keys`` are
         accepted too (each owns the sessions it creates); ``ssl_context`` serves
         ``wss://``."""
         self.chain = Chain(seed, slots, txs_per_slot=txs_per_slot)

@@ -8,7 +8,12 @@ import signal
 import threading
 
 from . import DEFAULT_API_KEY, LocalSimulator
-from .server import LOCAL_KEEPALIVE_DEADLINE, LOCAL_KEEPALIVE_INTERVAL, ServerLiveness
+from .server import (
+    LOCAL_KEEPALIVE_DEADLINE,
+    LOCAL_KEEPALIVE_INTERVAL,
+    LOCAL_STALL_TIMEOUT,
+    ServerLiveness,
+)
 
 
 def _seconds(text: str) -> float:
@@ -37,9 +42,12 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--keepalive-deadline", type=_seconds, default=LOCAL_KEEPALIVE_DEADLINE,
         metavar="SECONDS",
-        help=f"close a connection silent this long, releasing the session it owns, and a "
-             f"reader that does not drain within it (default {LOCAL_KEEPALIVE_DEADLINE:g}; "
-             "a real server: 45, the client's default)")
+        help=f"close a connection silent this long, releasing the session it owns "
+             f"(default {LOCAL_KEEPALIVE_DEADLINE:g}; a real server: 45, the client's default)")
+    parser.add_argument(
+        "--stall-timeout", type=_seconds, default=LOCAL_STALL_TIMEOUT, metavar="SECONDS",
+        help="close a reader that is alive but does not drain what it is sent for this "
+             f"long; its session waits for it until then (default {LOCAL_STALL_TIMEOUT:g})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     add_server_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        liveness = ServerLiveness(args.keepalive_interval, args.keepalive_deadline)
+        liveness = ServerLiveness(args.keepalive_interval, args.keepalive_deadline,
+                                  stall_timeout=args.stall_timeout)
     except ValueError as exc:
         parser.error(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

@@ -21,21 +21,26 @@ How the server treats its peers, as a real server must:
   half-open connection is found the way any silent peer is.
 * **Slow peers.** Frames are written without waiting for the socket (never
   while holding a session's lock). After each step a session waits until every
-  one of its connections is below websockets' write high-water mark (32 KiB),
-  which is what keeps memory bounded and lets TCP flow control slow the session
-  to its slowest reader; but a connection still above the mark after
-  ``keepalive_deadline`` is closed as stalled (TCP abort) and the session goes
-  on. So no reader, slow, stopped or hostile, holds a session back for longer
-  than the deadline at a time.
+  one of its connections is below websockets' write high-water mark (32 KiB):
+  that is what keeps memory bounded and lets TCP flow control slow the session
+  to its slowest reader, as DESIGN.md §1 relies on. A reader that stops reading
+  *and* stops talking is found dead at ``keepalive_deadline`` and closed at
+  once (abort: a close frame would queue behind what it never read), which
+  releases the session. A reader that keeps talking (its own pings count) but
+  does not drain holds the session for at most ``stall_timeout``, then it is
+  closed as stalled (abort) and the session goes on.
 * **A client that pauses reading** because its application is slow stops
-  reading pings too (websocket-client answers a ping only when its reader reads
-  it). It stays alive for the server as long as it sends anything (its own
-  pings count), but if its reader stays paused past the deadline while the
-  session has data for it, it is closed as stalled; a client that sends
-  nothing is closed as dead. Either way the client reconnects and resumes with
-  ``attach``/``replayFromSlot``; nothing is lost as long as it resumes within
-  the replay buffers (the client keeps its session within
-  ``PUBSUB_BUFFER_SLOTS`` of what its subscriptions confirmed).
+  reading the server's pings too (websocket-client answers a ping only when its
+  reader reads it). If it keeps sending its own pings, as the actor client does,
+  it is alive: the session waits for it (TCP flow control, nothing lost) for up
+  to ``stall_timeout`` (local default 30 s, so an application pause shorter than
+  that costs nothing). A client that sends nothing while paused is closed after
+  ``keepalive_deadline``; one paused past ``stall_timeout`` is closed as stalled.
+  Either way it reconnects and resumes with ``attach``/``replayFromSlot``:
+  nothing is lost as long as it resumes within the replay buffers (the client
+  keeps its session within ``PUBSUB_BUFFER_SLOTS`` of what its subscriptions
+  confirmed; a continue larger than the buffer, made while the reader is paused
+  past ``stall_timeout``, can run past what a replay can give back).
 * **Bounded state.** Finished sessions are freed; only their counters are kept,
   for the last :data:`STATS_HISTORY` of them (``/stats``, ``session_stats``).
   Replay logs and PubSub buffers are bounded (see the engine). Answers to
@@ -119,6 +124,7 @@ STATS_HISTORY = 1000  # finished sessions whose counters are kept (oldest droppe
 
 LOCAL_KEEPALIVE_INTERVAL = 1.0
 LOCAL_KEEPALIVE_DEADLINE = 3.0
+LOCAL_STALL_TIMEOUT = 30.0
 
 
 def _positive(_: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -138,16 +144,23 @@ class ServerLiveness:
     server's deadline, since a re-attach is answered ``sessionOwnershipBusy``
     until the server has found the old connection dead.
 
-    ``keepalive_deadline`` also bounds how long a session waits for one slow
-    reader before closing it (see the module docstring). ``close_timeout`` is
-    how long a connection being closed gets to answer the close frame before
-    its TCP connection is aborted.
+    ``stall_timeout`` bounds how long a session waits for a reader that is
+    alive (it keeps sending, e.g. pings) but does not drain what it is sent;
+    then that reader is closed and the session goes on. It is longer than the
+    deadline by default (30 s) because a client whose application pauses
+    reading is alive and loses nothing by waiting (DESIGN.md §1: TCP flow
+    control slows the server); set it to the deadline for "no reader may hold a
+    session longer than the keepalive deadline". A reader that stops talking is
+    closed at the deadline whatever this says. ``close_timeout`` is how long a
+    connection being closed gets to answer the close frame before its TCP
+    connection is aborted.
     """
 
     keepalive_interval: float = attrs.field(default=LOCAL_KEEPALIVE_INTERVAL,
                                             validator=_positive)
     keepalive_deadline: float = attrs.field(default=LOCAL_KEEPALIVE_DEADLINE,
                                             validator=_positive)
+    stall_timeout: float = attrs.field(default=LOCAL_STALL_TIMEOUT, validator=_positive)
     close_timeout: float = attrs.field(default=1.0, validator=_positive)
 
     def __attrs_post_init__(self) -> None:
@@ -567,29 +580,34 @@ class SimulatorServer:
             # Ownership goes at once, not when the close completes: the client's
             # re-attach must not wait for a dead peer's close handshake.
             self._lose_owner(state, peer, "owner found dead")
-        peer.close(CloseCode.INTERNAL_ERROR, "keepalive deadline missed",
-                   self.liveness.close_timeout)
+        if peer.ws.paused:  # a close frame would queue behind what it never read
+            peer.drop()
+        else:
+            peer.close(CloseCode.INTERNAL_ERROR, "keepalive deadline missed",
+                       self.liveness.close_timeout)
 
     async def _drain(self, peers: Iterable[Peer]) -> None:
-        """Wait until each peer is below its write high-water mark, for the deadline at most.
+        """Wait until each peer is below its write high-water mark, ``stall_timeout`` at most.
 
-        A peer still above the mark when the deadline passes is closed as stalled
-        (abort: a graceful close frame would queue behind what it does not read).
-        Waiting happens without any session lock held.
+        A peer still above the mark then is closed as stalled (abort: a graceful
+        close frame would queue behind what it does not read). One that dies
+        meanwhile is aborted by the keepalive, which ends the wait at once.
+        Callers hold no session lock, except a subscribe replaying its buffer.
         """
         deadline_at: float | None = None
         for peer in peers:
             if not peer.ws.paused or not peer.writable:
                 continue
             if deadline_at is None:
-                deadline_at = self._loop.time() + self.liveness.keepalive_deadline
+                deadline_at = self._loop.time() + self.liveness.stall_timeout
             try:
                 async with asyncio.timeout_at(deadline_at):
                     await peer.ws.drain()
             except TimeoutError:
-                self.liveness_counts.stalled += 1
-                log.info("%s connection (session %s) did not drain within %.1fs: closed",
-                         peer.role, peer.session_id, self.liveness.keepalive_deadline)
+                if not peer.dead:  # a dead one is being closed already: counted there
+                    self.liveness_counts.stalled += 1
+                    log.info("%s connection (session %s) did not drain within %.1fs: closed",
+                             peer.role, peer.session_id, self.liveness.stall_timeout)
                 peer.drop()
             except (ConnectionError, OSError, ConnectionClosed):
                 pass  # lost while waiting: its handler cleans up
