@@ -20,7 +20,10 @@ import psutil
 import pytest
 import websocket
 
+from actors.cli import build_parser
 from protocol import (
+    KEEPALIVE_INTERVAL,
+    KEEPALIVE_MISS_DEADLINE,
     Attach,
     BacktestError,
     ContinueParams,
@@ -40,7 +43,13 @@ from protocol.messages import (
     Success,
 )
 from protocol.pubsub import PUBSUB_BUFFER_SLOTS
-from protocol.simulator import STATS_HISTORY, LocalSimulator, ServerLiveness
+from protocol.simulator import (
+    REAL_SERVER_LIVENESS,
+    STATS_HISTORY,
+    LocalSimulator,
+    ServerLiveness,
+)
+from protocol.simulator.__main__ import main as simulator_main
 from protocol.simulator.chain import Chain
 from protocol.simulator.engine import (
     REPLAY_LOG_LIMIT,
@@ -411,30 +420,72 @@ def test_paused_reader_that_stays_alive_holds_the_session_and_loses_nothing() ->
         addrs = list(sim.addresses)
         reader, early = subscribe(sim, sid, "transactions", addrs, skip_utf8_validation=True,
                                   sockopt=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)])
-        owner.send(encode_request(ContinueParams(advance_count=60)))
-        # The application is busy: nothing is read, but the client keeps pinging
-        # (as the actor client does while its readers are paused).
-        paused_until = time.monotonic() + liveness.keepalive_deadline * 2
-        while time.monotonic() < paused_until:
-            reader.ping(b"busy, not dead")
-            owner.ping(b"busy, not dead")
-            time.sleep(0.1)
-        held = sim.session_stats(sid)
-        assert held.subscribers == 1 and held.blocks_executed < 60  # waiting for it
-        counts = sim.liveness_counts()
-        assert counts["dead"] == 0 and counts["stalled"] == 0
-        # The application reads again: both connections, each in its own thread.
-        notes: list[object] = list(early)
-        drained = threading.Thread(target=lambda: notes.extend(read_pubsub_until_pong(reader)),
-                                   name="reader")
-        drained.start()
-        slots = read_until(owner, ReadyForContinue)
-        reader.ping(b"barrier")  # answered after everything queued before it
-        drained.join(10)
+        # The client pings on its own schedule, whatever its readers do (as the actor
+        # client does): the server's pings wait behind megabytes of queued frames, so
+        # answering them is no proof of life while a deep queue is being caught up.
+        stop = threading.Event()
+
+        def keep_pinging() -> None:
+            while not stop.wait(0.1):
+                reader.ping(b"busy, not dead")
+                owner.ping(b"busy, not dead")
+
+        pinger = threading.Thread(target=keep_pinging, name="pinger")
+        pinger.start()
+        try:
+            owner.send(encode_request(ContinueParams(advance_count=60)))
+            # The application is busy: nothing is read for twice the keepalive deadline.
+            stop.wait(liveness.keepalive_deadline * 2)
+            held = sim.session_stats(sid)
+            assert held.subscribers == 1 and held.blocks_executed < 60  # waiting for it
+            counts = sim.liveness_counts()
+            assert counts["dead"] == 0 and counts["stalled"] == 0
+            # The application reads again: both connections, each in its own thread.
+            notes: list[object] = list(early)
+            failures: list[BaseException] = []
+
+            def read_all() -> None:
+                try:
+                    notes.extend(read_pubsub_until_pong(reader))
+                except BaseException as exc:  # reported below, with the server's view
+                    failures.append(exc)
+
+            drained = threading.Thread(target=read_all, name="reader")
+            drained.start()
+            slots = read_until(owner, ReadyForContinue)
+            reader.ping(b"barrier")  # answered after everything queued before it
+            drained.join(10)
+        finally:
+            stop.set()
+            pinger.join()
         assert not drained.is_alive()
+        assert not failures, (failures, sim.liveness_counts(), sim.session_stats(sid))
         executed = [m.slot for _, m in slots if hasattr(m, "slot")]
         expected = sim.expected(first, executed[-1], transactions=addrs)
         signatures = [n.signature for n in notes if isinstance(n, TransactionNotification)]
         assert set(signatures) == set(expected.signatures)
         assert list(dict.fromkeys(signatures)) == expected.signatures  # in chain order
         assert sim.session_stats(sid).blocks_executed == 60
+        counts = sim.liveness_counts()
+        assert counts["dead"] == 0 and counts["stalled"] == 0
+
+
+# --- the knobs ----------------------------------------------------------------------------
+
+def test_liveness_knobs_on_both_command_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    args = build_parser().parse_args(["simulator", "--keepalive-interval", "0.5",
+                                      "--keepalive-deadline", "2", "--stall-timeout", "9"])
+    assert (args.keepalive_interval, args.keepalive_deadline, args.stall_timeout) == (0.5, 2, 9)
+    with pytest.raises(SystemExit) as info:  # a deadline must exceed the interval
+        simulator_main(["--port", "0", "--keepalive-interval", "2",
+                        "--keepalive-deadline", "1"])
+    assert info.value.code == 2
+    assert "must exceed keepalive_interval" in capsys.readouterr().err
+    with pytest.raises(ValueError):
+        ServerLiveness(keepalive_interval=0)
+    defaults = ServerLiveness()  # what LocalSimulator uses unless told otherwise
+    assert (defaults.keepalive_interval, defaults.keepalive_deadline,
+            defaults.stall_timeout) == (1.0, 3.0, 30.0)
+    assert (REAL_SERVER_LIVENESS.keepalive_interval,
+            REAL_SERVER_LIVENESS.keepalive_deadline) == (KEEPALIVE_INTERVAL,
+                                                         KEEPALIVE_MISS_DEADLINE)

@@ -27,20 +27,23 @@ How the server treats its peers, as a real server must:
   *and* stops talking is found dead at ``keepalive_deadline`` and closed at
   once (abort: a close frame would queue behind what it never read), which
   releases the session. A reader that keeps talking (its own pings count) but
-  does not drain holds the session for at most ``stall_timeout``, then it is
+  drains nothing holds the session for at most ``stall_timeout``, then it is
   closed as stalled (abort) and the session goes on.
 * **A client that pauses reading** because its application is slow stops
   reading the server's pings too (websocket-client answers a ping only when its
-  reader reads it). If it keeps sending its own pings, as the actor client does,
-  it is alive: the session waits for it (TCP flow control, nothing lost) for up
-  to ``stall_timeout`` (local default 30 s, so an application pause shorter than
-  that costs nothing). A client that sends nothing while paused is closed after
-  ``keepalive_deadline``; one paused past ``stall_timeout`` is closed as stalled.
-  Either way it reconnects and resumes with ``attach``/``replayFromSlot``:
-  nothing is lost as long as it resumes within the replay buffers (the client
-  keeps its session within ``PUBSUB_BUFFER_SLOTS`` of what its subscriptions
-  confirmed; a continue larger than the buffer, made while the reader is paused
-  past ``stall_timeout``, can run past what a replay can give back).
+  reader reads it; and a server ping queues behind everything already written
+  to the peer, so a client catching up on a deep queue answers it only once it
+  has read that far). If it keeps sending its own pings on its own schedule, as
+  the actor client does, it is alive: the session waits for it (TCP flow
+  control, nothing lost) for up to ``stall_timeout`` (local default 30 s, so an
+  application pause shorter than that costs nothing). A client that sends
+  nothing while paused is closed after ``keepalive_deadline``; one that drains
+  nothing for ``stall_timeout`` is closed as stalled. Either way it reconnects
+  and resumes with ``attach``/``replayFromSlot``: nothing is lost as long as it
+  resumes within the replay buffers (the client keeps its session within
+  ``PUBSUB_BUFFER_SLOTS`` of what its subscriptions confirmed; a continue larger
+  than the buffer, made while the reader is stalled, can run past what a replay
+  can give back).
 * **Bounded state.** Finished sessions are freed; only their counters are kept,
   for the last :data:`STATS_HISTORY` of them (``/stats``, ``session_stats``).
   Replay logs and PubSub buffers are bounded (see the engine). Answers to
@@ -145,8 +148,9 @@ class ServerLiveness:
     until the server has found the old connection dead.
 
     ``stall_timeout`` bounds how long a session waits for a reader that is
-    alive (it keeps sending, e.g. pings) but does not drain what it is sent;
-    then that reader is closed and the session goes on. It is longer than the
+    alive (it keeps sending, e.g. pings) but drains nothing of what it is sent
+    (a reader that drains, however slowly, is waited for); then that reader is
+    closed and the session goes on. It is longer than the
     deadline by default (30 s) because a client whose application pauses
     reading is alive and loses nothing by waiting (DESIGN.md §1: TCP flow
     control slows the server); set it to the deadline for "no reader may hold a
@@ -587,30 +591,47 @@ class SimulatorServer:
                        self.liveness.close_timeout)
 
     async def _drain(self, peers: Iterable[Peer]) -> None:
-        """Wait until each peer is below its write high-water mark, ``stall_timeout`` at most.
+        """Wait until each peer is below its write high-water mark.
 
-        A peer still above the mark then is closed as stalled (abort: a graceful
-        close frame would queue behind what it does not read). One that dies
-        meanwhile is aborted by the keepalive, which ends the wait at once.
-        Callers hold no session lock, except a subscribe replaying its buffer.
+        A peer whose buffer does not shrink at all for ``stall_timeout`` is closed
+        as stalled (abort: a graceful close frame would queue behind what it does
+        not read); one that drains, however slowly, is waited for: it is slow, not
+        stuck, and the session goes at its pace. One that dies meanwhile is
+        aborted by the keepalive, which ends the wait at once. The peers are
+        waited for together. Callers hold no session lock, except a subscribe
+        replaying its buffer.
         """
-        deadline_at: float | None = None
-        for peer in peers:
-            if not peer.ws.paused or not peer.writable:
-                continue
-            if deadline_at is None:
-                deadline_at = self._loop.time() + self.liveness.stall_timeout
+        slow = [peer for peer in peers if peer.ws.paused and peer.writable]
+        if len(slow) == 1:
+            await self._drain_one(slow[0])
+        elif slow:
+            await asyncio.gather(*(self._drain_one(peer) for peer in slow))
+
+    async def _drain_one(self, peer: Peer) -> None:
+        transport = peer.ws.transport
+        step = min(self.liveness.tick, self.liveness.stall_timeout)
+        size = transport.get_write_buffer_size()
+        progress_at = self._loop.time()
+        while peer.ws.paused and peer.writable:
             try:
-                async with asyncio.timeout_at(deadline_at):
+                async with asyncio.timeout(step):
                     await peer.ws.drain()
+                return
             except TimeoutError:
-                if not peer.dead:  # a dead one is being closed already: counted there
-                    self.liveness_counts.stalled += 1
-                    log.info("%s connection (session %s) did not drain within %.1fs: closed",
-                             peer.role, peer.session_id, self.liveness.stall_timeout)
-                peer.drop()
+                now_size = transport.get_write_buffer_size()
+                if now_size < size:
+                    progress_at = self._loop.time()
+                size = now_size
+                if self._loop.time() - progress_at >= self.liveness.stall_timeout:
+                    if not peer.dead:  # a dead one is being closed already: counted there
+                        self.liveness_counts.stalled += 1
+                        log.info("%s connection (session %s) drained nothing for %.1fs: "
+                                 "closed", peer.role, peer.session_id,
+                                 self.liveness.stall_timeout)
+                    peer.drop()
+                    return
             except (ConnectionError, OSError, ConnectionClosed):
-                pass  # lost while waiting: its handler cleans up
+                return  # lost while waiting: its handler cleans up
 
     # --- faults -------------------------------------------------------------------
 
