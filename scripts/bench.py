@@ -48,14 +48,22 @@ from protocol import (  # noqa: E402
     encode_request,
     encode_subscribe,
 )
-from protocol.simulator import DEFAULT_API_KEY, LocalSimulator  # noqa: E402
+from protocol.simulator import DEFAULT_API_KEY, LocalSimulator, ServerLiveness  # noqa: E402
 from protocol.simulator.chain import Chain  # noqa: E402
 from protocol.simulator.process import simulator_process  # noqa: E402
 
 TIMING = Timing(connect=5, handshake=10, keepalive_interval=0.1, keepalive_deadline=0.5,
                 graceful_close=2)
 BARRIER_EVERY = 4
-NO_DELAY = ReconnectPolicy(initial=0.0, jitter=0.0, max_attempts=50, uptime_reset=1.0)
+# Restarts at once, bounded by time rather than by a count: after a blackholed control
+# link the server answers sessionOwnershipBusy until its own keepalive has found the old
+# connection dead, so the budget must outlive the server's deadline, however fast the
+# attempts go (a count of 50 was spent in 0.7 s).
+NO_DELAY = ReconnectPolicy(initial=0.0, jitter=0.0, max_attempts=100_000, max_total=10.0,
+                           uptime_reset=1.0)
+# The bench's simulator finds dead peers on the client's own timing, as a real server does.
+SERVER_LIVENESS = ServerLiveness(keepalive_interval=TIMING.keepalive_interval,
+                                 keepalive_deadline=TIMING.keepalive_deadline)
 
 
 # --- 1. throughput ------------------------------------------------------------------------
@@ -195,7 +203,7 @@ def _time_to(session: ManagedBacktestSession, sim: LocalSimulator, fault: Callab
 
 def bench_recovery(runs: int) -> list[list[str]]:
     control_ms, sub_ms, detect_ms = [], [], []
-    with LocalSimulator(seed=3, slots=3000) as sim:
+    with LocalSimulator(seed=3, slots=3000, liveness=SERVER_LIVENESS) as sim:
         first, _ = sim.available_range()
         session = ManagedBacktestSession.start(sim.url, DEFAULT_API_KEY,
                                                CreateSession(first, first + 2900),
