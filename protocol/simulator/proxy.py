@@ -525,11 +525,10 @@ class FaultProxy:
             conn.flowing.set()
 
     async def _shutdown(self) -> None:
+        """Every task stopped first (none is left waiting on a socket), then every socket."""
         if self._reopen is not None:
             self._reopen.cancel()
         await self._stop_listening()
-        for conn in list(self._conns):
-            await self._finish(conn, rst=False)
         current = asyncio.current_task()
         tasks = [t for t in self._tasks if t is not current]
         for task in tasks:
@@ -537,6 +536,11 @@ class FaultProxy:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, OSError):
                 await task
+        for conn in list(self._conns):
+            conn.state = "closed"
+            _close(conn.client)
+            _close(conn.upstream)
+        self._conns.clear()
         while self._forgotten:
             _close(self._forgotten.popleft())
 
