@@ -117,3 +117,4 @@ class Shutdown:
     """Close everything; ``reply`` resolves with the child refs once they have stopped."""
 
     reply: pykka.Future[list[pykka.ActorRef[Any]]] = attrs.field(eq=False)
+    detach: bool = False  # leave the session on the server (closeBacktestSession not sent)

@@ -435,7 +435,13 @@ class ManagedBacktestSession:
 
     # --- shutdown ------
 
-    def shutdown(self) -> None:
+    def detach(self) -> None:
+        """Close the connections but leave the session on the server (no
+        ``closeBacktestSession``): it waits ``disconnectTimeoutSecs`` for
+        :meth:`attach` with :meth:`cursor` (here or in another process)."""
+        self.shutdown(detach=True)
+
+    def shutdown(self, *, detach: bool = False) -> None:
         """Close everything; idempotent, never raises, bounded by graceful_close + margin."""
         with self._lock:
             if self._closed:
@@ -446,7 +452,7 @@ class ManagedBacktestSession:
         deadline = time.monotonic() + self._timing.graceful_close + SHUTDOWN_MARGIN
         try:
             reply: pykka.ThreadingFuture[list[pykka.ActorRef[Any]]] = pykka.ThreadingFuture()
-            self._supervisor.tell(Shutdown(reply))
+            self._supervisor.tell(Shutdown(reply, detach))
             leftovers = reply.get(timeout=max(0.1, deadline - time.monotonic()))
             for ref in leftovers:
                 ref.stop(block=True, timeout=max(0.1, deadline - time.monotonic()))

@@ -367,7 +367,7 @@ class SessionSupervisor(FailSafeActor):
         self._shutdown = message
         self._children.cancel_timers()
         for name, child in self._children.items():
-            if not self._children.tell(name, CloseLink()):
+            if not self._children.tell(name, CloseLink(message.detach)):
                 child.ref = None
         self._shutdown_timer = self._scheduler.schedule(
             self._timing.graceful_close, self.actor_ref, ShutdownDeadline())

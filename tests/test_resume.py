@@ -324,3 +324,149 @@ def test_a_torn_last_line_is_ignored_and_cut_off(tmp_path: Path) -> None:
     assert state.cursor.last_seq == 4
     assert state.awaiting_continue
     assert state.valid_bytes == len(journal.read_bytes()) - len('{"seq":5,"type":"Sl')
+
+
+# --- in one process: detach, attach ---------------------------------------------------------
+
+
+def take(session: ManagedBacktestSession, count: int) -> list[ManagedEvent]:
+    """``count`` events, answering each ReadyForContinue (advance 1)."""
+    from actors import ReadyForContinue
+
+    events = []
+    for _ in range(count):
+        event = session.next_event(timeout=15)
+        events.append(event)
+        if isinstance(event, ReadyForContinue):
+            session.send_continue(ContinueParams(advance_count=1), timeout=15)
+    return events
+
+
+@pytest.mark.timeout(90)
+def test_detach_and_attach_at_random_points_delivers_exactly_once(sim: LocalSimulator) -> None:
+    """Many resume points, each mid-batch: what the facade took but did not return is
+    not in the cursor, so the attach delivers it again (and nothing else twice)."""
+    rng = random.Random(7)
+    first, _ = sim.available_range()
+    end = first + 100
+    tx, diffs = list(sim.addresses[:3]), list(sim.addresses[3:5])
+    expected = sim.expected(first, end, transactions=tx, account_diffs=diffs)
+    session = ManagedBacktestSession.start(sim.url, DEFAULT_API_KEY, CreateSession(first, end),
+                                           timing=FAST, policy=QUICK_RETRY)
+    session.subscribe_transactions(tx)
+    session.subscribe_account_diffs(diffs)
+    events: list[ManagedEvent] = []
+    for _ in range(5):
+        events += take(session, rng.randrange(1, 120))
+        cursor = Cursor.from_json(session.cursor().to_json())
+        session.detach()
+        assert session.cursor() == cursor  # still answers, unchanged, after detaching
+        session = ManagedBacktestSession.attach(sim.url, DEFAULT_API_KEY, cursor, timing=FAST,
+                                                policy=QUICK_RETRY)
+    try:
+        events += drive(session, timeout=15)
+    finally:
+        session.shutdown()
+    check_exact(events, expected)
+    assert sim.session_stats(cursor.session_id).blocks_executed == len(expected.slots) - 1
+
+
+@pytest.mark.timeout(60)
+def test_a_continue_the_server_never_got_is_resent_after_the_quiet_window(
+        sim: LocalSimulator) -> None:
+    """The cursor holds a continue as sent (write-ahead) that never reached the wire: after
+    the attach, nothing newer than its write point comes, so it is judged lost and resent."""
+    import attrs
+
+    from actors import ContinueLost, ReadyForContinue
+
+    first, _ = sim.available_range()
+    end = first + 30
+    tx = list(sim.addresses[:2])
+    expected = sim.expected(first, end, transactions=tx)
+    session = ManagedBacktestSession.start(sim.url, DEFAULT_API_KEY, CreateSession(first, end),
+                                           timing=FAST, policy=QUICK_RETRY)
+    session.subscribe_transactions(tx)
+    events = take(session, 20)
+    while not isinstance(event := session.next_event(timeout=15), ReadyForContinue):
+        events.append(event)
+    events.append(event)
+    cursor = session.cursor()
+    # As if the process died between writing the journal's ContinueSent and the socket.
+    cursor = attrs.evolve(cursor, pending_continue=PendingContinue(
+        ContinueParams(advance_count=1), cursor.last_seq))
+    session.detach()
+    resumed = ManagedBacktestSession.attach(sim.url, DEFAULT_API_KEY, cursor, timing=FAST,
+                                            policy=QUICK_RETRY)
+    try:
+        rest = drive(resumed, timeout=15)
+        stats = resumed.stats()
+    finally:
+        resumed.shutdown()
+    lost = [e for e in rest if isinstance(e, ContinueLost)]
+    assert len(lost) == 1 and lost[0].resent
+    assert stats["continues_resent"] == 1 and stats["double_advances"] == 0
+    check_exact(events + rest, expected)
+    assert sim.session_stats(cursor.session_id).blocks_executed == len(expected.slots) - 1
+
+
+@pytest.mark.timeout(60)
+def test_a_listener_sessions_cursor_moves_as_events_are_told(sim: LocalSimulator) -> None:
+    """A listener's cursor counts each event as it is told; resumed after the listener
+    stopped continuing (paused at a ReadyForContinue), the run completes exactly once."""
+    import threading
+
+    import pykka
+
+    from actors import ReadyForContinue, SendContinue
+    from tests.harness import wait_for
+
+    first, _ = sim.available_range()
+    end = first + 40
+    tx = list(sim.addresses[:2])
+    expected = sim.expected(first, end, transactions=tx)
+    got: list[ManagedEvent] = []
+    lock = threading.Lock()
+
+    class Listener(pykka.ThreadingActor):
+        def __init__(self) -> None:
+            super().__init__()
+            self.supervisor: Any = None
+            self.ready = False
+
+        def on_receive(self, message: Any) -> Any:
+            if isinstance(message, pykka.ActorRef):
+                self.supervisor = message
+            else:
+                with lock:
+                    got.append(message)
+                self.ready = self.ready or isinstance(message, ReadyForContinue)
+            slots = sum(isinstance(e, Slot) for e in got)
+            if self.ready and self.supervisor is not None and slots < 15:
+                self.ready = False
+                self.supervisor.tell(SendContinue(ContinueParams(advance_count=1)))
+            return None
+
+    listener = Listener.start()
+    session = ManagedBacktestSession.start(sim.url, DEFAULT_API_KEY, CreateSession(first, end),
+                                           timing=FAST, policy=QUICK_RETRY, listener=listener)
+    try:
+        session.subscribe_transactions(tx)
+        listener.tell(session.supervisor)
+        wait_for(lambda: sum(isinstance(e, Slot) for e in got) >= 15
+                 and isinstance(got[-1], ReadyForContinue), 15, "the listener to pause")
+        cursor = session.cursor()
+        assert cursor.pending_continue is None
+        session.detach()
+        assert session.cursor() == cursor
+    finally:
+        session.shutdown()
+        listener.stop()
+    resumed = ManagedBacktestSession.attach(sim.url, DEFAULT_API_KEY, cursor, timing=FAST,
+                                            policy=QUICK_RETRY)
+    try:
+        resumed.send_continue(ContinueParams(advance_count=1), timeout=15)  # it was paused
+        rest = drive(resumed, timeout=15)
+    finally:
+        resumed.shutdown()
+    check_exact(got + rest, expected)
