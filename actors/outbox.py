@@ -15,6 +15,11 @@ application lives here and is unit-tested without an actor.
 * **Credits.** Each link's reader may hold ``window`` undelivered frames; a
   credit goes back when its event leaves the client (taken, told to the
   listener, or dropped as a duplicate). Grants are batched: one per ``window/8``.
+* **Cursor deltas.** Each queued event carries what delivering it moves in the
+  application's cursor (:mod:`actors.cursor`): a control event its ``seqId``, an
+  item its stream, address, slot and key. A take hands them over with the batch
+  (:class:`Batch`); a listener's cursor moves as each event is told. An attach
+  seeds the dedup from a cursor (:meth:`Outbox.seed`).
 * **Takes.** The blocking facade waits on a future (:class:`Taker`); a take is
   answered with a batch, withdrawn on timeout or interrupt, or failed with the
   session's error once every event queued before the failure was handed out.

@@ -165,7 +165,9 @@ def test_attach_with_another_key_is_a_typed_error(sim: LocalSimulator) -> None:
                                           policy=QUICK_RETRY)
         assert raised.value.kind == "attach"
         assert "sessionOwnerMismatch" in str(raised.value)
-        assert sim.session_stats(sid).continues_received == 0
+        stats = sim.session_stats(sid)
+        assert stats.continues_received == 0
+        assert stats.subscribers == 1  # this session's own: the failed attach subscribed nothing
     finally:
         session.shutdown()
 
