@@ -340,7 +340,10 @@ class _Run:
             session = self._open()
         except ManagedSessionError as exc:
             what = "not created" if self.resume is None else "cannot be resumed"
-            self.console.print(f"[red]session {what}:[/] {exc}", highlight=False,
+            hint = {"sessionNotFound": " (it expired, or the server never had it)",
+                    "sessionOwnerMismatch": " (another API key owns it)"}
+            extra = next((h for k, h in hint.items() if k in str(exc)), "")
+            self.console.print(f"[red]session {what}:[/] {exc}{extra}", highlight=False,
                                soft_wrap=True)
             return 1
         except OSError as exc:

@@ -289,6 +289,7 @@ def test_cli_resume_of_an_unknown_session_or_another_key(sim: LocalSimulator,
     assert result.returncode == 1
     assert "cannot be resumed" in result.stdout + result.stderr
     assert "sessionNotFound" in result.stdout + result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert journal.read_bytes() == before
     # A real session of this key, resumed with another: the owner check refuses it.
     session = ManagedBacktestSession.start(sim.url, DEFAULT_API_KEY,
