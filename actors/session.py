@@ -1,5 +1,10 @@
 """ManagedBacktestSession: the blocking facade for plain (non-actor) code.
 
+``start`` creates a session; ``attach`` resumes one from a :class:`~actors.cursor.Cursor`
+(``cursor()``, taken at any time, names the point right after the last event
+this facade *returned*; events taken from the supervisor but not yet returned
+do not count).
+
 It owns the session's scheduler thread and supervisor actor and only talks to
 the supervisor by messages: a blocking call is a message carrying a pykka
 future, and the facade waits on that future.
@@ -171,16 +176,19 @@ class ManagedBacktestSession:
         was sent then.
         """
         cursor = check_cursor(cursor)
+        # Checked before connecting (addresses are validated on construction).
+        subscribes = [SubscribeStream(cast(StreamKind, name), stream.addresses)
+                      for name, stream in cursor.streams.items()]
         session = cls._launch(url, api_key, cursor.create, cursor, policy=policy, timing=timing,
                               listener=listener, max_queue=max_queue, sslopt=sslopt,
                               max_frame_size=max_frame_size, max_run_ahead=max_run_ahead,
                               on_lost_continue=on_lost_continue, on_starting=on_starting)
         try:
-            for name, stream in cursor.streams.items():
-                session._ask(SubscribeStream(cast(StreamKind, name), stream.addresses))
-                session._tracker.subscribed(name, stream.addresses)
+            for message in subscribes:
+                session._ask(message)
+                session._tracker.subscribed(message.kind, message.addresses)
         except BaseException:
-            session.shutdown()
+            session.detach()  # the session stays on the server: the cursor still resumes it
             raise
         return session
 
@@ -239,15 +247,17 @@ class ManagedBacktestSession:
         try:
             session._info = started.get(timeout=bound)
         except pykka.Timeout:
-            session.shutdown()
+            session.shutdown(detach=resume is not None)
             raise ManagedSessionError(what, f"no session within {bound:.0f}s") from None
         except ManagedSessionError as exc:
-            session.shutdown()
+            session.shutdown(detach=resume is not None)
             if resume is None or exc.kind == "cancelled":
                 raise
             raise ManagedSessionError("attach", exc.reason) from exc
         except BaseException:
-            session.shutdown()
+            # An attach interrupted (Ctrl-C) leaves the session on the server: never closed
+            # by a resume that did not finish.
+            session.shutdown(detach=resume is not None)
             raise
         return session
 

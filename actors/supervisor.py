@@ -3,7 +3,9 @@
 Erlang/Akka backoff-supervisor style: the connection actors connect, handshake,
 run and report; this actor starts them, routes their reports and restarts them
 in *resume mode* (control: attach with the last ``seqId``; subscription:
-``replayFromSlot``). Its decisions live in plain classes beside it:
+``replayFromSlot``). A session resumed from a cursor (``SessionConfig.resume``,
+set up by :mod:`actors.attach`) is in resume mode from its first connection.
+Its decisions live in plain classes beside it:
 :class:`~actors.gate.ContinueGate` (when a continue or a chunk of one may go,
 barriers, ``Completed``, gaps, lost continues), :class:`~actors.outbox.Outbox`
 (what the application gets, once) and :class:`~actors.children.Children`

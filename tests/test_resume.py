@@ -473,3 +473,14 @@ def test_a_listener_sessions_cursor_moves_as_events_are_told(sim: LocalSimulator
     finally:
         resumed.shutdown()
     check_exact(got + rest, expected)
+
+
+def test_attach_checks_its_arguments_before_connecting(sim: LocalSimulator) -> None:
+    first, _ = sim.available_range()
+    bad = Cursor(sim.url, "s", "http://127.0.0.1:1", first, first + 5,
+                 streams={"transactions": StreamCursor(("not an address",),
+                                                       {"not an address": first}, -1)})
+    with pytest.raises(ValueError, match="addresses"):
+        ManagedBacktestSession.attach(sim.url, DEFAULT_API_KEY, bad)
+    with pytest.raises(TypeError, match="cursor: expected Cursor"):
+        ManagedBacktestSession.attach(sim.url, DEFAULT_API_KEY, "{}")  # type: ignore[arg-type]
