@@ -6,6 +6,7 @@ Plain code uses :class:`ManagedBacktestSession`; application actors pass
 
 import logging
 
+from .cursor import Cursor, CursorError
 from .events import (
     AccountDiff,
     Closed,
@@ -28,7 +29,7 @@ from .events import (
     Transaction,
     Up,
 )
-from .requests import ContinueRefused, GetStats, GetStatus, SendContinue, SubscribeStream
+from .requests import ContinueRefused, GetCursor, GetStats, GetStatus, SendContinue, SubscribeStream
 from .session import ManagedBacktestSession
 from .supervisor import SessionSupervisor
 
@@ -36,7 +37,8 @@ from .supervisor import SessionSupervisor
 logging.getLogger("backtest_actors").addHandler(logging.NullHandler())
 
 __all__ = [
-    "AccountDiff", "Closed", "Completed", "Connecting", "ConnectionChanged", "ConnectionStatus",
+    "AccountDiff", "Closed", "Completed", "Cursor", "CursorError", "GetCursor",
+    "Connecting", "ConnectionChanged", "ConnectionStatus",
     "ContinueLost", "ContinueRefused", "Error", "Failed", "Gap", "GetStats", "GetStatus",
     "ManagedBacktestSession", "ManagedEvent", "ManagedSessionError", "ReadyForContinue",
     "Reconnecting", "SendContinue", "SessionFailed", "SessionInfo", "SessionSupervisor", "Slot",

@@ -5,6 +5,15 @@ newcomer needs no key and no network. Progress goes to stderr: a live line on
 a terminal (rich), plain periodic lines otherwise; the summary table goes to
 stdout. Exit codes: 0 completed, 1 the session failed, 2 bad arguments
 (nothing is sent).
+
+``--out FILE`` writes the journal (:mod:`actors.journal`: a header naming the
+endpoint and the session, never the key, then one JSON line per event; flushed
+every line, fsynced at every continue). ``run --resume FILE`` rebuilds the
+cursor from such a journal, re-attaches the session (URL and session from the
+journal, the key from ``--api-key`` or ``$BACKTEST_API_KEY``) and appends to
+the same file. A session that is gone, or a corrupt or foreign journal: one
+line, exit 1, nothing appended. The embedded simulator dies with its process,
+so its runs cannot be resumed (exit 2).
 """
 
 from __future__ import annotations
@@ -23,7 +32,6 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from protocol import ContinueParams, CreateSession, ReconnectPolicy, Timing, backtest_ws_url
-from protocol.codec import encode_record
 from protocol.messages import pubkey_problem
 from protocol.pubsub import PUBSUB_BUFFER_SLOTS
 from protocol.simulator import DEFAULT_API_KEY, LocalSimulator
@@ -45,6 +53,7 @@ from .events import (
     Transaction,
 )
 from .gate import DEFAULT_MAX_RUN_AHEAD, LostContinuePolicy
+from .journal import JournalError, JournalHeader, JournalState, JournalWriter, read_journal
 from .session import ManagedBacktestSession
 
 API_KEY_ENV = "BACKTEST_API_KEY"
@@ -82,6 +91,16 @@ def _int_at_least(minimum: int, what: str) -> Callable[[str], int]:
 
 
 _positive = _int_at_least(1, "a number")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}")
+    return value
 _slot = _int_at_least(0, "a slot number")
 
 
@@ -111,7 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--on-lost-continue", choices=("resend", "raise"), default="resend",
                      help="a continue that died unread with its connection: write it again "
                           "(default) or stop the run (exit 1)")
-    run.add_argument("--out", metavar="FILE", help="write every event as a JSON line")
+    run.add_argument("--out", metavar="FILE",
+                     help="write every event as a JSON line (the journal --resume reads)")
+    run.add_argument("--resume", metavar="FILE",
+                     help="re-attach the session of this journal (URL and session from it, "
+                          "key from --api-key or $BACKTEST_API_KEY) and append to it")
+    run.add_argument("--continue-quiet", type=_seconds, metavar="SECONDS",
+                     help="after a re-attach, how long nothing new proves a continue in "
+                          "flight was lost (default: the keepalive deadline)")
     run.add_argument("--chaos", action="store_true",
                      help="embedded mode: drop and silence connections during the run")
     run.add_argument("--seed", type=int, default=0, help="embedded chain and chaos seed")
@@ -152,6 +178,21 @@ class _Plan:
                 problem = pubkey_problem(address)
                 if problem is not None:
                     raise UsageError(f"backtest-actors run: {option}: {problem}")
+        if args.resume is not None:
+            for option, value in (("--url", args.url), ("--start-slot", args.start_slot),
+                                  ("--slot-count", args.slot_count),
+                                  ("--end-slot", args.end_slot), ("--out", args.out),
+                                  ("--transactions", args.transactions),
+                                  ("--account-diffs", args.account_diffs),
+                                  ("--chaos", args.chaos)):
+                if value:
+                    raise UsageError(f"backtest-actors run: --resume takes {option} from the "
+                                     f"journal; leave it out")
+            key = args.api_key or os.environ.get(API_KEY_ENV, "")
+            if not key:
+                raise UsageError(f"backtest-actors run: --resume needs --api-key or "
+                                 f"${API_KEY_ENV} (the journal never holds the key)")
+            return cls(args, key)
         if args.url is None:
             if args.api_key:
                 raise UsageError("backtest-actors run: --api-key needs --url")
@@ -170,12 +211,42 @@ class _Plan:
             raise UsageError("backtest-actors run: --url needs --start-slot")
         return cls(args, key)
 
+    def _timing(self) -> Timing:
+        quiet = self.args.continue_quiet
+        return Timing() if quiet is None else Timing(continue_quiet=quiet)
+
+    def resume(self, console: Console) -> int:
+        """``--resume FILE``: nothing is written to FILE unless the attach succeeded."""
+        args = self.args
+        try:
+            state = read_journal(args.resume)
+        except JournalError as exc:
+            message = str(exc)
+            if "embedded simulator" in message:
+                sys.stderr.write(f"backtest-actors run: --resume: {message}\n")
+                return 2
+            sys.stderr.write(f"backtest-actors run: --resume {args.resume}: {message}\n")
+            return 1
+        if state.completed:
+            sys.stderr.write(f"backtest-actors run: --resume: session "
+                             f"{state.header.session_id} already completed; nothing to do\n")
+            return 0
+        header = state.header
+        create = CreateSession(header.start_slot, header.end_slot)
+        return _Run(console, header.url, self.api_key, create, self._timing(),
+                    ReconnectPolicy(), list(header.transactions), list(header.account_diffs),
+                    header.advance, None, None, args.seed, max_run_ahead=args.max_run_ahead,
+                    on_lost_continue=args.on_lost_continue, resume=state,
+                    resume_path=args.resume).run()
+
     def execute(self) -> int:
         args = self.args
         console = Console(stderr=True)
         if args.verbose:
             logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                                 format="%(asctime)s %(name)s %(message)s")
+        if args.resume is not None:
+            return self.resume(console)
         simulator: LocalSimulator | None = None
         try:
             if args.url is None:
@@ -184,7 +255,7 @@ class _Plan:
                 first, last = simulator.available_range()
                 start = first if args.start_slot is None else args.start_slot
             else:
-                url, timing, policy = args.url, Timing(), ReconnectPolicy()
+                url, timing, policy = args.url, self._timing(), ReconnectPolicy()
                 start, last = args.start_slot, None
             end = self._end(start, last)
             create = CreateSession(start, end)
@@ -204,7 +275,8 @@ class _Plan:
             return _Run(console, url, self.api_key, create, timing, policy, tx_addrs,
                         diff_addrs, args.advance, out, simulator if args.chaos else None,
                         args.seed, max_run_ahead=args.max_run_ahead,
-                        on_lost_continue=args.on_lost_continue).run()
+                        on_lost_continue=args.on_lost_continue,
+                        embedded=simulator is not None).run()
         except OSError as exc:
             sys.stderr.write(f"backtest-actors run: --out: {exc}\n")
             return 2
@@ -238,8 +310,12 @@ class _Run:
                  diff_addrs: list[str], advance: int, out: IO[str] | None,
                  chaos: LocalSimulator | None, seed: int, *,
                  max_run_ahead: int = DEFAULT_MAX_RUN_AHEAD,
-                 on_lost_continue: LostContinuePolicy = "resend") -> None:
+                 on_lost_continue: LostContinuePolicy = "resend", embedded: bool = False,
+                 resume: JournalState | None = None, resume_path: str | None = None) -> None:
         self.console = console
+        self.embedded, self.resume, self.resume_path = embedded, resume, resume_path
+        self.journal = None if out is None else JournalWriter(out)
+        self.session: ManagedBacktestSession | None = None
         self.max_run_ahead, self.on_lost_continue = max_run_ahead, on_lost_continue
         self.gaps: list[Gap] = []
         self.lost_continues: list[ContinueLost] = []
@@ -261,19 +337,29 @@ class _Run:
     def run(self) -> int:
         started = time.monotonic()
         try:
-            session = ManagedBacktestSession.start(
-                self.url, self.api_key, self.create, timing=self.timing, policy=self.policy,
-                max_run_ahead=self.max_run_ahead, on_lost_continue=self.on_lost_continue,
-                on_starting=self._starting)
+            session = self._open()
         except ManagedSessionError as exc:
-            self.console.print(f"[red]session not created:[/] {exc}", highlight=False)
+            what = "not created" if self.resume is None else "cannot be resumed"
+            hint = {"sessionNotFound": " (it expired, or the server never had it)",
+                    "sessionOwnerMismatch": " (another API key owns it)"}
+            extra = next((h for k, h in hint.items() if k in str(exc)), "")
+            self.console.print(f"[red]session {what}:[/] {exc}{extra}", highlight=False,
+                               soft_wrap=True)
             return 1
+        except OSError as exc:
+            sys.stderr.write(f"backtest-actors run: --resume: {exc}\n")
+            return 1
+        self.session = session
         failure: ManagedSessionError | None = None
         try:
-            if self.tx_addrs:
-                session.subscribe_transactions(self.tx_addrs)
-            if self.diff_addrs:
-                session.subscribe_account_diffs(self.diff_addrs)
+            if self.resume is None:
+                self._header(session)
+                if self.tx_addrs:
+                    session.subscribe_transactions(self.tx_addrs)
+                if self.diff_addrs:
+                    session.subscribe_account_diffs(self.diff_addrs)
+            elif self.resume.awaiting_continue:
+                self._continue(session)  # the run died between Ready and its continue
             if self.chaos is not None:
                 self._schedule_chaos(session.session_info.session_id)
             with self._progress(session.session_info.session_id) as update:
@@ -282,7 +368,7 @@ class _Run:
                     self._count(event)
                     update()
                     if isinstance(event, ReadyForContinue):
-                        session.send_continue(ContinueParams(advance_count=self.advance))
+                        self._continue(session)
                     elif isinstance(event, Completed):
                         self.summary, self.completed = event.summary, True
                         update()
@@ -295,9 +381,49 @@ class _Run:
             failure = exc
         stats = session.stats()
         session.shutdown()
+        if self.journal is not None:
+            self.journal.sync()
+        if self.resume is not None and self.out is not None:
+            self.out.close()
         self._print_summary(session.session_info.session_id, stats, time.monotonic() - started,
                             failure)
         return 1 if failure or self.gaps else 0
+
+    def _open(self) -> ManagedBacktestSession:
+        common: dict[str, Any] = {
+            "timing": self.timing, "policy": self.policy, "max_run_ahead": self.max_run_ahead,
+            "on_lost_continue": self.on_lost_continue}
+        if self.resume is None:
+            return ManagedBacktestSession.start(self.url, self.api_key, self.create,
+                                                on_starting=self._starting, **common)
+        session = ManagedBacktestSession.attach(self.url, self.api_key, self.resume.cursor,
+                                                **common)
+        try:
+            # Only now is the journal touched: a torn last line is cut off, then appended to.
+            assert self.resume_path is not None
+            out = open(self.resume_path, "r+", encoding="utf-8")  # noqa: SIM115
+            out.truncate(self.resume.valid_bytes)
+            out.seek(0, os.SEEK_END)
+        except OSError:
+            session.shutdown()
+            raise
+        self.out, self.journal = out, JournalWriter(out)
+        return session
+
+    def _header(self, session: ManagedBacktestSession) -> None:
+        if self.journal is None:
+            return
+        info = session.session_info
+        self.journal.header(JournalHeader(
+            backtest_ws_url(self.url), info.session_id, info.rpc_endpoint,
+            self.create.start_slot, self.create.end_slot, tuple(self.tx_addrs),
+            tuple(self.diff_addrs), self.advance, self.embedded))
+
+    def _continue(self, session: ManagedBacktestSession) -> None:
+        params = ContinueParams(advance_count=self.advance)
+        if self.journal is not None:
+            self.journal.continue_sent(params, session.delivered_seq)  # write-ahead
+        session.send_continue(params)
 
     def _starting(self, change: ConnectionChanged) -> None:
         """Retries before the session exists, as they happen (terminal or pipe)."""
@@ -309,9 +435,8 @@ class _Run:
 
     def _count(self, event: ManagedEvent) -> None:
         self.counts["events"] += 1
-        if self.out is not None:
-            self.out.write(encode_record(event) + "\n")
-            self.out.flush()  # a crash keeps everything received so far
+        if self.journal is not None and self.session is not None:
+            self.journal.event(event, self.session.delivered_seq)
         if isinstance(event, Slot):
             self.counts["slots"] += 1
             self._check_duplicate(event.slot, ("slot", event.slot))

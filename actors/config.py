@@ -15,6 +15,7 @@ import attrs
 from protocol import CreateSession, ReconnectPolicy, Timing
 
 from .connection import DEFAULT_MAX_FRAME_SIZE
+from .cursor import Cursor
 from .events import ConnectionChanged
 from .gate import DEFAULT_MAX_RUN_AHEAD, LostContinuePolicy
 
@@ -43,6 +44,8 @@ class SessionConfig:
     # session exists); runs on the supervisor's thread, so it must be quick. Its
     # exceptions are the session's (a bug there fails the session as "internal").
     on_starting: Callable[[ConnectionChanged], None] | None = None
+    # Attach to this cursor's session instead of creating one (``create`` is its range).
+    resume: Cursor | None = None
 
     @property
     def window(self) -> int:

@@ -171,7 +171,7 @@ ManagedEvent = (
 
 ErrorKind = Literal[
     "create", "control_failed", "subscription_failed", "cancelled", "closed",
-    "continue_outstanding", "internal",
+    "continue_outstanding", "internal", "attach",
 ]
 
 
@@ -181,7 +181,8 @@ class ManagedSessionError(Exception):
     ``create``: the session was never created. ``control_failed`` /
     ``subscription_failed``: a connection failed for good. ``cancelled`` /
     ``closed``: the session was shut down. ``continue_outstanding``: a continue
-    was sent while another one had not been answered yet. ``internal``: a bug
+    was sent while another one had not been answered yet. ``attach``: a cursor's
+    session could not be attached (expired, unknown, or another key's). ``internal``: a bug
     inside the session (the cause is chained as ``__cause__`` and named in the
     reason); it is raised only after every event queued before it.
     """

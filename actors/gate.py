@@ -62,6 +62,7 @@ import attrs
 from protocol import BacktestError, ContinueParams
 from protocol.pubsub import PUBSUB_BUFFER_SLOTS
 
+from .cursor import PendingContinue
 from .events import (
     Completed,
     ContinueLost,
@@ -148,9 +149,13 @@ class ContinueGate:
         stream.up = False
         stream.barrier = None  # its pong will never come
 
-    def add_stream(self, name: str) -> None:
-        """A new subscription: it owes nothing for the slots executed before it."""
-        self._streams[name] = _StreamState(confirmed=self.executed)
+    def add_stream(self, name: str, resumed: bool = False) -> None:
+        """A new subscription: it owes nothing for the slots executed before it.
+
+        ``resumed`` (attached from a cursor): it owes everything after the cursor,
+        including slots the attach replay reported, so nothing counts as confirmed
+        (a confirmed slot would move its ``replayFromSlot`` past what it owes)."""
+        self._streams[name] = _StreamState(confirmed=self._base if resumed else self.executed)
 
     def remove_stream(self, name: str) -> None:
         self._streams.pop(name, None)
@@ -301,6 +306,25 @@ class ContinueGate:
             return ContinueLost(lost, resent=True)
         self._finish()
         return ContinueLost(lost, resent=False)
+
+    def resume(self, pending: PendingContinue | None) -> None:
+        """Attach from a cursor: the session has run; a continue the application sent
+        and saw no answer to counts as written at ``write_seq`` on an older connection,
+        so the replay answers it or :meth:`quiet_window_over` judges it lost."""
+        self._written_any = True
+        if pending is None:
+            return
+        self.state, self.params, self.reply = "outstanding", pending.params, None
+        self._remaining, self._chunk = 0, pending.params.advance_count
+        self._first_chunk = False
+        self._written_at = (0, pending.write_seq, True)
+
+    def pending_continue(self, last_seq: int | None) -> PendingContinue | None:
+        """The continue under way as a cursor states it (listener sessions)."""
+        if self.state == "idle" or self.params is None:
+            return None
+        written = self._written_at[1] if self.state == "outstanding" else last_seq
+        return PendingContinue(self.params, written)
 
     def abandon(self) -> None:
         """The session failed or closed: drop the continue in flight."""

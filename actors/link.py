@@ -112,7 +112,10 @@ class Grant:
 
 @attrs.frozen
 class CloseLink:
-    """Stop on purpose; the control link closes the session gracefully first."""
+    """Stop on purpose; the control link closes the session gracefully first, unless
+    ``detach``: then the server keeps the session for a later attach (a cursor)."""
+
+    detach: bool = False
 
 
 Phase = Literal["connecting", "handshake", "up", "closing", "done"]
@@ -217,7 +220,9 @@ class LinkActor(pykka.ThreadingActor):
         elif isinstance(message, Grant):
             self.conn.grant(message.credits)
         elif isinstance(message, CloseLink):
-            if self._phase not in ("closing", "done"):
+            if message.detach:
+                self.finish_close()
+            elif self._phase not in ("closing", "done"):
                 self.close()
         else:
             self.on_command(message)

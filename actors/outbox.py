@@ -15,6 +15,11 @@ application lives here and is unit-tested without an actor.
 * **Credits.** Each link's reader may hold ``window`` undelivered frames; a
   credit goes back when its event leaves the client (taken, told to the
   listener, or dropped as a duplicate). Grants are batched: one per ``window/8``.
+* **Cursor deltas.** Each queued event carries what delivering it moves in the
+  application's cursor (:mod:`actors.cursor`): a control event its ``seqId``, an
+  item its stream, address, slot and key. A take hands them over with the batch
+  (:class:`Batch`); a listener's cursor moves as each event is told. An attach
+  seeds the dedup from a cursor (:meth:`Outbox.seed`).
 * **Takes.** The blocking facade waits on a future (:class:`Taker`); a take is
   answered with a batch, withdrawn on timeout or interrupt, or failed with the
   session's error once every event queued before the failure was handed out.
@@ -31,6 +36,7 @@ import pykka
 
 from protocol.pubsub import PUBSUB_BUFFER_SLOTS
 
+from .cursor import Cursor, CursorTracker, Delta, ItemDelta, SeqDelta, item_key
 from .events import (
     AccountDiff,
     ManagedEvent,
@@ -58,10 +64,17 @@ def fail_reply(reply: Reply, error: BaseException) -> None:
         pass
 
 
+class Batch(list[ManagedEvent]):
+    """A take's answer: the events, and in :attr:`deltas` the cursor delta of each."""
+
+    deltas: list[Delta | None]
+
+
 class _Stream:
-    __slots__ = ("addresses", "last_slot", "seen", "max_slot", "pruned_below")
+    __slots__ = ("addresses", "last_slot", "seen", "max_slot", "pruned_below", "resumed")
 
     def __init__(self, addresses: tuple[str, ...]) -> None:
+        self.resumed = False  # seeded from a cursor: the first subscribe replays
         self.addresses = addresses
         self.last_slot: dict[str, int] = {}  # per address: the resume cursor
         self.seen: dict[Any, int] = {}  # delivered key -> slot
@@ -93,7 +106,12 @@ class Outbox:
         self._window = window
         self._log = log
         self._listener = listener
-        self._queue: deque[tuple[str | None, ManagedEvent | _FailureMarker]] = deque()
+        self._queue: deque[tuple[str | None, ManagedEvent | _FailureMarker, Delta | None]] = (
+            deque())
+        self._seq_of: dict[int, int] = {}  # id(event) -> seqId, within one fresh_control
+        self._seeds: dict[str, Any] = {}  # stream -> StreamCursor, from attach
+        # Listener sessions: the cursor moves as each event is told.
+        self.tracker: CursorTracker | None = None
         self._held: dict[str, int] = {}
         self._takers: deque[tuple[Reply, int]] = deque()
         self._ungranted: dict[str, int] = {}
@@ -106,6 +124,10 @@ class Outbox:
                       "peak_held": 0}
 
     # --- what the links reported ------
+
+    @property
+    def has_listener(self) -> bool:
+        return self._listener is not None
 
     @property
     def last_seq(self) -> int | None:
@@ -122,6 +144,7 @@ class Outbox:
         """
         fresh: list[Any] = []
         dropped = 0
+        self._seq_of.clear()
         for seq, msg in items:
             if seq is not None and self._last_seq is not None and seq <= self._last_seq:
                 dropped += 1
@@ -133,11 +156,30 @@ class Outbox:
                 continue
             if seq is not None:
                 self._last_seq = seq
+                if msg is not None:
+                    self._seq_of[id(msg)] = seq  # the delta its delivery carries
             fresh.append(msg)
         return fresh, dropped
 
+    def seed(self, cursor: Cursor) -> None:
+        """Attach from ``cursor``: nothing it says was delivered is delivered again."""
+        self._last_seq = cursor.last_seq
+        self._seeds = dict(cursor.streams)
+
     def add_stream(self, name: str, addresses: tuple[str, ...]) -> None:
-        self._streams[name] = _Stream(addresses)
+        stream = self._streams[name] = _Stream(addresses)
+        if self.tracker is not None:
+            self.tracker.subscribed(name, addresses)
+        seed = self._seeds.pop(name, None)
+        if seed is not None:
+            stream.resumed = True
+            stream.last_slot = {a: s for a, s in seed.replay_slots.items() if a in addresses}
+            stream.seen = dict.fromkeys(seed.boundary_keys, seed.boundary_slot)
+            stream.max_slot = seed.boundary_slot
+
+    def resumed(self, name: str) -> bool:
+        """The stream was seeded from a cursor: its first subscribe replays too."""
+        return self._streams[name].resumed
 
     def has_stream(self, name: str) -> bool:
         return name in self._streams
@@ -161,15 +203,14 @@ class Outbox:
         for address, event in items:
             if event.slot > stream.last_slot.get(address, -1):
                 stream.last_slot[address] = event.slot
-            key: Any = event.signature if isinstance(event, Transaction) else (
-                event.signature, event.account)
+            key = item_key(event)
             if key in stream.seen:
                 dropped += 1
                 continue
             stream.seen[key] = event.slot
             if event.slot > stream.max_slot:
                 stream.max_slot = event.slot
-            self.put(name, event)
+            self.put(name, event, ItemDelta(name, address, event.slot, key))
         self.stats["duplicates_dropped"] += dropped
         horizon = stream.max_slot - PUBSUB_BUFFER_SLOTS - 1
         if horizon >= stream.pruned_below + PRUNE_EVERY_SLOTS:
@@ -192,18 +233,27 @@ class Outbox:
             self.listener_lost = True
             return False
 
-    def put(self, source: str | None, event: ManagedEvent) -> None:
-        """Hand ``event`` to the listener or the first waiting take, or queue it."""
+    def put(self, source: str | None, event: ManagedEvent, delta: Delta | None = None
+            ) -> None:
+        """Hand ``event`` to the listener or the first waiting take, or queue it.
+
+        ``delta``: what delivering it moves in the application's cursor (a control
+        event's comes from :meth:`fresh_control`)."""
+        if delta is None and source is not None and id(event) in self._seq_of:
+            delta = SeqDelta(self._seq_of.pop(id(event)))
         if self._listener is not None:
-            self.notify(event)
+            if self.notify(event) and self.tracker is not None:
+                self.tracker.returned(event, delta)
             self._delivered(source, 1)
             return
         if self._takers and not self._queue:
             reply, _ = self._takers.popleft()
-            reply.set([event])
+            batch = Batch([event])
+            batch.deltas = [delta]
+            reply.set(batch)
             self._delivered(source, 1)
             return
-        self._queue.append((source, event))
+        self._queue.append((source, event, delta))
         if source is not None:
             self._held[source] = self._held.get(source, 0) + 1
         self.stats["peak_held"] = max(self.stats["peak_held"], len(self._queue))
@@ -216,7 +266,7 @@ class Outbox:
         if self._listener is not None:
             self.notify(SessionFailed(error))
             return
-        self._queue.append((None, _FailureMarker(error)))
+        self._queue.append((None, _FailureMarker(error), None))
         while self._takers and isinstance(self._queue[0][1], _FailureMarker):
             fail_reply(self._takers.popleft()[0], error)
 
@@ -236,14 +286,16 @@ class Outbox:
         if isinstance(head, _FailureMarker):
             fail_reply(reply, head.error)
             return
-        batch: list[ManagedEvent] = []
+        batch = Batch()
+        batch.deltas = []
         returned: dict[str, int] = {}
         while self._queue and len(batch) < limit:
-            source, event = self._queue[0]
+            source, event, delta = self._queue[0]
             if isinstance(event, _FailureMarker):
                 break  # the next take gets the error, after these events
             self._queue.popleft()
             batch.append(event)
+            batch.deltas.append(delta)
             if source is not None:
                 self._held[source] -= 1
                 returned[source] = returned.get(source, 0) + 1

@@ -49,6 +49,12 @@ class GetStats:
     """``ask`` it: counters (reconnects, duplicates dropped, malformed frames, ...)."""
 
 
+@attrs.frozen
+class GetCursor:
+    """``ask`` it (listener sessions): the :class:`~actors.cursor.Cursor` after the last
+    event told to the listener (None for a session whose events are taken)."""
+
+
 def _stream_kind(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value not in get_args(StreamKind):
         raise ValueError(f"{attribute.name}: expected one of {get_args(StreamKind)}, "
@@ -111,3 +117,4 @@ class Shutdown:
     """Close everything; ``reply`` resolves with the child refs once they have stopped."""
 
     reply: pykka.Future[list[pykka.ActorRef[Any]]] = attrs.field(eq=False)
+    detach: bool = False  # leave the session on the server (closeBacktestSession not sent)

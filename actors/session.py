@@ -1,5 +1,10 @@
 """ManagedBacktestSession: the blocking facade for plain (non-actor) code.
 
+``start`` creates a session; ``attach`` resumes one from a :class:`~actors.cursor.Cursor`
+(``cursor()``, taken at any time, names the point right after the last event
+this facade *returned*; events taken from the supervisor but not yet returned
+do not count).
+
 It owns the session's scheduler thread and supervisor actor and only talks to
 the supervisor by messages: a blocking call is a message carrying a pykka
 future, and the facade waits on that future.
@@ -12,18 +17,21 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import pykka
 
 from protocol import ContinueParams, CreateSession, ReconnectPolicy, Timing, backtest_ws_url
+from protocol.pubsub import StreamKind
 
 from .config import DEFAULT_MAX_QUEUE, LINKS_PER_SESSION, TAKE_BATCH, SessionConfig
 from .connection import DEFAULT_MAX_FRAME_SIZE
+from .cursor import Cursor, CursorTracker, Delta, check_cursor
 from .events import (
     ConnectionChanged,
     ConnectionStatus,
+    ErrorKind,
     ManagedEvent,
     ManagedSessionError,
     SessionInfo,
@@ -31,6 +39,7 @@ from .events import (
 from .gate import DEFAULT_MAX_RUN_AHEAD, LostContinuePolicy
 from .requests import (
     CancelTake,
+    GetCursor,
     GetStats,
     GetStatus,
     SendContinue,
@@ -65,6 +74,11 @@ def _check_timeout(timeout: object) -> float | None:
     return None if math.isinf(timeout) else float(timeout)
 
 
+def _with_deltas(batch: list[ManagedEvent]) -> list[tuple[ManagedEvent, Delta | None]]:
+    deltas: list[Delta | None] = getattr(batch, "deltas", [None] * len(batch))
+    return list(zip(batch, deltas, strict=True))
+
+
 def _check_optional(field: str, value: object, kind: type | tuple[type, ...],
                     expected: str) -> None:
     if value is not None and not isinstance(value, kind):
@@ -75,8 +89,15 @@ class ManagedBacktestSession:
     """A created backtest session whose connections are kept alive for you."""
 
     def __init__(self, supervisor: pykka.ActorRef[Any], scheduler: Scheduler,
-                 info: SessionInfo, timing: Timing) -> None:
+                 info: SessionInfo, timing: Timing, tracker: CursorTracker | None = None
+                 ) -> None:
         self._supervisor = supervisor
+        # The cursor as the application has seen it: each returned event's delta.
+        self._tracker = tracker or CursorTracker("", CreateSession(0, 0))
+        # The last event returned, its delta not yet applied: applied by the next
+        # next_event() or cursor() (no call between removing an event and returning it).
+        self._returned: tuple[ManagedEvent, Delta | None] | None = None
+        self._last_cursor: Cursor | None = None  # a listener session's, kept at shutdown
         self._scheduler = scheduler
         self._info = info
         self._timing = timing
@@ -84,7 +105,7 @@ class ManagedBacktestSession:
         self._listener_mode = False  # events go to a listener actor, not next_event()
         self._lock = threading.Lock()  # makes shutdown() idempotent across threads
         # Taken from the supervisor in batches; bounded by TAKE_BATCH, counted in max_queue.
-        self._taken: deque[ManagedEvent] = deque()
+        self._taken: deque[tuple[ManagedEvent, Delta | None]] = deque()
 
     @classmethod
     def start(cls, url: str, api_key: str, create: CreateSession, *,
@@ -120,6 +141,65 @@ class ManagedBacktestSession:
         before the session exists; it runs on the session's thread: keep it quick.
         The same events are also delivered by ``next_event`` afterwards.
         """
+        if not isinstance(create, CreateSession):
+            raise TypeError(f"create: expected CreateSession, got {type(create).__name__}")
+        # attrs validators ran at construction; this catches an instance changed since.
+        attrs.validate(create)
+        return cls._launch(url, api_key, create, None, policy=policy, timing=timing,
+                           listener=listener, max_queue=max_queue, sslopt=sslopt,
+                           max_frame_size=max_frame_size, max_run_ahead=max_run_ahead,
+                           on_lost_continue=on_lost_continue, on_starting=on_starting)
+
+    @classmethod
+    def attach(cls, url: str, api_key: str, cursor: Cursor, *,
+               policy: ReconnectPolicy | None = None, timing: Timing | None = None,
+               listener: pykka.ActorRef[Any] | None = None,
+               max_queue: int = DEFAULT_MAX_QUEUE,
+               sslopt: dict[str, Any] | None = None,
+               max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+               max_run_ahead: int = DEFAULT_MAX_RUN_AHEAD,
+               on_lost_continue: LostContinuePolicy = "resend",
+               on_starting: Callable[[ConnectionChanged], None] | None = None
+               ) -> ManagedBacktestSession:
+        """Resume the session ``cursor`` names, right after the event it was taken at.
+
+        The control connection attaches (``Attach(session_id, last_seq)`` and
+        resume: the server replays what came after), each stream of the cursor
+        is subscribed again with ``replayFromSlot``, and what the application
+        already had is dropped at the boundary. A continue the cursor holds as
+        sent and unanswered follows the lost-continue rule (``on_lost_continue``).
+        The other arguments are those of :meth:`start`; ``url`` may differ from
+        the cursor's (the same server under another name).
+
+        Raises ``ManagedSessionError(kind="attach")`` when the session is gone
+        (expired, unknown) or belongs to another key; nothing but the attach
+        was sent then.
+        """
+        cursor = check_cursor(cursor)
+        # Checked before connecting (addresses are validated on construction).
+        subscribes = [SubscribeStream(cast(StreamKind, name), stream.addresses)
+                      for name, stream in cursor.streams.items()]
+        session = cls._launch(url, api_key, cursor.create, cursor, policy=policy, timing=timing,
+                              listener=listener, max_queue=max_queue, sslopt=sslopt,
+                              max_frame_size=max_frame_size, max_run_ahead=max_run_ahead,
+                              on_lost_continue=on_lost_continue, on_starting=on_starting)
+        try:
+            for message in subscribes:
+                session._ask(message)
+                session._tracker.subscribed(message.kind, message.addresses)
+        except BaseException:
+            session.detach()  # the session stays on the server: the cursor still resumes it
+            raise
+        return session
+
+    @classmethod
+    def _launch(cls, url: str, api_key: str, create: CreateSession, resume: Cursor | None,
+                *, policy: ReconnectPolicy | None, timing: Timing | None,
+                listener: pykka.ActorRef[Any] | None, max_queue: int,
+                sslopt: dict[str, Any] | None, max_frame_size: int, max_run_ahead: int,
+                on_lost_continue: LostContinuePolicy,
+                on_starting: Callable[[ConnectionChanged], None] | None
+                ) -> ManagedBacktestSession:
         # Every argument is checked here, in the caller's thread: a bad one found
         # later, inside an actor, would crash it and leave start() waiting.
         if not isinstance(url, str):
@@ -129,10 +209,6 @@ class ManagedBacktestSession:
             raise TypeError(f"api_key: expected a str, got {type(api_key).__name__}")
         if not api_key:
             raise ValueError("api_key: expected a non-empty string")
-        if not isinstance(create, CreateSession):
-            raise TypeError(f"create: expected CreateSession, got {type(create).__name__}")
-        # attrs validators ran at construction; this catches an instance changed since.
-        attrs.validate(create)
         _check_optional("policy", policy, ReconnectPolicy, "ReconnectPolicy")
         _check_optional("timing", timing, Timing, "Timing")
         _check_optional("listener", listener, pykka.ActorRef, "a pykka.ActorRef")
@@ -157,21 +233,31 @@ class ManagedBacktestSession:
             url=control_url, api_key=api_key, create=create, policy=policy or ReconnectPolicy(),
             timing=timing, max_queue=max_queue, sslopt=sslopt, max_frame_size=max_frame_size,
             max_run_ahead=max_run_ahead, on_lost_continue=on_lost_continue,
-            on_starting=on_starting)
+            on_starting=on_starting, resume=resume)
         supervisor = SessionSupervisor.start(config, scheduler=scheduler, started=started,
                                              listener=listener)
-        session = cls(supervisor, scheduler, SessionInfo("", ""), timing)
+        tracker = CursorTracker(control_url, create, resume)
+        info = SessionInfo("", "") if resume is None else resume.info
+        session = cls(supervisor, scheduler, info, timing, tracker)
         session._listener_mode = listener is not None
         # Bound: the policy's outage budget, plus the attempt under way when it runs
         # out (connect and one handshake answer); past that a bug, never a wait.
         bound = config.policy.max_total + timing.connect + timing.handshake + SHUTDOWN_MARGIN
+        what: ErrorKind = "create" if resume is None else "attach"
         try:
             session._info = started.get(timeout=bound)
         except pykka.Timeout:
-            session.shutdown()
-            raise ManagedSessionError("create", f"no session within {bound:.0f}s") from None
+            session.shutdown(detach=resume is not None)
+            raise ManagedSessionError(what, f"no session within {bound:.0f}s") from None
+        except ManagedSessionError as exc:
+            session.shutdown(detach=resume is not None)
+            if resume is None or exc.kind == "cancelled":
+                raise
+            raise ManagedSessionError("attach", exc.reason) from exc
         except BaseException:
-            session.shutdown()
+            # An attach interrupted (Ctrl-C) leaves the session on the server: never closed
+            # by a resume that did not finish.
+            session.shutdown(detach=resume is not None)
             raise
         return session
 
@@ -194,14 +280,47 @@ class ManagedBacktestSession:
         result: dict[str, Any] = self._ask(GetStats())
         return result
 
+    def cursor(self) -> Cursor:
+        """Where to resume this session: right after the last event the application got.
+
+        Works at any time, also after a failure or shutdown. Persist it with
+        ``to_json()`` and resume with :meth:`attach` (see :mod:`actors.cursor`).
+        """
+        if self._listener_mode:
+            if not self._closed:
+                try:
+                    answer: Any = self._supervisor.ask(GetCursor(), timeout=ASK_TIMEOUT)
+                    self._last_cursor = answer
+                except (pykka.ActorDeadError, pykka.Timeout):
+                    pass
+            if self._last_cursor is not None:
+                return self._last_cursor
+        self._apply_returned()
+        return self._tracker.cursor(self._info)
+
+    @property
+    def delivered_seq(self) -> int | None:
+        """The ``seqId`` of the last control event returned (what a journal records)."""
+        self._apply_returned()
+        return self._tracker.last_seq
+
+    def _apply_returned(self) -> None:
+        returned, self._returned = self._returned, None
+        if returned is not None:
+            self._tracker.returned(*returned)
+
     # --- subscriptions ------
 
     def subscribe_transactions(self, addresses: Iterable[str]) -> None:
         """Subscribe before the first continue so the first slot is captured."""
-        self._ask(SubscribeStream("transactions", addresses))
+        message = SubscribeStream("transactions", addresses)
+        self._ask(message)
+        self._tracker.subscribed("transactions", message.addresses)
 
     def subscribe_account_diffs(self, addresses: Iterable[str]) -> None:
-        self._ask(SubscribeStream("account_diffs", addresses))
+        message = SubscribeStream("account_diffs", addresses)
+        self._ask(message)
+        self._tracker.subscribed("account_diffs", message.addresses)
 
     # --- events and continues ------
 
@@ -220,6 +339,7 @@ class ManagedBacktestSession:
         kept and the next call returns it. The interrupt is then re-raised.
         """
         wait = _check_timeout(timeout)
+        self._apply_returned()
         taken = self._taken
         if not taken:
             if self._listener_mode:
@@ -246,13 +366,14 @@ class ManagedBacktestSession:
                 self._withdraw(reply)  # a second interrupt meanwhile: this one is raised
                 raise
             else:
-                taken.extend(batch)
+                taken.extend(_with_deltas(batch))
         # No call between removing the event and returning it, so an asynchronous
         # exception cannot land between the two (CPython runs signal handlers at calls
         # and backward jumps, not at subscripts or returns).
-        event = taken[0]
+        pair = taken[0]
         del taken[0]
-        return event
+        self._returned = pair
+        return pair[0]
 
     def _withdraw(self, reply: pykka.ThreadingFuture[list[ManagedEvent]]
                   ) -> tuple[bool, BaseException | None]:
@@ -287,7 +408,7 @@ class ManagedBacktestSession:
             except BaseException as exc:  # noqa: BLE001 - handed back to the caller
                 interrupt = interrupt or exc
         if isinstance(outcome, list):
-            self._taken.extend(outcome)
+            self._taken.extend(_with_deltas(outcome))
             return False, interrupt
         # None only after every attempt failed, so ``interrupt`` is set and is raised.
         return bool(outcome), interrupt
@@ -307,24 +428,41 @@ class ManagedBacktestSession:
         attrs.validate(params)
         wait = _check_timeout(timeout)
         reply: pykka.ThreadingFuture[None] = pykka.ThreadingFuture()
-        self._tell(SendContinue(params, reply))
+        self._apply_returned()
+        # Write-ahead: a cursor taken from now on holds it as sent (the lost-continue
+        # rule settles a continue that never reached the server).
+        previous = self._tracker.pending
+        self._tracker.continue_sent(params)
         try:
+            self._tell(SendContinue(params, reply))
             reply.get(timeout=wait)
         except pykka.Timeout:
             raise TimeoutError(f"continue not written within {timeout}s") from None
+        except ManagedSessionError as exc:
+            if exc.kind in ("continue_outstanding", "closed"):
+                self._tracker.pending = previous  # refused: nothing was sent
+            raise
 
     # --- shutdown ------
 
-    def shutdown(self) -> None:
+    def detach(self) -> None:
+        """Close the connections but leave the session on the server (no
+        ``closeBacktestSession``): it waits ``disconnectTimeoutSecs`` for
+        :meth:`attach` with :meth:`cursor` (here or in another process)."""
+        self.shutdown(detach=True)
+
+    def shutdown(self, *, detach: bool = False) -> None:
         """Close everything; idempotent, never raises, bounded by graceful_close + margin."""
         with self._lock:
             if self._closed:
                 return
+            if self._listener_mode:
+                self.cursor()  # kept: cursor() still answers after the supervisor is gone
             self._closed = True
         deadline = time.monotonic() + self._timing.graceful_close + SHUTDOWN_MARGIN
         try:
             reply: pykka.ThreadingFuture[list[pykka.ActorRef[Any]]] = pykka.ThreadingFuture()
-            self._supervisor.tell(Shutdown(reply))
+            self._supervisor.tell(Shutdown(reply, detach))
             leftovers = reply.get(timeout=max(0.1, deadline - time.monotonic()))
             for ref in leftovers:
                 ref.stop(block=True, timeout=max(0.1, deadline - time.monotonic()))

@@ -3,7 +3,9 @@
 Erlang/Akka backoff-supervisor style: the connection actors connect, handshake,
 run and report; this actor starts them, routes their reports and restarts them
 in *resume mode* (control: attach with the last ``seqId``; subscription:
-``replayFromSlot``). Its decisions live in plain classes beside it:
+``replayFromSlot``). A session resumed from a cursor (``SessionConfig.resume``,
+set up by :mod:`actors.attach`) is in resume mode from its first connection.
+Its decisions live in plain classes beside it:
 :class:`~actors.gate.ContinueGate` (when a continue or a chunk of one may go,
 barriers, ``Completed``, gaps, lost continues), :class:`~actors.outbox.Outbox`
 (what the application gets, once) and :class:`~actors.children.Children`
@@ -17,11 +19,11 @@ import logging
 import time
 from typing import Any
 
-import attrs
 import pykka
 
 from protocol import Attach, pubsub_url
 
+from .attach import prepare
 from .children import Children, GiveUp, StayClosed
 from .config import SessionConfig
 from .control import (
@@ -54,6 +56,7 @@ from .outbox import Outbox, fail_reply
 from .requests import (
     CancelTake,
     ContinueRefused,
+    GetCursor,
     GetStats,
     GetStatus,
     SendContinue,
@@ -62,31 +65,8 @@ from .requests import (
     TakeEvents,
 )
 from .subscription import Barrier, BarrierReached, StreamItems, SubscriptionActor
+from .ticks import QuietCheck, RestartChild, ShutdownDeadline, UptimeCheck
 from .timers import Scheduler, TimerHandle
-
-
-@attrs.frozen
-class RestartChild:  # the timer messages the supervisor sends itself
-    name: str
-    generation: int
-
-
-@attrs.frozen
-class UptimeCheck:
-    name: str
-    generation: int
-
-
-@attrs.frozen
-class ShutdownDeadline:
-    """``Timing.graceful_close`` after a shutdown: stop what did not close."""
-
-
-@attrs.frozen
-class QuietCheck:
-    """The quiet window after a re-attach ended: was the continue in flight lost?"""
-
-    generation: int
 
 
 class SessionSupervisor(FailSafeActor):
@@ -104,7 +84,7 @@ class SessionSupervisor(FailSafeActor):
                               listener=None if listener is None else listener.tell)
         self._gate = ContinueGate(max_run_ahead=config.max_run_ahead,
                                   on_lost_continue=config.on_lost_continue)
-        self._info: SessionInfo | None = None
+        self._info: SessionInfo | None = prepare(config, self._outbox, self._gate, self._log)
         self._children = Children(config.policy)
         self._children.add(CONTROL)
         self._failure: ManagedSessionError | None = None
@@ -188,7 +168,7 @@ class SessionSupervisor(FailSafeActor):
         assert self._info is not None
         addresses = self._outbox.addresses(name)
         replay: dict[str, int] = {}
-        if child.generation > 1:
+        if child.generation > 1 or self._outbox.resumed(name):
             replay = {a: self._gate.replay_from(name, self._outbox.replay_cursor(name, a),
                                                 self._config.create.start_slot)
                       for a in addresses}
@@ -222,6 +202,9 @@ class SessionSupervisor(FailSafeActor):
             self._log.info("%s up again after restart %d", name, child.attempt)
         self._set_status(name, Up())
         self._gate.link_up(name)
+        if name == CONTROL and self._started is not None:  # attached: replay complete
+            self._started.set(self._info)
+            self._started = None
         child.timer = self._scheduler.schedule(self._config.policy.uptime_reset, self.actor_ref,
                                                UptimeCheck(name, message.generation))
         if name == CONTROL and self._gate.control_resumed(message.generation):
@@ -292,7 +275,7 @@ class SessionSupervisor(FailSafeActor):
             raise ValueError(f"kind: {message.kind} is already subscribed on this session")
         self._children.add(message.kind)
         self._outbox.add_stream(message.kind, message.addresses)
-        self._gate.add_stream(message.kind)
+        self._gate.add_stream(message.kind, self._outbox.resumed(message.kind))
         self._outbox.put(None, ConnectionChanged(message.kind, Connecting()))
         self._spawn(message.kind)
 
@@ -386,7 +369,7 @@ class SessionSupervisor(FailSafeActor):
         self._shutdown = message
         self._children.cancel_timers()
         for name, child in self._children.items():
-            if not self._children.tell(name, CloseLink()):
+            if not self._children.tell(name, CloseLink(message.detach)):
                 child.ref = None
         self._shutdown_timer = self._scheduler.schedule(
             self._timing.graceful_close, self.actor_ref, ShutdownDeadline())
@@ -438,6 +421,8 @@ class SessionSupervisor(FailSafeActor):
             "held": self._outbox.queued, "last_seq": self._outbox.last_seq,
             "continue_state": self._gate.state},
         SubscribeStream: _on_subscribe,
+        GetCursor: lambda self, m: self._outbox.tracker and self._outbox.tracker.cursor(
+            self._info, self._gate.pending_continue(self._outbox.last_seq)),
         Shutdown: _on_shutdown,
         ShutdownDeadline: lambda self, m: self._finish_shutdown(forced=True),
         QuietCheck: _on_quiet_check,

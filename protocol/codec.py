@@ -506,3 +506,29 @@ def _position(result: dict[str, Any], key: str, path: str, frame: str | bytes) -
     if type(value) is not int or value < 0:
         raise ProtocolError(f"{path}.{key}", "expected a position (int >= 0)", frame)
     return value
+
+
+# --- documents (cursors, journals) ------------------------------------------------------
+
+
+def dump_document(doc: Any) -> str:
+    """A JSON document on one line (a cursor, a journal line); keys kept in order."""
+    return json.dumps(doc, separators=(",", ":"))
+
+
+def load_document(text: str | bytes) -> Any:
+    """Parse one JSON document; ``ValueError`` when it is not JSON."""
+    try:
+        return json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"not JSON ({exc})") from None
+
+
+def request_document(msg: Request) -> Any:
+    """A request as its wire JSON value (kept inside a cursor or a journal line)."""
+    return json.loads(encode_request(msg))
+
+
+def request_from_document(doc: Any) -> Request:
+    """The inverse of :func:`request_document`; ``ProtocolError`` when it is not one."""
+    return decode_request(json.dumps(doc))

@@ -60,7 +60,11 @@ def test_out_jsonl_has_one_line_per_event_and_matches_the_chain(tmp_path: Path) 
                  "--out", str(out))
     assert result.returncode == 0, result.stderr
     lines = out.read_text().splitlines()
-    records = [json.loads(line) for line in lines]
+    journal = [json.loads(line) for line in lines]
+    # The journal (issue 13): a header, then the events, with a write-ahead ContinueSent
+    # line before each continue.
+    assert journal[0]["type"] == "JournalHeader"
+    records = [r for r in journal[1:] if r["type"] != "ContinueSent"]
     assert len(records) == int(table_value(result.stdout, "events"))
     chain = Chain(4, 2000)
     first, _ = chain.available_range()

@@ -187,3 +187,32 @@ def test_no_gap_when_the_buffer_still_reaches_back() -> None:
     gate.link_up("transactions")
     assert gate.gap_after_resume("transactions", ("addr",)) is None
     assert gate.replay_from("transactions", 10, 0) == 10
+
+
+def test_a_resumed_pending_continue_is_lost_without_news_and_kept_with_it() -> None:
+    """Attach from a cursor holding a continue sent at seqId 7 (DESIGN §6)."""
+    from actors.cursor import PendingContinue
+
+    params = ContinueParams(advance_count=3)
+    gate = up_gate()
+    gate.resume(PendingContinue(params, 7))
+    assert gate.pending_continue(7) == PendingContinue(params, 7)
+    assert gate.control_resumed(1)  # the quiet window starts
+    assert gate.quiet_window_over(1, 8) is None  # news after the write point: it arrived
+    lost = gate.quiet_window_over(1, 7)
+    assert lost == ContinueLost(params, resent=True)
+    assert gate.next_chunk() == params
+    answered = up_gate()
+    answered.resume(PendingContinue(params, 7))
+    assert answered.absorb(ReadyForContinue()) == ReadyForContinue()  # the replay answered it
+    assert answered.state == "idle" and answered.pending_continue(9) is None
+
+
+def test_a_resumed_stream_confirms_nothing_the_replay_reported() -> None:
+    gate = ContinueGate()
+    gate.resume(None)
+    gate.link_up("control")
+    for slot in (10, 11, 12):
+        gate.on_slot(slot)
+    gate.add_stream("transactions", resumed=True)
+    assert gate.replay_from("transactions", 9, 1) == 9  # not past what it still owes

@@ -131,3 +131,35 @@ def test_a_listener_that_is_gone_is_noticed_and_not_told_again() -> None:
     assert outbox.listener_lost
     assert not outbox.notify(Slot(3))
     assert told == [Slot(1)]
+
+
+def test_each_taken_event_carries_its_cursor_delta() -> None:
+    """The facade moves the cursor by what it returns: each event's delta comes with it."""
+    from actors.cursor import ItemDelta, SeqDelta
+
+    outbox = Outbox(window=64, log=LOG)
+    outbox.add_stream("transactions", ("a",))
+    fresh, _ = outbox.fresh_control([(4, Slot(9)), (5, None)])
+    for event in fresh:
+        if event is not None:
+            outbox.put("control", event)
+    outbox.stream_items("transactions", [("a", tx(9, "s9"))], True)
+    batch = take(outbox)
+    assert batch == [Slot(9), tx(9, "s9")]
+    assert batch.deltas == [SeqDelta(4), ItemDelta("transactions", "a", 9, "s9")]  # type: ignore[attr-defined]
+
+
+def test_a_seeded_outbox_drops_what_the_cursor_says_was_delivered() -> None:
+    from actors.cursor import Cursor, StreamCursor
+
+    outbox = Outbox(window=64, log=LOG)
+    outbox.seed(Cursor("ws://h/backtest", "s", "http://h", 1, 20, last_seq=7,
+                       streams={"transactions": StreamCursor(("a",), {"a": 5}, 5,
+                                                             frozenset({"s5"}))}))
+    outbox.add_stream("transactions", ("a",))
+    assert outbox.resumed("transactions") and outbox.replay_cursor("transactions", "a") == 5
+    fresh, dropped = outbox.fresh_control([(7, Slot(5)), (8, Slot(6))])
+    assert fresh == [Slot(6)] and dropped == 1
+    outbox.stream_items("transactions", [("a", tx(5, "s5")), ("a", tx(5, "s5b")),
+                                         ("a", tx(6, "s6"))], True)
+    assert take(outbox) == [tx(5, "s5b"), tx(6, "s6")]

@@ -21,6 +21,6 @@ def test_readme_python_block_runs(index: int) -> None:
     assert result.stdout.strip()
 
 
-def test_readme_has_both_examples() -> None:
-    assert len(BLOCKS) == 2
+def test_readme_has_the_examples() -> None:
+    assert len(BLOCKS) == 3  # blocking, application actor, resume
     assert len(BLOCKS[0].strip().splitlines()) <= 15
