@@ -13,6 +13,7 @@ duplicated, double-advanced or leaked (or a session failed).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
 import sys
 import threading
@@ -37,7 +38,10 @@ from actors import (  # noqa: E402
     Transaction,
 )
 from protocol import ContinueParams, CreateSession, ReconnectPolicy, Timing  # noqa: E402
-from protocol.simulator import DEFAULT_API_KEY, LocalSimulator  # noqa: E402
+from protocol.simulator import DEFAULT_API_KEY, LocalSimulator, ServerLiveness  # noqa: E402
+from protocol.simulator.proxy import FaultProxy  # noqa: E402
+
+PROXY_KINDS = ("reset", "half_open", "blackhole", "latency", "slicer", "bandwidth")
 
 TIMING = Timing(connect=2, handshake=3, keepalive_interval=0.1, keepalive_deadline=0.6,
                 graceful_close=2, continue_quiet=0.3)
@@ -49,7 +53,13 @@ class Soak:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.rng = random.Random(args.seed)
-        self.sim = LocalSimulator(seed=args.seed, slots=args.slots * 3 + 50)
+        # The server finds a dead peer within a second, as a real one would in 60 s.
+        self.sim = LocalSimulator(seed=args.seed, slots=args.slots * 3 + 50,
+                                  liveness=ServerLiveness(keepalive_interval=0.2,
+                                                          keepalive_deadline=0.8))
+        self.proxies: dict[int, FaultProxy] = {}  # one per session: control faults too
+        self.proxies_lock = threading.Lock()
+        self.proxy_faults: dict[str, int] = dict.fromkeys(PROXY_KINDS, 0)
         self.results: dict[int, dict[str, Any]] = {}
         self.peak_threads = threading.active_count()
         self.peak_rss = 0
@@ -70,12 +80,15 @@ class Soak:
                    for i in range(self.args.sessions)]
         for driver in drivers:
             driver.start()
-        injector = threading.Thread(target=self._inject_global, daemon=True)
-        injector.start()
+        injectors = [threading.Thread(target=self._inject_global, daemon=True),
+                     threading.Thread(target=self._inject_network, daemon=True)]
+        for injector in injectors:
+            injector.start()
         for driver in drivers:
             driver.join()
         self.done.set()
-        injector.join()
+        for injector in injectors:
+            injector.join()
         monitor.join()
         wall = time.monotonic() - started
         faults = self.sim.fault_counts()
@@ -113,6 +126,50 @@ class Soak:
                                                 rng.choice(["control", "subscriptions"]))
             budget -= 1
 
+    def _inject_network(self) -> None:
+        """Faults of the network between client and server, through each session's
+        proxy: resets, half-open connections, blackholes, and for a moment latency,
+        tiny TCP segments or a bandwidth cap. Neither end is told."""
+        rng = random.Random(self.args.seed + 2)
+        count = 0
+        toxic_until: list[tuple[float, FaultProxy]] = []
+        live_count = self.args.sessions
+        # About one network fault per session every 1.5 s, however many are left: a
+        # link must be able to stay up long enough to make progress.
+        while not self.done.wait(rng.uniform(1.0, 2.0) / max(1, live_count)):
+            now = time.monotonic()
+            for until, proxy in [t for t in toxic_until if t[0] <= now]:
+                toxic_until.remove((until, proxy))
+                with contextlib.suppress(Exception):  # its session may have ended
+                    proxy.clear_toxics()
+            with self.proxies_lock:
+                live = list(self.proxies.values())
+            live_count = len(live)
+            if not live:
+                continue
+            proxy = rng.choice(live)
+            kind = PROXY_KINDS[count % len(PROXY_KINDS)]  # every kind, in turn
+            count += 1
+            which: Any = rng.choice(["control", "pubsub", "all"])
+            try:
+                if kind == "reset":
+                    proxy.reset(which, side=rng.choice(["client", "upstream", "both"]))
+                elif kind == "half_open":
+                    proxy.half_open(which, side=rng.choice(["client", "upstream"]))
+                elif kind == "blackhole":
+                    proxy.blackhole(which)
+                else:
+                    if kind == "latency":
+                        proxy.latency(rng.uniform(5, 40))
+                    elif kind == "slicer":
+                        proxy.slicer(1, 8)
+                    else:
+                        proxy.bandwidth(rng.uniform(20_000, 200_000))
+                    toxic_until.append((now + rng.uniform(0.05, 0.2), proxy))
+            except Exception:  # noqa: BLE001 - the proxy closed with its session
+                continue
+            self.proxy_faults[kind] += 1
+
     def _session(self, index: int) -> None:
         rng = random.Random(self.args.seed * 1000 + index)
         first, last = self.sim.available_range()
@@ -126,13 +183,30 @@ class Soak:
         events: list[ManagedEvent] = []
         result: dict[str, Any] = {"expected": expected, "events": events, "failed": None}
         self.results[index] = result
+        proxy = FaultProxy("127.0.0.1", self.sim.port).start()
         try:
-            session = ManagedBacktestSession.start(self.sim.url, DEFAULT_API_KEY,
+            self._drive(index, rng, proxy, start, end, txs, diffs, policy, result)
+        finally:
+            with self.proxies_lock:
+                self.proxies.pop(index, None)
+            proxy.close()
+
+    def _drive(self, index: int, rng: random.Random, proxy: FaultProxy, start: int, end: int,
+               txs: list[str], diffs: list[str], policy: ReconnectPolicy,
+               result: dict[str, Any]) -> None:
+        expected = result["expected"]
+        events: list[ManagedEvent] = result["events"]
+        try:
+            session = ManagedBacktestSession.start(proxy.url_for(self.sim.url), DEFAULT_API_KEY,
                                                    CreateSession(start, end), timing=TIMING,
                                                    policy=policy)
         except ManagedSessionError as exc:
             result["failed"] = str(exc)
             return
+        # Network faults from now on: a create lost in flight is never re-sent (it
+        # could create a second session), so it fails start() by design.
+        with self.proxies_lock:
+            self.proxies[index] = proxy
         try:
             session.subscribe_transactions(txs)
             session.subscribe_account_diffs(diffs)
@@ -227,6 +301,8 @@ class Soak:
             ("sessions completed / failed", f"{completed} / {failed}"),
             *((f"faults injected: {k}", str(v)) for k, v in sorted(faults.items())),
             ("faults injected: total", str(injected)),
+            *((f"proxy faults: {k}", str(v)) for k, v in self.proxy_faults.items()),
+            ("proxy faults: total", str(sum(self.proxy_faults.values()))),
             ("reconnects", str(reconnects)),
             ("events expected / delivered (slots, txs, diffs)",
              f"{expected_total} / {delivered_total}"),
@@ -262,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=20)
     parser.add_argument("--slots", type=int, default=300)
-    parser.add_argument("--faults", type=int, default=120, help="about how many to inject")
+    parser.add_argument("--faults", type=int, default=160, help="about how many to inject")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--lost-continues", type=int, default=2,
                         help="continues lost in flight per session")

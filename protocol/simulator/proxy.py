@@ -289,7 +289,13 @@ class FaultProxy:
                 return await result
             return result
 
-        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout)
+        coro = run()
+        try:
+            future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        except RuntimeError:  # the proxy was closed meanwhile: nothing to act on
+            coro.close()
+            raise
+        return future.result(timeout)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = self._loop.create_task(coro)
