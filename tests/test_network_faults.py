@@ -34,6 +34,8 @@ POLICY = ReconnectPolicy(initial=0.01, multiplier=2.0, max_delay=0.1, jitter=0.2
                          max_attempts=60, max_total=20.0, uptime_reset=5.0,
                          rng=random.Random(0))
 SLOTS = 120
+# The client's default policy (0.5 s doubling, 10 attempts), seeded.
+DEFAULT_POLICY = ReconnectPolicy(rng=random.Random(0))
 
 
 @pytest.fixture
@@ -93,9 +95,12 @@ def once_back(proxy: FaultProxy, which: Which, count: int) -> bool:
 
 def test_control_reset_mid_continue(net: tuple[LocalSimulator, FaultProxy]) -> None:
     sim, proxy = net
-    _, stats, _ = run_through(sim, proxy, lambda n, _: n % 7 == 3 and proxy.reset("control"))
-    assert stats["reconnects"]["control"] >= 5  # type: ignore[index]
-    assert proxy.counts()["reset"] >= 5
+    # Three resets: with the default policy a link that fails again within
+    # uptime_reset (60 s) keeps doubling its delay (0.5, 1, 2 s here).
+    _, stats, _ = run_through(sim, proxy, lambda n, _: n in (3, 20, 40) and once_back(
+        proxy, "control", 1) and proxy.reset("control"), policy=DEFAULT_POLICY)
+    assert stats["reconnects"]["control"] == 3  # type: ignore[index]
+    assert proxy.counts()["reset"] == 3
 
 
 def test_half_open_control_connection(net: tuple[LocalSimulator, FaultProxy]) -> None:
@@ -103,7 +108,8 @@ def test_half_open_control_connection(net: tuple[LocalSimulator, FaultProxy]) ->
     its own keepalive finds it dead, and answers re-attaches sessionOwnershipBusy."""
     sim, proxy = net
     _, stats, _ = run_through(sim, proxy, lambda n, _: n in (5, 25) and once_back(
-        proxy, "control", 1) and proxy.half_open("control", side="client"))
+        proxy, "control", 1) and proxy.half_open("control", side="client"),
+        policy=DEFAULT_POLICY)
     assert stats["reconnects"]["control"] >= 2  # type: ignore[index]
     assert proxy.counts()["half_open"] == 2
 
@@ -111,7 +117,8 @@ def test_half_open_control_connection(net: tuple[LocalSimulator, FaultProxy]) ->
 def test_half_open_pubsub_connection(net: tuple[LocalSimulator, FaultProxy]) -> None:
     sim, proxy = net
     _, stats, _ = run_through(sim, proxy, lambda n, _: n in (4, 20, 40) and once_back(
-        proxy, "pubsub", 2) and proxy.half_open("pubsub", side="client"))
+        proxy, "pubsub", 2) and proxy.half_open("pubsub", side="client"),
+        policy=DEFAULT_POLICY)
     reconnects = stats["reconnects"]
     assert reconnects["transactions"] + reconnects["account_diffs"] >= 6  # type: ignore[index]
 
@@ -127,7 +134,7 @@ def test_blackhole_both_ways(net: tuple[LocalSimulator, FaultProxy]) -> None:
                      10, "every link back")
             proxy.blackhole("all")
 
-    _, stats, _ = run_through(sim, proxy, blackhole)
+    _, stats, _ = run_through(sim, proxy, blackhole, policy=DEFAULT_POLICY)
     reconnects = stats["reconnects"]
     assert all(reconnects[name] >= 2 for name in ("control", "transactions",  # type: ignore[index]
                                                   "account_diffs"))
