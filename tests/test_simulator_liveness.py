@@ -374,34 +374,70 @@ def test_invalid_requests_leave_the_replay_log_and_memory_bounded() -> None:
 @pytest.mark.parametrize("subscriber", ["silent", "pinging"])
 def test_subscriber_that_stops_reading_releases_the_session_within_the_deadline(
         subscriber: str) -> None:
+    """A raw subscriber that never reads: found dead (silent) or stalled (it keeps pinging).
+
+    "Released" is the server's decision (the TCP close follows within
+    ``close_timeout``). A silent reader is held to the keepalive deadline from the
+    moment it stopped; a pinging one to ``stall_timeout`` from the moment its
+    buffers were full and the session started to wait for it.
+    """
     with LocalSimulator(seed=9, slots=400, txs_per_slot=200, liveness=STRICT) as sim:
         first, _ = sim.available_range()
         owner, sid, _ = create(sim, first, first + 300)
-        # A tiny receive buffer: the server's side fills after a few hundred KB.
+        # A tiny receive buffer: the server's side fills after a few MB.
         stuck, _ = subscribe(sim, sid, "transactions", list(sim.addresses),
                              sockopt=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)])
+        stopped_reading = time.monotonic()
         stop = threading.Event()
 
-        def keep_pinging() -> None:  # alive (it talks) but never reads
+        def keep_pinging() -> None:  # the owner stays alive all along; the stuck
+            talking = subscriber == "pinging"  # reader too if it is the pinging kind
             while not stop.wait(0.1):
-                stuck.ping(b"still here")
+                owner.ping(b"still here")
+                if talking:
+                    try:
+                        stuck.ping(b"still here")  # it talks but never reads
+                    except (websocket.WebSocketException, OSError):
+                        talking = False  # the server gave up on it: the point
 
         pinger = threading.Thread(target=keep_pinging, name="pinger")
-        if subscriber == "pinging":
-            pinger.start()
+        pinger.start()
+        slots: list[object] = []
+        owner_reader = threading.Thread(  # the owner reads all along (and answers pings)
+            target=lambda: slots.extend(read_until(owner, ReadyForContinue, Completed)),
+            name="owner")
+        sent: list[tuple[float, int]] = []
+
+        def session_waits() -> float | None:
+            """When the session stopped sending (its stuck reader's buffers are full)."""
+            now = (time.monotonic(), sim.session_stats(sid).notifications_sent)
+            if sent and sent[-1][1] != now[1]:
+                sent.clear()
+            sent.append(now)
+            return sent[0][0] if now[0] - sent[0][0] >= 0.3 else None
+
+        def decided() -> bool:
+            counts = sim.liveness_counts()
+            return counts["dead"] + counts["stalled"] >= 1
+
         try:
-            started = time.monotonic()
             owner.send(encode_request(ContinueParams(advance_count=100)))
-            slots = read_until(owner, ReadyForContinue, Completed)
-            elapsed = time.monotonic() - started
+            owner_reader.start()
+            if subscriber == "pinging":
+                held_from = wait_for(session_waits, 10, "the session to wait for the reader")
+            else:
+                held_from = stopped_reading
+            wait_for(decided, STRICT.keepalive_deadline + 3, "the server to give up on it")
+            released = time.monotonic() - held_from
+            wait_for(lambda: sim.session_stats(sid).subscribers == 0,
+                     STRICT.close_timeout + 2, "the stuck reader's connection closed")
+            owner_reader.join(30)
         finally:
             stop.set()
-            if pinger.is_alive():
-                pinger.join()
+            pinger.join()
+        assert released <= STRICT.keepalive_deadline + 1, f"held {released:.2f}s"
         stats = sim.session_stats(sid)
         assert stats.blocks_executed == 100 and len(slots) > 100  # the session ran on
-        assert elapsed <= STRICT.keepalive_deadline + 1, f"held {elapsed:.2f}s"
-        assert stats.subscribers == 0  # the stuck reader was closed
         counts = sim.liveness_counts()
         if subscriber == "pinging":
             assert counts["stalled"] == 1 and counts["dead"] == 0

@@ -81,9 +81,11 @@ class PeerLiveness:
     all has arrived for ``deadline`` seconds is dead, whatever the reason: a
     host that vanished, a NAT that forgot the mapping, a blackhole, or a peer
     that stopped reading and so never answers a ping. Any inbound byte counts
-    (a pong, the peer's own ping, a request), so a peer that keeps talking is
-    alive even if it is slow to read; the server's flow control deals with
-    that one (see ``protocol.simulator.server``). A connection idle for
+    (a pong, the peer's own ping, a request), and so does the peer's TCP
+    acknowledging data while the server waits for it to drain (the server reads
+    nothing from it meanwhile). So a peer that keeps talking is alive even if it
+    is slow to read; the server's flow control deals with that one (see
+    ``protocol.simulator.server``). A connection idle for
     ``interval`` is pinged, so a healthy peer always has something to answer.
     Once dead (or closed) it stays dead: it can never own a session again.
     """

@@ -58,6 +58,7 @@ import logging
 import socket
 import ssl
 import struct
+import sys
 import threading
 from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Iterator
@@ -104,6 +105,14 @@ from .engine import ExecutedSlot, PeerLiveness, Session, SlotStep, Step, error_f
 from .faults import CountedFault, FaultCounters, SlotTrigger
 
 log = logging.getLogger("protocol.simulator")
+
+try:  # bytes in a TCP socket's send queue not yet acknowledged by the peer (Linux)
+    import fcntl
+    import termios
+
+    _SIOCOUTQ: int | None = termios.TIOCOUTQ if sys.platform == "linux" else None
+except ImportError:  # pragma: no cover - not POSIX
+    _SIOCOUTQ = None
 
 
 class _RedactApiKey(logging.Filter):
@@ -300,6 +309,24 @@ class Peer:
         if self.role != "pubsub":
             return False
         return target == "subscriptions" or target in self.kinds
+
+    def unacknowledged(self) -> int:
+        """Bytes written but not yet acknowledged by the peer's TCP: what it has not taken.
+
+        The transport's buffer alone is not enough: it also shrinks when the
+        kernel's send buffer grows (autotuning), while a peer that reads nothing
+        acknowledges nothing. On Linux the kernel's unacknowledged bytes
+        (``SIOCOUTQ``) are added; elsewhere the transport's buffer has to do.
+        """
+        pending = self.ws.transport.get_write_buffer_size()
+        sock = self.ws.transport.get_extra_info("socket")
+        if _SIOCOUTQ is not None and sock is not None:
+            try:
+                raw = fcntl.ioctl(sock.fileno(), _SIOCOUTQ, b"\0\0\0\0")
+                pending += int.from_bytes(raw, sys.byteorder, signed=True)
+            except OSError:
+                pass
+        return pending
 
     def write(self, frames: Iterable[str]) -> int:
         """Queue text frames in one socket write; how many were queued (0 if closing).
@@ -596,7 +623,9 @@ class SimulatorServer:
         A peer whose buffer does not shrink at all for ``stall_timeout`` is closed
         as stalled (abort: a graceful close frame would queue behind what it does
         not read); one that drains, however slowly, is waited for: it is slow, not
-        stuck, and the session goes at its pace. One that dies meanwhile is
+        stuck, and the session goes at its pace. Its draining also counts as a sign
+        of life: a handler waiting here reads nothing from that peer, so its own
+        frames would not be seen. One that dies meanwhile is
         aborted by the keepalive, which ends the wait at once. The peers are
         waited for together. Callers hold no session lock, except a subscribe
         replaying its buffer.
@@ -608,9 +637,8 @@ class SimulatorServer:
             await asyncio.gather(*(self._drain_one(peer) for peer in slow))
 
     async def _drain_one(self, peer: Peer) -> None:
-        transport = peer.ws.transport
         step = min(self.liveness.tick, self.liveness.stall_timeout)
-        size = transport.get_write_buffer_size()
+        size = peer.unacknowledged()
         progress_at = self._loop.time()
         while peer.ws.paused and peer.writable:
             try:
@@ -618,9 +646,12 @@ class SimulatorServer:
                     await peer.ws.drain()
                 return
             except TimeoutError:
-                now_size = transport.get_write_buffer_size()
+                now_size = peer.unacknowledged()
                 if now_size < size:
                     progress_at = self._loop.time()
+                    # Its TCP acknowledged what it read: proof of life, even though
+                    # nothing is read from it while this server waits here.
+                    peer.liveness.inbound(progress_at)
                 size = now_size
                 if self._loop.time() - progress_at >= self.liveness.stall_timeout:
                     if not peer.dead:  # a dead one is being closed already: counted there
@@ -938,6 +969,8 @@ class SimulatorServer:
                  only: tuple[Peer, int] | None = None) -> None:
         peers = [only[0]] if only else list(state.subscribers)
         for peer in peers:
+            if not peer.writable:  # closing: no frame would go, so none is built
+                continue
             frames = [notification_frame(method, result_json, sub_id)
                       for method, result_json, sub_id in executed.notifications(peer.subs)
                       if only is None or only[1] == sub_id]
