@@ -15,8 +15,18 @@ Script = Callable[[ServerConnection], None]
 
 @contextmanager
 def scripted_server(script: Script) -> Iterator[str]:
-    """Serve ``script`` (one call per connection) and yield the control URL."""
-    server = serve(lambda ws: _run(script, ws), "127.0.0.1", 0, ping_interval=None)
+    """Serve ``script`` (one call per connection) and yield the control URL.
+
+    On exit every connection's handler thread has ended too, so the next test's
+    thread count starts from a clean slate.
+    """
+    handlers: list[threading.Thread] = []
+
+    def handle(ws: ServerConnection) -> None:
+        handlers.append(threading.current_thread())
+        _run(script, ws)
+
+    server = serve(handle, "127.0.0.1", 0, ping_interval=None)
     thread = threading.Thread(target=server.serve_forever, name="scripted-server",
                               daemon=True)
     thread.start()
@@ -25,6 +35,8 @@ def scripted_server(script: Script) -> Iterator[str]:
     finally:
         server.shutdown()
         thread.join(5)
+        for handler in handlers:
+            handler.join(5)
 
 
 def _run(script: Script, ws: ServerConnection) -> None:
