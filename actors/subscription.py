@@ -13,9 +13,12 @@ Items read until then are held, sorted by (slot, position in the slot) and
 forwarded in one batch, so the stream stays in execution order, within a slot
 too. The position is a transaction's ``index`` in its block (a diff's
 ``write_index``); from a server that does not send it, the order within a slot
-is the arrival order (the sort is stable). Should the replay outgrow half the
-flow-control window, the held part is forwarded early (still exactly once,
-sorted per part) rather than stall the reader.
+is the arrival order (the sort is stable). The whole replay is held, however
+large: forwarding part of it early would put one address's later slots before
+another's earlier ones. So while it resumes the link lends its reader the
+credits the held items take (the reader must reach the resume pong) and repays
+them when it forwards the batch; the replay is bounded by the server's buffer
+(100 slots of this stream's items), not by ``max_queue``, for that moment.
 
 Drain barrier: the supervisor asks for one when the session completes. The
 link sends a WebSocket ping carrying a token; the server answers a ping after
@@ -98,6 +101,7 @@ class SubscriptionActor(LinkActor):
         self._resuming = bool(replay_from)  # hold items until the replay is complete
         self._resume_token: bytes | None = None
         self._held: list[tuple[str, Transaction | AccountDiff]] = []
+        self._lent = 0  # credits lent to the reader while the replay is held
 
     def decode(self, frame: bytes) -> Any:
         return decode_pubsub(frame)
@@ -179,14 +183,19 @@ class SubscriptionActor(LinkActor):
         held.sort(key=_execution_order)  # stable: arrival order where positions tie
         if held:
             self.report(StreamItems(self.name, self.generation, held))
+        if self._lent:
+            # The forwarded items now count against the window like any others;
+            # their credits come back as the application takes them.
+            self.conn.grant(-self._lent)
+            self._lent = 0
 
     def _flush(self, out: list[tuple[str, Transaction | AccountDiff]],
                malformed: list[Exception], consumed: int) -> None:
         if self._resuming:
             self._held.extend(out)
-            if len(self._held) >= max(1, self._window // 2):
-                self.log.info("replay larger than half the window: forwarded in parts")
-                self._release_held([])
+            if out:
+                self.conn.grant(len(out))  # lent until the resume pong: read on
+                self._lent += len(out)
         elif out:
             self.report(StreamItems(self.name, self.generation, out))
         if malformed:
