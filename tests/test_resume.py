@@ -12,6 +12,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -457,8 +458,27 @@ def test_a_listener_sessions_cursor_moves_as_events_are_told(sim: LocalSimulator
     try:
         session.subscribe_transactions(tx)
         listener.tell(session.supervisor)
-        wait_for(lambda: sum(isinstance(e, Slot) for e in got) >= 15
-                 and isinstance(got[-1], ReadyForContinue), 15, "the listener to pause")
+        def paused() -> bool:
+            # A Ready after the last Slot (items of that slot may still come after it).
+            with lock:
+                events = list(got)
+            last_slot = max((i for i, e in enumerate(events) if isinstance(e, Slot)),
+                            default=-1)
+            return sum(isinstance(e, Slot) for e in events) >= 15 and any(
+                isinstance(e, ReadyForContinue) for e in events[last_slot + 1:])
+
+        wait_for(paused, 15, "the listener to pause")
+        # And nothing more comes (the last slot's items may trail its Ready).
+        seen: list[tuple[float, int]] = []
+
+        def quiet() -> bool:
+            now = (time.monotonic(), len(got))
+            if seen and seen[-1][1] != now[1]:
+                seen.clear()
+            seen.append(now)
+            return now[0] - seen[0][0] >= 0.3
+
+        wait_for(quiet, 10, "the listener's events to stop")
         cursor = session.cursor()
         assert cursor.pending_continue is None
         session.detach()
