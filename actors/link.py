@@ -251,6 +251,11 @@ class LinkActor(pykka.ThreadingActor):
         return self._phase
 
     @property
+    def paused(self) -> bool:
+        """The reader is out of credits: what the peer sent waits unread."""
+        return self._paused
+
+    @property
     def generation(self) -> int:
         return self._generation
 

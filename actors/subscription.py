@@ -75,6 +75,11 @@ class Barrier:
     token: bytes
 
 
+@attrs.frozen
+class BarrierDeadline:
+    token: bytes
+
+
 def _to_event(item: TransactionNotification | AccountDiffNotification
               ) -> Transaction | AccountDiff:
     if isinstance(item, TransactionNotification):
@@ -102,6 +107,7 @@ class SubscriptionActor(LinkActor):
         self._resume_token: bytes | None = None
         self._held: list[tuple[str, Transaction | AccountDiff]] = []
         self._lent = 0  # credits lent to the reader while the replay is held
+        self._barriers: set[bytes] = set()  # barrier tokens sent, not yet answered
 
     def decode(self, frame: bytes) -> Any:
         return decode_pubsub(frame)
@@ -137,6 +143,7 @@ class SubscriptionActor(LinkActor):
                 elif item.payload:
                     self._flush(out, malformed, consumed)
                     out, malformed, consumed = [], [], 0
+                    self._barriers.discard(item.payload)
                     self.report(BarrierReached(self.name, self.generation, item.payload))
             elif isinstance(item, ProtocolError):
                 malformed.append(item)
@@ -159,7 +166,17 @@ class SubscriptionActor(LinkActor):
 
     def on_command(self, message: Any) -> None:
         if isinstance(message, Barrier):
+            # A barrier holds the session's next chunk: one that is not answered in
+            # a keepalive deadline finds the link dead now (the restart replays), so
+            # a lost pong can never hold the session for ever.
+            self._barriers.add(message.token)
             self.conn.ping(message.token)
+            self.schedule(self.timing.keepalive_deadline, BarrierDeadline(message.token))
+        elif isinstance(message, BarrierDeadline):
+            if message.token in self._barriers and not self.paused:
+                self.lost(f"barrier not answered within {self.timing.keepalive_deadline}s")
+            elif message.token in self._barriers:  # paused: the pong waits unread
+                self.schedule(self.timing.keepalive_deadline, message)
         else:
             super().on_command(message)
 
