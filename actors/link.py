@@ -15,6 +15,11 @@ wait unread in the kernel, pongs included, so silence says nothing about the
 peer: the deadline is not checked while paused and the clock restarts on
 resume. Pings are still sent. A peer that died during the pause is found one
 deadline after the application catches up.
+
+Keepalive pings are numbered (payload ``keepalive-N``). A peer answers pings in
+the order it read them, so a numbered pong also says that every ping sent
+before ping N was answered (or its pong was lost): a subscription link uses
+that to find a lost barrier pong without guessing a time for it.
 """
 
 from __future__ import annotations
@@ -88,6 +93,16 @@ class FramesMalformed:
 # --- what a link receives -------------------------------------------------------------
 
 
+KEEPALIVE_PREFIX = b"keepalive-"
+
+
+def keepalive_number(payload: bytes) -> int | None:
+    """The N of a ``keepalive-N`` pong; ``None`` for any other payload."""
+    if payload.startswith(KEEPALIVE_PREFIX) and payload[len(KEEPALIVE_PREFIX):].isdigit():
+        return int(payload[len(KEEPALIVE_PREFIX):])
+    return None
+
+
 @attrs.frozen
 class KeepaliveTick:
     pass
@@ -145,6 +160,7 @@ class LinkActor(pykka.ThreadingActor):
         self._handshake_step = 0
         self._paused = False
         self._last_inbound = time.monotonic()
+        self._keepalives_sent = 0
         self._timers: list[TimerHandle] = []
         self._conn: Connection | None = None
 
@@ -256,6 +272,11 @@ class LinkActor(pykka.ThreadingActor):
         return self._paused
 
     @property
+    def keepalives_sent(self) -> int:
+        """How many numbered keepalive pings this link has written."""
+        return self._keepalives_sent
+
+    @property
     def generation(self) -> int:
         return self._generation
 
@@ -333,7 +354,8 @@ class LinkActor(pykka.ThreadingActor):
             self.lost(f"no inbound frame for {silent_for:.3f}s "
                       f"(keepalive deadline {self._timing.keepalive_deadline}s)")
             return
-        self.conn.ping()
+        self._keepalives_sent += 1
+        self.conn.ping(KEEPALIVE_PREFIX + str(self._keepalives_sent).encode())
         # Tick again at the interval, or just past the deadline if that comes first,
         # so a silent peer is found at the deadline rather than up to an interval late.
         until_deadline = self._timing.keepalive_deadline - silent_for + 0.001

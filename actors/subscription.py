@@ -20,10 +20,20 @@ credits the held items take (the reader must reach the resume pong) and repays
 them when it forwards the batch; the replay is bounded by the server's buffer
 (100 slots of this stream's items), not by ``max_queue``, for that moment.
 
-Drain barrier: the supervisor asks for one when the session completes. The
-link sends a WebSocket ping carrying a token; the server answers a ping after
-everything it queued before it, so the pong proves every notification written
-before ``completed`` has been read and forwarded.
+Barriers: the supervisor asks for one to confirm a slot (and when the session
+completes). The link sends a WebSocket ping carrying a token; the server answers
+a ping after everything it queued before it, so the pong proves every
+notification written before it has been read and forwarded.
+
+A barrier's pong can be lost while the link lives (tungstenite, the real
+server's WebSocket layer, keeps only the latest unsent pong when pings arrive
+close together). A barrier holds the session's next chunk, so a lost pong must
+not hold it for ever, and time alone cannot tell a lost pong from a long queue
+ahead of it (a slow application pauses the reader). Order can: the pong of a
+keepalive ping written *after* the barrier that comes back first proves the
+barrier's pong is gone. The link then writes the barrier again, up to
+``BARRIER_RESENDS`` times, and after that finds itself dead (restart with
+replay). A link that goes silent is found by the keepalive deadline as always.
 """
 
 from __future__ import annotations
@@ -46,7 +56,7 @@ from protocol.pubsub import StreamKind
 
 from .connection import Pong
 from .events import AccountDiff, Transaction
-from .link import LinkActor
+from .link import LinkActor, keepalive_number
 
 # --- what a subscription link reports -------------------------------------------------
 
@@ -75,9 +85,15 @@ class Barrier:
     token: bytes
 
 
-@attrs.frozen
-class BarrierDeadline:
-    token: bytes
+BARRIER_RESENDS = 3
+
+
+@attrs.define
+class _Outstanding:
+    """A barrier written and not yet answered."""
+
+    keepalives_before: int  # numbered keepalive pings written before it
+    resends: int = 0
 
 
 def _to_event(item: TransactionNotification | AccountDiffNotification
@@ -107,7 +123,7 @@ class SubscriptionActor(LinkActor):
         self._resume_token: bytes | None = None
         self._held: list[tuple[str, Transaction | AccountDiff]] = []
         self._lent = 0  # credits lent to the reader while the replay is held
-        self._barriers: set[bytes] = set()  # barrier tokens sent, not yet answered
+        self._barriers: dict[bytes, _Outstanding] = {}
 
     def decode(self, frame: bytes) -> Any:
         return decode_pubsub(frame)
@@ -140,10 +156,12 @@ class SubscriptionActor(LinkActor):
                     out = []
                     self._resuming, self._resume_token = False, None
                     self.mark_up()
+                elif (number := keepalive_number(item.payload)) is not None:
+                    self._keepalive_answered(number)
                 elif item.payload:
                     self._flush(out, malformed, consumed)
                     out, malformed, consumed = [], [], 0
-                    self._barriers.discard(item.payload)
+                    self._barriers.pop(item.payload, None)
                     self.report(BarrierReached(self.name, self.generation, item.payload))
             elif isinstance(item, ProtocolError):
                 malformed.append(item)
@@ -166,19 +184,25 @@ class SubscriptionActor(LinkActor):
 
     def on_command(self, message: Any) -> None:
         if isinstance(message, Barrier):
-            # A barrier holds the session's next chunk: one that is not answered in
-            # a keepalive deadline finds the link dead now (the restart replays), so
-            # a lost pong can never hold the session for ever.
-            self._barriers.add(message.token)
+            self._barriers[message.token] = _Outstanding(self.keepalives_sent)
             self.conn.ping(message.token)
-            self.schedule(self.timing.keepalive_deadline, BarrierDeadline(message.token))
-        elif isinstance(message, BarrierDeadline):
-            if message.token in self._barriers and not self.paused:
-                self.lost(f"barrier not answered within {self.timing.keepalive_deadline}s")
-            elif message.token in self._barriers:  # paused: the pong waits unread
-                self.schedule(self.timing.keepalive_deadline, message)
         else:
             super().on_command(message)
+
+    def _keepalive_answered(self, number: int) -> None:
+        """Keepalive ping ``number`` came back: barriers written before it are lost."""
+        for token, barrier in list(self._barriers.items()):
+            if barrier.keepalives_before >= number:
+                continue  # written after that ping: its pong may still come
+            if barrier.resends >= BARRIER_RESENDS:
+                self.lost(f"barrier pong lost {barrier.resends + 1} times "
+                          "(later keepalive pongs came back)")
+                return
+            barrier.resends += 1
+            barrier.keepalives_before = self.keepalives_sent
+            self.log.info("barrier pong lost (a later keepalive pong came back); "
+                          "barrier written again (%d)", barrier.resends)
+            self.conn.ping(token)
 
     def _acked(self, ack: SubscribeAck) -> None:
         address = self._by_request.get(ack.id)

@@ -177,3 +177,27 @@ def test_half_open_owner_with_scaled_real_defaults() -> None:
         e.status, Reconnecting) and "sessionOwnershipBusy" in e.status.reason]
     assert busy, "the server must have held the dead owner for a while"
     assert stats["reconnects"]["control"] >= len(busy) + 1  # type: ignore[index]
+
+
+def test_lost_barrier_pongs_are_written_again(net: tuple[LocalSimulator, FaultProxy]) -> None:
+    """A barrier's pong vanishes on the way (as with a server that keeps only its
+    latest pong): a later keepalive pong proves it, and the barrier is written
+    again on the same connection; no restart, nothing held for ever."""
+    sim, proxy = net
+    proxy.lose_pongs(2, "pubsub", prefix=b"gate-")
+    _, stats, _ = run_through(sim, proxy, lambda n, _: None)
+    assert proxy.counts()["pongs_lost"] == 2
+    reconnects = stats["reconnects"]
+    assert reconnects["transactions"] == reconnects["account_diffs"] == 0  # type: ignore[index]
+
+
+def test_barrier_pongs_lost_again_and_again_restart_the_link(
+        net: tuple[LocalSimulator, FaultProxy]) -> None:
+    """Every barrier pong lost: after a few rewrites the link counts as dead and
+    restarts with replay; the session still ends exact once the losses stop."""
+    sim, proxy = net
+    proxy.lose_pongs(12, "pubsub", prefix=b"gate-")
+    _, stats, _ = run_through(sim, proxy, lambda n, _: None)
+    assert proxy.counts()["pongs_lost"] == 12
+    reconnects = stats["reconnects"]
+    assert reconnects["transactions"] + reconnects["account_diffs"] >= 1  # type: ignore[index]

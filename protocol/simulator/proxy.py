@@ -20,6 +20,11 @@ to live connections, with Toxiproxy's fault kinds as the model:
 * ``latency``, ``slicer`` (every chunk cut into 1–8 byte TCP segments),
   ``bandwidth``: conditions ("toxics") on live and future connections.
 * ``refuse``: stop accepting for a while (connects are refused by the OS).
+* ``lose_pongs``: the next N pong frames (optionally only those whose payload
+  starts with a prefix) from the server vanish from the byte stream, as when a
+  server keeps only its latest unsent pong (tungstenite does) or a middlebox
+  eats control frames. It applies to connections opened after the call: the
+  proxy must follow frame boundaries from the first byte of the response.
 
 Faults apply to all connections or to those carrying one kind of traffic: the
 proxy reads the HTTP upgrade request line of each connection as it passes and
@@ -58,7 +63,9 @@ CHUNK = 65536
 QUEUE_CHUNKS = 8  # per direction: at most QUEUE_CHUNKS * CHUNK bytes held per direction
 REQUEST_LINE_MAX = 4096  # bytes read to classify a connection
 ROLES = ("control", "pubsub", "other")
-FAULT_KINDS = ("reset", "half_open", "blackhole", "latency", "slicer", "bandwidth", "refuse")
+FAULT_KINDS = ("reset", "half_open", "blackhole", "latency", "slicer", "bandwidth", "refuse",
+               "pongs_lost")
+OPCODE_PONG = 0xA
 
 
 @attrs.define
@@ -70,6 +77,61 @@ class Toxics:
     slice_max: int = 0
     slice_delay: float = 0.0  # seconds between slices
     bandwidth: float | None = None  # bytes per second, per direction and connection
+    pongs_to_lose: int = 0  # the next pongs (of new connections) to remove
+    pong_prefix: bytes = b""
+
+
+class _PongFilter:
+    """Follows the server's side of one connection and cuts matching pongs out.
+
+    Server frames are unmasked (RFC 6455 5.1), so a frame's length is in its
+    header. Bytes pass through as soon as the frames they belong to are
+    complete; only the HTTP response head and whole frames are forwarded.
+    """
+
+    def __init__(self, toxics: Toxics, lost: Callable[[], None]) -> None:
+        self._toxics = toxics
+        self._lost = lost
+        self._buffer = bytearray()
+        self._in_head = True
+
+    def feed(self, data: bytes) -> bytes:
+        self._buffer += data
+        out = bytearray()
+        if self._in_head:
+            end = self._buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return b""
+            out += self._buffer[:end + 4]
+            del self._buffer[:end + 4]
+            self._in_head = False
+        while (size := self._frame_size()) is not None and len(self._buffer) >= size[0]:
+            total, header = size
+            frame = bytes(self._buffer[:total])
+            del self._buffer[:total]
+            opcode = frame[0] & 0x0F
+            if (opcode == OPCODE_PONG and self._toxics.pongs_to_lose > 0
+                    and frame[header:].startswith(self._toxics.pong_prefix)):
+                self._toxics.pongs_to_lose -= 1
+                self._lost()
+                continue
+            out += frame
+        return bytes(out)
+
+    def _frame_size(self) -> tuple[int, int] | None:
+        """(frame length, header length) once the header is complete."""
+        if len(self._buffer) < 2:
+            return None
+        length = self._buffer[1] & 0x7F
+        if length == 126:
+            if len(self._buffer) < 4:
+                return None
+            return 4 + struct.unpack("!H", self._buffer[2:4])[0], 4
+        if length == 127:
+            if len(self._buffer) < 10:
+                return None
+            return 10 + struct.unpack("!Q", self._buffer[2:10])[0], 10
+        return 2 + length, 2
 
 
 class _Conn:
@@ -88,6 +150,7 @@ class _Conn:
         self.flowing.set()
         self.pumps: list[asyncio.Task[None]] = []
         self.eof = 0  # directions finished with an orderly EOF
+        self.pongs: _PongFilter | None = None  # set at open when pongs are to be lost
 
     def matches(self, which: Which, session_id: str | None) -> bool:
         if self.state not in ("open", "blackhole"):
@@ -249,6 +312,17 @@ class FaultProxy:
         self._set_toxic(which, "bandwidth",
                         lambda t: setattr(t, "bandwidth", bytes_per_second))
 
+    def lose_pongs(self, count: int, which: Which = "pubsub", *, prefix: bytes = b"") -> None:
+        """Remove the next ``count`` server pongs whose payload starts with ``prefix``
+        on connections of this kind opened from now on (0: stop)."""
+        if count < 0:
+            raise ValueError(f"count: expected >= 0, got {count}")
+
+        def apply(t: Toxics) -> None:
+            t.pongs_to_lose, t.pong_prefix = count, prefix
+
+        self._set_toxic(which, "lose_pongs", apply)
+
     def clear_toxics(self, which: Which = "all") -> None:
         """No latency, slicing or bandwidth cap any more."""
         def clear() -> None:
@@ -308,7 +382,8 @@ class FaultProxy:
 
     def _set_toxic(self, which: Which, kind: str, apply: Callable[[Toxics], None]) -> None:
         def run() -> None:
-            self._counts[kind] += 1
+            if kind in self._counts:
+                self._counts[kind] += 1
             for role in self._roles(which):
                 apply(self._toxics[role])
             log.info("toxic %s on %s connections: %s", kind, which,
@@ -400,6 +475,13 @@ class FaultProxy:
                 data = await self._loop.sock_recv(src, CHUNK)
                 if up and not conn.classified and data:
                     conn.sniff(data)
+                    toxics = self._toxics[conn.role]
+                    if conn.classified and toxics.pongs_to_lose:
+                        conn.pongs = _PongFilter(toxics, self._pong_lost)
+                if not up and conn.pongs is not None and data:
+                    data = conn.pongs.feed(data)
+                    if not data:
+                        continue  # an incomplete frame: more must be read first
                 await queue.put((self._loop.time(), data))
                 if not data:
                     break
@@ -462,6 +544,9 @@ class FaultProxy:
                 wait = len(piece) / toxics.bandwidth - (self._loop.time() - started)
                 if wait > 0:
                     await asyncio.sleep(wait)
+
+    def _pong_lost(self) -> None:
+        self._counts["pongs_lost"] += 1
 
     async def _stop_pumps(self, conn: _Conn) -> None:
         current = asyncio.current_task()
