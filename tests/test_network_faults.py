@@ -186,7 +186,7 @@ def test_lost_barrier_pongs_are_written_again(net: tuple[LocalSimulator, FaultPr
     sim, proxy = net
     proxy.lose_pongs(2, "pubsub", prefix=b"gate-")
     _, stats, _ = run_through(sim, proxy, lambda n, _: None)
-    assert proxy.counts()["pongs_lost"] == 2
+    assert proxy.stats()["pongs_lost"] == 2
     reconnects = stats["reconnects"]
     assert reconnects["transactions"] == reconnects["account_diffs"] == 0  # type: ignore[index]
 
@@ -198,6 +198,6 @@ def test_barrier_pongs_lost_again_and_again_restart_the_link(
     sim, proxy = net
     proxy.lose_pongs(12, "pubsub", prefix=b"gate-")
     _, stats, _ = run_through(sim, proxy, lambda n, _: None)
-    assert proxy.counts()["pongs_lost"] == 12
+    assert proxy.stats()["pongs_lost"] == 12
     reconnects = stats["reconnects"]
     assert reconnects["transactions"] + reconnects["account_diffs"] >= 1  # type: ignore[index]

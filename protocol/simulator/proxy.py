@@ -64,7 +64,7 @@ QUEUE_CHUNKS = 8  # per direction: at most QUEUE_CHUNKS * CHUNK bytes held per d
 REQUEST_LINE_MAX = 4096  # bytes read to classify a connection
 ROLES = ("control", "pubsub", "other")
 FAULT_KINDS = ("reset", "half_open", "blackhole", "latency", "slicer", "bandwidth", "refuse",
-               "pongs_lost")
+               "lose_pongs")
 OPCODE_PONG = 0xA
 
 
@@ -217,6 +217,7 @@ class FaultProxy:
         self._counts = dict.fromkeys(FAULT_KINDS, 0)
         self._forwarded = {"up": 0, "down": 0}
         self._slices = 0
+        self._pongs_lost = 0
         self._accepted = 0
         self._numbers = 0
         self._listener: socket.socket | None = None
@@ -348,10 +349,12 @@ class FaultProxy:
         return int(self._call(lambda: sum(c.matches(which, session_id) for c in self._conns)))
 
     def stats(self) -> dict[str, int]:
-        """Bytes forwarded each way, segments written by the slicer, connections accepted."""
+        """Bytes forwarded each way, segments written by the slicer, pongs removed,
+        connections accepted."""
         return dict(self._call(lambda: {
             "accepted": self._accepted, "bytes_up": self._forwarded["up"],
             "bytes_down": self._forwarded["down"], "slices": self._slices,
+            "pongs_lost": self._pongs_lost,
             "forgotten_sockets": len(self._forgotten)}))
 
     # --- loop side ---------------------------------------------------------------------
@@ -382,8 +385,7 @@ class FaultProxy:
 
     def _set_toxic(self, which: Which, kind: str, apply: Callable[[Toxics], None]) -> None:
         def run() -> None:
-            if kind in self._counts:
-                self._counts[kind] += 1
+            self._counts[kind] += 1
             for role in self._roles(which):
                 apply(self._toxics[role])
             log.info("toxic %s on %s connections: %s", kind, which,
@@ -546,7 +548,7 @@ class FaultProxy:
                     await asyncio.sleep(wait)
 
     def _pong_lost(self) -> None:
-        self._counts["pongs_lost"] += 1
+        self._pongs_lost += 1
 
     async def _stop_pumps(self, conn: _Conn) -> None:
         current = asyncio.current_task()
