@@ -46,6 +46,9 @@ class SessionConfig:
     on_starting: Callable[[ConnectionChanged], None] | None = None
     # Attach to this cursor's session instead of creating one (``create`` is its range).
     resume: Cursor | None = None
+    # False: no control connection (a subscription handle watching a session that
+    # someone else drives); ``resume`` then names the session and the replay slots.
+    control: bool = True
 
     @property
     def window(self) -> int:

@@ -175,14 +175,20 @@ class ManagedBacktestSession:
         (expired, unknown) or belongs to another key; nothing but the attach
         was sent then.
         """
-        cursor = check_cursor(cursor)
+        return cls._resume(url, api_key, check_cursor(cursor), policy=policy, timing=timing,
+                           listener=listener, max_queue=max_queue, sslopt=sslopt,
+                           max_frame_size=max_frame_size, max_run_ahead=max_run_ahead,
+                           on_lost_continue=on_lost_continue, on_starting=on_starting)
+
+    @classmethod
+    def _resume(cls, url: str, api_key: str, cursor: Cursor, *, control: bool = True,
+                **options: Any) -> ManagedBacktestSession:
+        """Launch from a cursor and subscribe its streams (with replay); ``control``
+        False: no control connection (:mod:`actors.handles`' subscription handle)."""
         # Checked before connecting (addresses are validated on construction).
         subscribes = [SubscribeStream(cast(StreamKind, name), stream.addresses)
                       for name, stream in cursor.streams.items()]
-        session = cls._launch(url, api_key, cursor.create, cursor, policy=policy, timing=timing,
-                              listener=listener, max_queue=max_queue, sslopt=sslopt,
-                              max_frame_size=max_frame_size, max_run_ahead=max_run_ahead,
-                              on_lost_continue=on_lost_continue, on_starting=on_starting)
+        session = cls._launch(url, api_key, cursor.create, cursor, control=control, **options)
         try:
             for message in subscribes:
                 session._ask(message)
@@ -194,20 +200,22 @@ class ManagedBacktestSession:
 
     @classmethod
     def _launch(cls, url: str, api_key: str, create: CreateSession, resume: Cursor | None,
-                *, policy: ReconnectPolicy | None, timing: Timing | None,
-                listener: pykka.ActorRef[Any] | None, max_queue: int,
-                sslopt: dict[str, Any] | None, max_frame_size: int, max_run_ahead: int,
-                on_lost_continue: LostContinuePolicy,
-                on_starting: Callable[[ConnectionChanged], None] | None
-                ) -> ManagedBacktestSession:
+                *, policy: ReconnectPolicy | None = None, timing: Timing | None = None,
+                listener: pykka.ActorRef[Any] | None = None,
+                max_queue: int = DEFAULT_MAX_QUEUE, sslopt: dict[str, Any] | None = None,
+                max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+                max_run_ahead: int = DEFAULT_MAX_RUN_AHEAD,
+                on_lost_continue: LostContinuePolicy = "resend",
+                on_starting: Callable[[ConnectionChanged], None] | None = None,
+                control: bool = True) -> ManagedBacktestSession:
         # Every argument is checked here, in the caller's thread: a bad one found
         # later, inside an actor, would crash it and leave start() waiting.
         if not isinstance(url, str):
             raise TypeError(f"url: expected a str, got {type(url).__name__}")
-        control_url = backtest_ws_url(url)
+        control_url = backtest_ws_url(url) if control else url
         if not isinstance(api_key, str):
             raise TypeError(f"api_key: expected a str, got {type(api_key).__name__}")
-        if not api_key:
+        if control and not api_key:
             raise ValueError("api_key: expected a non-empty string")
         _check_optional("policy", policy, ReconnectPolicy, "ReconnectPolicy")
         _check_optional("timing", timing, Timing, "Timing")
@@ -233,7 +241,7 @@ class ManagedBacktestSession:
             url=control_url, api_key=api_key, create=create, policy=policy or ReconnectPolicy(),
             timing=timing, max_queue=max_queue, sslopt=sslopt, max_frame_size=max_frame_size,
             max_run_ahead=max_run_ahead, on_lost_continue=on_lost_continue,
-            on_starting=on_starting, resume=resume)
+            on_starting=on_starting, resume=resume, control=control)
         supervisor = SessionSupervisor.start(config, scheduler=scheduler, started=started,
                                              listener=listener)
         tracker = CursorTracker(control_url, create, resume)

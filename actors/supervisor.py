@@ -86,7 +86,8 @@ class SessionSupervisor(FailSafeActor):
                                   on_lost_continue=config.on_lost_continue)
         self._info: SessionInfo | None = prepare(config, self._outbox, self._gate, self._log)
         self._children = Children(config.policy)
-        self._children.add(CONTROL)
+        if config.control:
+            self._children.add(CONTROL)
         self._failure: ManagedSessionError | None = None
         self._shutdown: Shutdown | None = None
         self._shutdown_timer: TimerHandle | None = None
@@ -95,7 +96,11 @@ class SessionSupervisor(FailSafeActor):
     # --- pykka ------
 
     def on_start(self) -> None:
-        self._spawn(CONTROL)  # if it raises (can't start a thread): on_internal_error
+        if CONTROL in self._children:
+            self._spawn(CONTROL)  # if it raises (can't start a thread): on_internal_error
+        elif self._started is not None:  # a subscription handle: the session is named
+            self._started.set(self._info)
+            self._started = None
 
     def on_receive(self, message: Any) -> Any:
         handler = self._HANDLERS.get(type(message))
@@ -311,7 +316,9 @@ class SessionSupervisor(FailSafeActor):
     # --- continue ------
 
     def _on_send_continue(self, message: SendContinue) -> None:
-        error = self._failure or self._gate.refusal(self._shutdown is not None)
+        error = self._failure or self._gate.refusal(self._shutdown is not None) or (
+            None if CONTROL in self._children else ManagedSessionError(
+                "closed", "a subscription handle has no control connection to continue on"))
         if error is None:
             self._gate.submit(message.params, message.reply)
             return
