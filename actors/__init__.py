@@ -6,6 +6,7 @@ Plain code uses :class:`ManagedBacktestSession`; application actors pass
 
 import logging
 
+from .aio import AsyncBacktestSession
 from .cursor import Cursor, CursorError
 from .events import (
     AccountDiff,
@@ -30,6 +31,13 @@ from .events import (
     Up,
 )
 from .requests import ContinueRefused, GetCursor, GetStats, GetStatus, SendContinue, SubscribeStream
+from .handles import (
+    ControlHandle,
+    SubscriptionHandle,
+    spawn_account_diff_subscription,
+    spawn_control,
+    spawn_transaction_subscription,
+)
 from .session import ManagedBacktestSession
 from .supervisor import SessionSupervisor
 
@@ -37,7 +45,8 @@ from .supervisor import SessionSupervisor
 logging.getLogger("backtest_actors").addHandler(logging.NullHandler())
 
 __all__ = [
-    "AccountDiff", "Closed", "Completed", "Cursor", "CursorError", "GetCursor",
+    "AccountDiff", "AsyncBacktestSession", "ControlHandle", "SubscriptionHandle",
+    "spawn_account_diff_subscription", "spawn_control", "spawn_transaction_subscription", "Closed", "Completed", "Cursor", "CursorError", "GetCursor",
     "Connecting", "ConnectionChanged", "ConnectionStatus",
     "ContinueLost", "ContinueRefused", "Error", "Failed", "Gap", "GetStats", "GetStatus",
     "ManagedBacktestSession", "ManagedEvent", "ManagedSessionError", "ReadyForContinue",

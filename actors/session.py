@@ -27,7 +27,7 @@ from protocol.pubsub import StreamKind
 
 from .config import DEFAULT_MAX_QUEUE, LINKS_PER_SESSION, TAKE_BATCH, SessionConfig
 from .connection import DEFAULT_MAX_FRAME_SIZE
-from .cursor import Cursor, CursorTracker, Delta, check_cursor
+from .cursor import Cursor, CursorTracker, Delta, PendingContinue, check_cursor
 from .events import (
     ConnectionChanged,
     ConnectionStatus,
@@ -428,14 +428,30 @@ class ManagedBacktestSession:
         Raises ``ManagedSessionError(kind="continue_outstanding")`` while the
         previous continue has not been answered, or the session's error.
         """
+        wait = _check_timeout(timeout)
+        reply: pykka.ThreadingFuture[None] = pykka.ThreadingFuture()
+        previous = self._hand_over_continue(params, reply)
+        try:
+            reply.get(timeout=wait)
+        except pykka.Timeout:
+            raise TimeoutError(f"continue not written within {timeout}s") from None
+        except ManagedSessionError as exc:
+            self._continue_refused(exc, previous)
+            raise
+
+    def _hand_over_continue(self, params: ContinueParams | None,
+                            reply: pykka.Future[None]) -> PendingContinue | None:
+        """Check ``params``, note the continue as sent (write-ahead), hand it over.
+
+        Returns what the cursor held before, for :meth:`_continue_refused`.
+        Shared with the asyncio facade, which waits for ``reply`` its own way.
+        """
         params = ContinueParams() if params is None else params
         if not isinstance(params, ContinueParams):
             raise TypeError(f"params: expected ContinueParams, got {type(params).__name__}")
         # attrs validators ran at construction; this catches an instance changed since
         # (object.__setattr__), before the value can reach the wire.
         attrs.validate(params)
-        wait = _check_timeout(timeout)
-        reply: pykka.ThreadingFuture[None] = pykka.ThreadingFuture()
         self._apply_returned()
         # Write-ahead: a cursor taken from now on holds it as sent (the lost-continue
         # rule settles a continue that never reached the server).
@@ -443,13 +459,15 @@ class ManagedBacktestSession:
         self._tracker.continue_sent(params)
         try:
             self._tell(SendContinue(params, reply))
-            reply.get(timeout=wait)
-        except pykka.Timeout:
-            raise TimeoutError(f"continue not written within {timeout}s") from None
-        except ManagedSessionError as exc:
-            if exc.kind in ("continue_outstanding", "closed"):
-                self._tracker.pending = previous  # refused: nothing was sent
+        except ManagedSessionError:
+            self._tracker.pending = previous
             raise
+        return previous
+
+    def _continue_refused(self, error: ManagedSessionError,
+                          previous: PendingContinue | None) -> None:
+        if error.kind in ("continue_outstanding", "closed"):
+            self._tracker.pending = previous  # refused: nothing was sent
 
     # --- shutdown ------
 
