@@ -30,7 +30,6 @@ from .events import (
     Transaction,
     Up,
 )
-from .requests import ContinueRefused, GetCursor, GetStats, GetStatus, SendContinue, SubscribeStream
 from .handles import (
     ControlHandle,
     SubscriptionHandle,
@@ -38,6 +37,7 @@ from .handles import (
     spawn_control,
     spawn_transaction_subscription,
 )
+from .requests import ContinueRefused, GetCursor, GetStats, GetStatus, SendContinue, SubscribeStream
 from .session import ManagedBacktestSession
 from .supervisor import SessionSupervisor
 
@@ -45,11 +45,12 @@ from .supervisor import SessionSupervisor
 logging.getLogger("backtest_actors").addHandler(logging.NullHandler())
 
 __all__ = [
-    "AccountDiff", "AsyncBacktestSession", "ControlHandle", "SubscriptionHandle",
-    "spawn_account_diff_subscription", "spawn_control", "spawn_transaction_subscription", "Closed", "Completed", "Cursor", "CursorError", "GetCursor",
-    "Connecting", "ConnectionChanged", "ConnectionStatus",
-    "ContinueLost", "ContinueRefused", "Error", "Failed", "Gap", "GetStats", "GetStatus",
-    "ManagedBacktestSession", "ManagedEvent", "ManagedSessionError", "ReadyForContinue",
-    "Reconnecting", "SendContinue", "SessionFailed", "SessionInfo", "SessionSupervisor", "Slot",
-    "Status", "SubscribeStream", "Transaction", "Up",
+    "AccountDiff", "AsyncBacktestSession", "Closed", "Completed", "Connecting",
+    "ConnectionChanged", "ConnectionStatus", "ContinueLost", "ContinueRefused",
+    "ControlHandle", "Cursor", "CursorError", "Error", "Failed", "Gap", "GetCursor",
+    "GetStats", "GetStatus", "ManagedBacktestSession", "ManagedEvent", "ManagedSessionError",
+    "ReadyForContinue", "Reconnecting", "SendContinue", "SessionFailed", "SessionInfo",
+    "SessionSupervisor", "Slot", "Status", "SubscribeStream", "SubscriptionHandle",
+    "Transaction", "Up", "spawn_account_diff_subscription", "spawn_control",
+    "spawn_transaction_subscription",
 ]
