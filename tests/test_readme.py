@@ -22,5 +22,5 @@ def test_readme_python_block_runs(index: int) -> None:
 
 
 def test_readme_has_the_examples() -> None:
-    assert len(BLOCKS) == 3  # blocking, application actor, resume
+    assert len(BLOCKS) == 5  # blocking, application actor, asyncio, handles, resume
     assert len(BLOCKS[0].strip().splitlines()) <= 15
