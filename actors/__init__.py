@@ -37,8 +37,19 @@ from .handles import (
     spawn_control,
     spawn_transaction_subscription,
 )
-from .requests import ContinueRefused, GetCursor, GetStats, GetStatus, SendContinue, SubscribeStream
+from .listener import SessionListener
+from .requests import (
+    ContinueRefused,
+    GetCursor,
+    GetStats,
+    GetStatus,
+    ListenerAttached,
+    SendContinue,
+    SubscribeStream,
+    UnsubscribeStream,
+)
 from .session import ManagedBacktestSession
+from .stats import SessionStats
 from .supervisor import SessionSupervisor
 
 # A library logs; the application decides where records go (and at what level).
@@ -48,9 +59,9 @@ __all__ = [
     "AccountDiff", "AsyncBacktestSession", "Closed", "Completed", "Connecting",
     "ConnectionChanged", "ConnectionStatus", "ContinueLost", "ContinueRefused",
     "ControlHandle", "Cursor", "CursorError", "Error", "Failed", "Gap", "GetCursor",
-    "GetStats", "GetStatus", "ManagedBacktestSession", "ManagedEvent", "ManagedSessionError",
-    "ReadyForContinue", "Reconnecting", "SendContinue", "SessionFailed", "SessionInfo",
-    "SessionSupervisor", "Slot", "Status", "SubscribeStream", "SubscriptionHandle",
-    "Transaction", "Up", "spawn_account_diff_subscription", "spawn_control",
-    "spawn_transaction_subscription",
+    "GetStats", "GetStatus", "ListenerAttached", "ManagedBacktestSession", "ManagedEvent",
+    "ManagedSessionError", "ReadyForContinue", "Reconnecting", "SendContinue", "SessionFailed",
+    "SessionInfo", "SessionListener", "SessionStats", "SessionSupervisor", "Slot", "Status",
+    "SubscribeStream", "SubscriptionHandle", "Transaction", "UnsubscribeStream", "Up",
+    "spawn_account_diff_subscription", "spawn_control", "spawn_transaction_subscription",
 ]

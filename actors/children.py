@@ -57,10 +57,21 @@ class Children(dict[str, Child]):
     def __init__(self, policy: ReconnectPolicy) -> None:
         super().__init__()
         self._policy = policy
+        self._retired: dict[str, int] = {}  # name -> last generation of a removed link
 
     def add(self, name: str) -> Child:
-        self[name] = Child(name)
+        # A link added again after remove() continues its generations, so a late
+        # report from the old link is never taken for the new one's.
+        self[name] = Child(name, generation=self._retired.pop(name, 0))
         return self[name]
+
+    def remove(self, name: str) -> Child:
+        """Forget the link of ``name`` (unsubscribed); its reports are stale from now on."""
+        child = self.pop(name)
+        self._retired[name] = child.generation
+        if child.timer:
+            child.timer.cancel()
+        return child
 
     def current(self, name: str, generation: int) -> bool:
         """A report from this generation of ``name`` is about the live link."""

@@ -264,6 +264,7 @@ class CursorTracker:
         self.last_seq: int | None = None
         self.pending: PendingContinue | None = None
         self._streams: dict[str, _StreamTrack] = {}
+        self._removed: set[str] = set()  # unsubscribed: its late items move nothing
         if resumed is not None:
             self.last_seq, self.pending = resumed.last_seq, resumed.pending_continue
             for name, s in resumed.streams.items():
@@ -271,8 +272,14 @@ class CursorTracker:
                                                    s.boundary_keys)
 
     def subscribed(self, stream: str, addresses: tuple[str, ...]) -> None:
+        self._removed.discard(stream)
         if stream not in self._streams:
             self._streams[stream] = _StreamTrack(addresses)
+
+    def unsubscribed(self, stream: str) -> None:
+        """The stream was closed: a resume does not subscribe it again."""
+        self._streams.pop(stream, None)
+        self._removed.add(stream)
 
     def continue_sent(self, params: ContinueParams) -> None:
         """Recorded before the continue is handed over (write-ahead: a crash between
@@ -294,6 +301,8 @@ class CursorTracker:
             self.last_seq = delta.seq
         elif isinstance(delta, ItemDelta):
             stream = self._streams.get(delta.stream)
+            if stream is None and delta.stream in self._removed:
+                return
             if stream is None:
                 stream = self._streams[delta.stream] = _StreamTrack((delta.address,))
             if delta.slot > stream.slot:

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import attrs
 
-from protocol import BacktestError
+from protocol import BacktestError, ContinueParams
 
 # --- connection status ----------------------------------------------------------------
 
@@ -70,24 +70,46 @@ class ReadyForContinue:
 
 @attrs.frozen
 class Slot:
+    """The control reported ``slot``: the first one is the start slot (the anchor);
+    every later one is a *produced block* that was executed.
+
+    Slots and blocks differ: about one slot in ten on mainnet (and in the local
+    simulator) has no produced block and is skipped, so a range of N slots
+    yields fewer ``Slot`` events, and ``ContinueParams.advance_count`` counts
+    blocks, not slots.
+    """
+
     slot: int
 
 
 @attrs.frozen
 class Status:
+    """A stage of the session's start-up or of a continue (``preparingBundle``,
+    ``decodedTransactions``, ...); an unknown stage name is kept as it came."""
+
     stage: str
 
 
 @attrs.frozen
 class Transaction:
-    """A transaction mentioning a subscribed address; ``index``: its position in the
-    block, when the server sends it."""
+    """A transaction mentioning at least one subscribed address, delivered once.
+
+    ``matched``: the subscribed addresses it mentions, in subscription order.
+    The server notifies a transaction once per matching subscription; the
+    session delivers it once, so ``matched`` is how you learn the others. It
+    is the address the first notification came for plus every other
+    subscribed address found among the transaction's account keys (the
+    ``message.accountKeys`` of a JSON-encoded transaction); from a server that
+    sends the transaction in another encoding it may name only the first.
+    ``index``: its position in the block, when the server sends it.
+    """
 
     slot: int
     signature: str
     transaction: Any = None
     meta: Any = None
     index: int | None = None
+    matched: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -104,6 +126,7 @@ class AccountDiff:
 
     @property
     def key(self) -> tuple[str, str]:
+        """``(signature, account)``: what identifies a diff (deduplication, cursors)."""
         return (self.signature, self.account)
 
 
@@ -152,12 +175,15 @@ class ContinueLost:
     the application decides: ``send_continue(params)`` again, or shut down.
     """
 
-    params: Any
+    params: ContinueParams
     resent: bool
 
 
 @attrs.frozen
 class ConnectionChanged:
+    """A connection's status changed: ``name`` is ``"control"``, ``"transactions"`` or
+    ``"account_diffs"``; ``status`` one of :data:`ConnectionStatus`."""
+
     name: str  # "control", "transactions" or "account_diffs"
     status: ConnectionStatus
 

@@ -91,6 +91,7 @@ class _StreamState:
     # Set when the link re-subscribed: (executed count then, a continue was running).
     resubscribed: tuple[int, bool] | None = None
     at_risk_from: int = -1  # slot: events from it on may be missing after a re-subscribe
+    closing: bool = False  # unsubscribing: confirm every executed slot, then close
 
 
 class ContinueGate:
@@ -159,6 +160,31 @@ class ContinueGate:
 
     def remove_stream(self, name: str) -> None:
         self._streams.pop(name, None)
+
+    def unsubscribe(self, name: str) -> None:
+        """Close the stream of ``name`` cleanly: every item of the blocks executed until
+        it is confirmed is still delivered, then :meth:`streams_closed` names it.
+
+        Until then no chunk is written (each would add blocks to confirm), and a
+        barrier is sent at once: the unsubscribe costs one ping/pong round trip.
+        """
+        self._streams[name].closing = True
+
+    def streams_closed(self) -> list[str]:
+        """Streams being unsubscribed whose every executed slot is confirmed; removed
+        here, for the supervisor to close their links."""
+        executed = self.executed
+        done = [name for name, s in self._streams.items()
+                if s.closing and s.barrier is None and s.confirmed >= executed]
+        for name in done:
+            del self._streams[name]
+        if done:
+            self._trim()
+        return done
+
+    def closing(self, name: str) -> bool:
+        stream = self._streams.get(name)
+        return stream is not None and stream.closing
 
     def absorb(self, event: ManagedEvent) -> ManagedEvent | None:
         """A control event passes through the gate: it returns what the application
@@ -337,7 +363,8 @@ class ContinueGate:
         """The chunk to write now, or None (gated, or nothing pending)."""
         if self.state != "pending" or self.params is None:
             return None
-        if not self._control_up or not all(s.up for s in self._streams.values()):
+        if not self._control_up or not all(s.up and not s.closing
+                                           for s in self._streams.values()):
             return None
         n = self._remaining
         if self._streams:
@@ -363,7 +390,8 @@ class ContinueGate:
             if not stream.up or stream.barrier is not None or stream.confirmed >= executed:
                 continue
             lag = executed - stream.confirmed
-            if lag * 2 >= self.max_run_ahead or self._holding or self._completed:
+            if (lag * 2 >= self.max_run_ahead or self._holding or self._completed
+                    or stream.closing):
                 token = f"gate-{next(self._tokens)}".encode()
                 stream.barrier = (token, executed)
                 due.append((name, token))

@@ -7,7 +7,10 @@ application lives here and is unit-tested without an actor.
 
 * **Exactly once.** Control events are deduplicated by ``seqId`` (an attach
   replays after the last one seen); subscription items by key (transaction
-  signature; diff (signature, account)) across the replayed boundary. Keys are
+  signature; diff (signature, account)) across the replayed boundary. A key that
+  comes again is counted as what it is: a *replay* (the same item for the same
+  address, after a reconnect) or an *address repeat* (the server notifies a
+  transaction once per matching subscribed address). Keys are
   remembered for the server's replay buffer (:data:`PUBSUB_BUFFER_SLOTS`) past the
   newest slot: a replay never reaches further back, so older keys never return.
 * **Order.** Events leave in the order they were put; the subscription link
@@ -77,7 +80,8 @@ class _Stream:
         self.resumed = False  # seeded from a cursor: the first subscribe replays
         self.addresses = addresses
         self.last_slot: dict[str, int] = {}  # per address: the resume cursor
-        self.seen: dict[Any, int] = {}  # delivered key -> slot
+        # delivered key -> (slot, the addresses it came for; None: seeded, unknown)
+        self.seen: dict[Any, tuple[int, set[str] | None]] = {}
         self.max_slot = -1
         self.pruned_below = -1
 
@@ -120,8 +124,10 @@ class Outbox:
         self._last_seq: int | None = None
         self._failure: ManagedSessionError | None = None
         self.listener_lost = False
-        self.stats = {"duplicates_dropped": 0, "stale_seq_dropped": 0, "events_delivered": 0,
-                      "peak_held": 0}
+        # duplicates_dropped = replays_dropped + address_repeats_dropped (kept for old users)
+        self.stats = {"duplicates_dropped": 0, "replays_dropped": 0,
+                      "address_repeats_dropped": 0, "stale_seq_dropped": 0,
+                      "events_delivered": 0, "peak_held": 0}
 
     # --- what the links reported ------
 
@@ -149,6 +155,7 @@ class Outbox:
             if seq is not None and self._last_seq is not None and seq <= self._last_seq:
                 dropped += 1
                 self.stats["duplicates_dropped"] += 1
+                self.stats["replays_dropped"] += 1
                 if seq < self._last_seq:
                     self.stats["stale_seq_dropped"] += 1
                     self._log.warning("control seqId %d after %d: out of order, dropped",
@@ -174,8 +181,14 @@ class Outbox:
         if seed is not None:
             stream.resumed = True
             stream.last_slot = {a: s for a, s in seed.replay_slots.items() if a in addresses}
-            stream.seen = dict.fromkeys(seed.boundary_keys, seed.boundary_slot)
+            stream.seen = {k: (seed.boundary_slot, None) for k in seed.boundary_keys}
             stream.max_slot = seed.boundary_slot
+
+    def remove_stream(self, name: str) -> None:
+        """Unsubscribed: later items of ``name`` are not queued (those queued stay)."""
+        self._streams.pop(name, None)
+        if self.tracker is not None:
+            self.tracker.unsubscribed(name)
 
     def resumed(self, name: str) -> bool:
         """The stream was seeded from a cursor: its first subscribe replays too."""
@@ -199,22 +212,30 @@ class Outbox:
                      current: bool) -> None:
         """Queue each item not delivered before; ``current``: from the live connection."""
         stream = self._streams[name]
-        dropped = 0
+        dropped = replays = 0
         for address, event in items:
             if event.slot > stream.last_slot.get(address, -1):
                 stream.last_slot[address] = event.slot
             key = item_key(event)
-            if key in stream.seen:
+            seen = stream.seen.get(key)
+            if seen is not None:
                 dropped += 1
+                came_for = seen[1]
+                if came_for is None or address in came_for:
+                    replays += 1  # the same item for the same address again: a replay
+                else:
+                    came_for.add(address)  # notified once per matching address
                 continue
-            stream.seen[key] = event.slot
+            stream.seen[key] = (event.slot, {address})
             if event.slot > stream.max_slot:
                 stream.max_slot = event.slot
             self.put(name, event, ItemDelta(name, address, event.slot, key))
         self.stats["duplicates_dropped"] += dropped
+        self.stats["replays_dropped"] += replays
+        self.stats["address_repeats_dropped"] += dropped - replays
         horizon = stream.max_slot - PUBSUB_BUFFER_SLOTS - 1
         if horizon >= stream.pruned_below + PRUNE_EVERY_SLOTS:
-            stream.seen = {k: s for k, s in stream.seen.items() if s >= horizon}
+            stream.seen = {k: v for k, v in stream.seen.items() if v[0] >= horizon}
             stream.pruned_below = horizon
         if current:
             self.consumed(name, dropped)

@@ -7,6 +7,7 @@ the supervisor's private timer messages stay beside it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, get_args
 
 import attrs
@@ -46,7 +47,8 @@ class GetStatus:
 
 @attrs.frozen
 class GetStats:
-    """``ask`` it: counters (reconnects, duplicates dropped, malformed frames, ...)."""
+    """``ask`` it: a :class:`~actors.stats.SessionStats` (reconnects, duplicates by
+    kind, continues, gaps, ...)."""
 
 
 @attrs.frozen
@@ -86,11 +88,55 @@ def _address_tuple(addresses: Any) -> tuple[str, ...]:
 class SubscribeStream:
     """``ask`` it: start a subscription link for ``kind`` over ``addresses``.
 
-    The facade checks the addresses first (see ``subscribe_transactions``).
+    ``kind`` is ``"transactions"`` (transactions mentioning an address) or
+    ``"account_diffs"`` (writes to an account); :meth:`transactions` and
+    :meth:`account_diffs` build one without the literal. ``addresses``: any
+    iterable of base58 public keys, checked on construction (a bad one raises
+    ``ValueError`` naming its index, before anything is sent). Answered ``None``
+    once the link is started; subscribe before the first continue to capture
+    the first block. Cost: one PubSub connection per kind, one subscribe per
+    address.
     """
 
     kind: StreamKind = attrs.field(validator=_stream_kind)
     addresses: tuple[str, ...] = attrs.field(converter=_address_tuple)
+
+    @classmethod
+    def transactions(cls, addresses: Iterable[str]) -> SubscribeStream:
+        """``SubscribeStream("transactions", addresses)``: any iterable of addresses."""
+        return cls("transactions", addresses)
+
+    @classmethod
+    def account_diffs(cls, addresses: Iterable[str]) -> SubscribeStream:
+        """``SubscribeStream("account_diffs", addresses)``: any iterable of addresses."""
+        return cls("account_diffs", addresses)
+
+
+@attrs.frozen
+class UnsubscribeStream:
+    """Tell it: close the subscription of ``kind`` on a running session.
+
+    Clean, not abrupt: every item of the blocks executed before ``reply``
+    resolves is delivered first (one ping/pong barrier on that connection;
+    no continue is written meanwhile), none after. Then a
+    ``ConnectionChanged(kind, Closed())`` is delivered and ``reply`` resolves
+    (``None``); a stream not subscribed fails it with ``ValueError``, a session
+    that is over with ``ManagedSessionError``. The kind may be subscribed again
+    later (a new subscription: it captures what runs after it).
+    """
+
+    kind: StreamKind = attrs.field(validator=_stream_kind)
+    reply: pykka.Future[None] | None = attrs.field(default=None, eq=False)
+
+
+@attrs.frozen
+class ListenerAttached:
+    """The first message a ``listener`` actor gets, before any event: the session's
+    supervisor, to ``tell``/``ask`` (``SendContinue``, ``GetStats``...). No event
+    can come before it, so a listener never has to hold a ``ReadyForContinue``
+    until it learns where to answer."""
+
+    supervisor: pykka.ActorRef[Any] = attrs.field(eq=False)
 
 
 @attrs.frozen

@@ -16,7 +16,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, cast
 
 import attrs
@@ -29,11 +29,14 @@ from .config import DEFAULT_MAX_QUEUE, LINKS_PER_SESSION, TAKE_BATCH, SessionCon
 from .connection import DEFAULT_MAX_FRAME_SIZE
 from .cursor import Cursor, CursorTracker, Delta, PendingContinue, check_cursor
 from .events import (
+    Completed,
     ConnectionChanged,
     ConnectionStatus,
+    ContinueLost,
     ErrorKind,
     ManagedEvent,
     ManagedSessionError,
+    ReadyForContinue,
     SessionInfo,
 )
 from .gate import DEFAULT_MAX_RUN_AHEAD, LostContinuePolicy
@@ -46,7 +49,9 @@ from .requests import (
     Shutdown,
     SubscribeStream,
     TakeEvents,
+    UnsubscribeStream,
 )
+from .stats import SessionStats
 from .supervisor import SessionSupervisor
 from .timers import Scheduler
 
@@ -273,6 +278,8 @@ class ManagedBacktestSession:
 
     @property
     def session_info(self) -> SessionInfo:
+        """The session's identity (``session_id``, ``rpc_endpoint``, ``task_id``), known
+        once :meth:`start` returned; the id is what a resume and the server's logs name."""
         return self._info
 
     @property
@@ -281,11 +288,17 @@ class ManagedBacktestSession:
         return self._supervisor
 
     def status(self) -> dict[str, ConnectionStatus]:
+        """Each connection's status now: ``"control"``, ``"transactions"``,
+        ``"account_diffs"`` -> ``Connecting``, ``Up``, ``Reconnecting``, ``Failed`` or
+        ``Closed``. One round trip to the supervisor (it answers at once)."""
         result: dict[str, ConnectionStatus] = self._ask(GetStatus())
         return result
 
-    def stats(self) -> dict[str, Any]:
-        result: dict[str, Any] = self._ask(GetStats())
+    def stats(self) -> SessionStats:
+        """The session's counters now (:class:`~actors.stats.SessionStats`: reconnects,
+        duplicates by kind, continues, gaps, ...). Also read as a dict: ``stats["key"]``.
+        One round trip to the supervisor; cheap enough for a progress line."""
+        result: SessionStats = self._ask(GetStats())
         return result
 
     def cursor(self) -> Cursor:
@@ -320,15 +333,106 @@ class ManagedBacktestSession:
     # --- subscriptions ------
 
     def subscribe_transactions(self, addresses: Iterable[str]) -> None:
-        """Subscribe before the first continue so the first slot is captured."""
+        """Deliver every transaction that mentions one of ``addresses`` (base58 keys).
+
+        Subscribe before the first continue so the first block is captured. A
+        bad address raises ``ValueError`` naming its index, before anything is
+        sent. Cost: one more PubSub connection (kept alive, restarted and
+        replayed like the control one) and one barrier round trip every
+        ``max_run_ahead / 2`` blocks. A transaction that mentions several of the
+        addresses comes once, ``Transaction.matched`` naming them.
+        """
         message = SubscribeStream("transactions", addresses)
         self._ask(message)
         self._tracker.subscribed("transactions", message.addresses)
 
     def subscribe_account_diffs(self, addresses: Iterable[str]) -> None:
+        """Deliver every write to one of the accounts ``addresses`` (an ``AccountDiff``
+        with its pre and post state); same rules and cost as
+        :meth:`subscribe_transactions`."""
         message = SubscribeStream("account_diffs", addresses)
         self._ask(message)
         self._tracker.subscribed("account_diffs", message.addresses)
+
+    def unsubscribe(self, kind: StreamKind, timeout: float | None = None) -> None:
+        """Close the subscription ``kind`` (``"transactions"`` or ``"account_diffs"``)
+        of a running session; returns once it is closed.
+
+        Every item of the blocks executed before it returns is delivered (by
+        ``next_event``, before the ``ConnectionChanged(kind, Closed())`` that
+        follows), none after. Cost: one ping/pong round trip on that connection
+        (longer while it is reconnecting), during which no continue is written.
+        ``ValueError`` if ``kind`` is not subscribed; ``TimeoutError`` after
+        ``timeout`` seconds (the unsubscribe still completes). The kind may be
+        subscribed again afterwards.
+        """
+        message = UnsubscribeStream(kind)
+        wait = _check_timeout(timeout)
+        reply: pykka.ThreadingFuture[None] = pykka.ThreadingFuture()
+        self._tell(attrs.evolve(message, reply=reply))
+        try:
+            reply.get(timeout=wait)
+        except pykka.Timeout:
+            raise TimeoutError(f"unsubscribe not confirmed within {timeout}s") from None
+        self._tracker.unsubscribed(kind)
+
+    def unsubscribe_transactions(self, timeout: float | None = None) -> None:
+        """``unsubscribe("transactions")``."""
+        self.unsubscribe("transactions", timeout)
+
+    def unsubscribe_account_diffs(self, timeout: float | None = None) -> None:
+        """``unsubscribe("account_diffs")``."""
+        self.unsubscribe("account_diffs", timeout)
+
+    # --- conveniences ------
+
+    def __iter__(self) -> Iterator[ManagedEvent]:
+        """``for event in session``: every event, ``Completed`` last (then it stops).
+
+        The same events as :meth:`next_event` with no timeout; the loop must
+        still answer each ``ReadyForContinue`` (or use :meth:`run`). A failure
+        raises ``ManagedSessionError`` out of the loop after the events before it.
+        """
+        while True:
+            event = self.next_event()
+            yield event
+            if isinstance(event, Completed):
+                return
+
+    def run(self, advance: int = 1,
+            on_event: Callable[[ManagedEvent], ContinueParams | None] | None = None, *,
+            timeout: float | None = None) -> Completed:
+        """Drive the session to its end: the ready -> continue loop, done for you.
+
+        Each event goes to ``on_event`` (if given) first. At each
+        ``ReadyForContinue`` the next continue is sent: what ``on_event``
+        returned for it if that is a ``ContinueParams`` (inject transactions,
+        change accounts, vary the advance), else ``ContinueParams(advance_count=
+        advance)``; ``advance`` counts produced blocks, not slots. A
+        ``ContinueLost`` the session did not resend (``on_lost_continue=
+        "raise"``) is sent again (``on_event`` may return other params for it,
+        or raise to stop). Returns the ``Completed`` event (its ``summary``);
+        raises ``ManagedSessionError`` when the session fails, whatever
+        ``on_event`` raises, and ``TimeoutError`` when no event comes within
+        ``timeout`` seconds (default: wait as long as the session lives).
+        """
+        if type(advance) is not int or advance < 1:
+            raise ValueError(f"advance: expected an integer >= 1, got {advance!r}")
+        if on_event is not None and not callable(on_event):
+            raise TypeError(f"on_event: expected a callable or None, got "
+                            f"{type(on_event).__name__}")
+        wait = _check_timeout(timeout)
+        default = ContinueParams(advance_count=advance)
+        while True:
+            event = self.next_event(timeout=wait)
+            answer = on_event(event) if on_event is not None else None
+            params = answer if isinstance(answer, ContinueParams) else None
+            if isinstance(event, ReadyForContinue):
+                self.send_continue(params or default, timeout=wait)
+            elif isinstance(event, ContinueLost) and not event.resent:
+                self.send_continue(params or event.params, timeout=wait)
+            elif isinstance(event, Completed):
+                return event
 
     # --- events and continues ------
 

@@ -96,10 +96,35 @@ class _Outstanding:
     resends: int = 0
 
 
-def _to_event(item: TransactionNotification | AccountDiffNotification
-              ) -> Transaction | AccountDiff:
+def _account_keys(transaction: Any) -> set[str]:
+    """The account keys of a JSON-encoded transaction (``message.accountKeys``, plain
+    strings or ``jsonParsed`` objects with a ``pubkey``); empty for other encodings."""
+    if isinstance(transaction, dict) and isinstance(transaction.get("transaction"), dict):
+        transaction = transaction["transaction"]  # {"transaction": {...}, "meta": ...}
+    message = transaction.get("message") if isinstance(transaction, dict) else None
+    keys = message.get("accountKeys") if isinstance(message, dict) else None
+    if not isinstance(keys, list):
+        return set()
+    found: set[str] = set()
+    for key in keys:
+        if isinstance(key, dict):
+            key = key.get("pubkey")
+        if isinstance(key, str):
+            found.add(key)
+    return found
+
+
+def _to_event(item: TransactionNotification | AccountDiffNotification, address: str,
+              subscribed: tuple[str, ...]) -> Transaction | AccountDiff:
+    """The event of a notification for ``address``; a transaction names every
+    subscribed address it mentions (computed from its content, so the same
+    transaction gets the same ``matched`` whichever notification came first)."""
     if isinstance(item, TransactionNotification):
-        return Transaction(item.slot, item.signature, item.transaction, item.meta, item.index)
+        mentioned = _account_keys(item.transaction)
+        mentioned.add(address)
+        matched = tuple(a for a in subscribed if a in mentioned)
+        return Transaction(item.slot, item.signature, item.transaction, item.meta, item.index,
+                           matched)
     return AccountDiff(item.slot, item.account, item.signature, item.pre, item.post,
                        item.write_index)
 
@@ -149,7 +174,7 @@ class SubscriptionActor(LinkActor):
                 if address is None:
                     consumed += 1  # a subscription this link did not make
                 else:
-                    out.append((address, _to_event(item)))
+                    out.append((address, _to_event(item, address, self._addresses)))
             elif isinstance(item, Pong):
                 if item.payload and item.payload == self._resume_token:
                     self._release_held(out)

@@ -59,17 +59,31 @@ from .requests import (
     GetCursor,
     GetStats,
     GetStatus,
+    ListenerAttached,
     SendContinue,
     Shutdown,
     SubscribeStream,
     TakeEvents,
+    UnsubscribeStream,
 )
+from .stats import SessionStats
 from .subscription import Barrier, BarrierReached, StreamItems, SubscriptionActor
 from .ticks import QuietCheck, RestartChild, ShutdownDeadline, UptimeCheck
 from .timers import Scheduler, TimerHandle
 
 
 class SessionSupervisor(FailSafeActor):
+    """The actor behind one session; see the module docstring.
+
+    Started by ``ManagedBacktestSession.start``/``attach`` (never directly by an
+    application); an application actor talks to it through ``session.supervisor``
+    (or :class:`~actors.requests.ListenerAttached`) with the messages of
+    :mod:`actors.requests`: ``SendContinue``, ``SubscribeStream``,
+    ``UnsubscribeStream``, ``GetStatus``, ``GetStats``, ``GetCursor``. It never
+    blocks: every answer that must wait (a continue written, an unsubscribe
+    confirmed) completes a future carried in the message.
+    """
+
     def __init__(self, config: SessionConfig, *, scheduler: Scheduler,
                  started: pykka.Future[SessionInfo],
                  listener: pykka.ActorRef[Any] | None) -> None:
@@ -92,10 +106,14 @@ class SessionSupervisor(FailSafeActor):
         self._shutdown: Shutdown | None = None
         self._shutdown_timer: TimerHandle | None = None
         self._stats = {"malformed_frames": 0, "continues_written": 0, "continues_refused": 0}
+        self._unsubscribing: dict[str, pykka.Future[None] | None] = {}
 
     # --- pykka ------
 
     def on_start(self) -> None:
+        if self._listener is not None:
+            # First in the listener's mailbox: it knows where to answer before any event.
+            self._outbox.notify(ListenerAttached(self.actor_ref))
         if CONTROL in self._children:
             self._spawn(CONTROL)  # if it raises (can't start a thread): on_internal_error
         elif self._started is not None:  # a subscription handle: the session is named
@@ -150,6 +168,19 @@ class SessionSupervisor(FailSafeActor):
             self._fail("closed", reason="the listener actor is gone")
         for name, credits in self._outbox.take_grants():
             self._children.tell(name, Grant(credits))
+        for name in self._gate.streams_closed():
+            self._close_stream(name)
+
+    def _close_stream(self, name: str) -> None:
+        """An unsubscribe is complete: every executed block's items were read."""
+        self._children.tell(name, CloseLink())
+        self._children.remove(name)
+        self._outbox.remove_stream(name)
+        self._outbox.put(None, ConnectionChanged(name, Closed()))
+        self._log.info("%s unsubscribed", name)
+        reply = self._unsubscribing.pop(name, None)
+        if reply is not None:
+            reply.set(None)
 
     # --- children ------
 
@@ -284,6 +315,29 @@ class SessionSupervisor(FailSafeActor):
         self._outbox.put(None, ConnectionChanged(message.kind, Connecting()))
         self._spawn(message.kind)
 
+    def _on_unsubscribe(self, message: UnsubscribeStream) -> None:
+        try:
+            if self._failure is not None:
+                raise self._failure
+            if self._shutdown is not None:
+                raise ManagedSessionError("closed", "session is over")
+            if message.kind not in self._children or self._gate.closing(message.kind):
+                raise ValueError(f"kind: {message.kind} is not subscribed on this session")
+        except Exception as exc:  # noqa: BLE001 - answered to the asker
+            if message.reply is not None:
+                fail_reply(message.reply, exc)
+            else:
+                self._log.warning("unsubscribe refused: %s", exc)
+            return
+        self._unsubscribing[message.kind] = message.reply
+        self._gate.unsubscribe(message.kind)
+
+    def _fail_unsubscribes(self, error: Exception) -> None:
+        for reply in self._unsubscribing.values():
+            if reply is not None:
+                fail_reply(reply, error)
+        self._unsubscribing.clear()
+
     def _on_stream_items(self, message: StreamItems) -> None:
         if self._outbox.has_stream(message.name):
             self._outbox.stream_items(message.name, message.items,
@@ -366,6 +420,7 @@ class SessionSupervisor(FailSafeActor):
         if self._gate.reply is not None:
             fail_reply(self._gate.reply, self._failure)
         self._gate.abandon()
+        self._fail_unsubscribes(self._failure)
         self._outbox.fail(self._failure)
         self._children.tell_all(CloseLink())
 
@@ -381,6 +436,7 @@ class SessionSupervisor(FailSafeActor):
         self._shutdown_timer = self._scheduler.schedule(
             self._timing.graceful_close, self.actor_ref, ShutdownDeadline())
         self._outbox.close_takers(ManagedSessionError("closed", "session shut down"))
+        self._fail_unsubscribes(ManagedSessionError("closed", "session shut down"))
         if self._started is not None:
             fail_reply(self._started, ManagedSessionError("cancelled", "shut down"))
             self._started = None
@@ -423,11 +479,12 @@ class SessionSupervisor(FailSafeActor):
         RestartChild: _on_restart,
         UptimeCheck: lambda self, m: self._children.stayed_up(m.name, m.generation),
         GetStatus: lambda self, m: {n: c.status for n, c in self._children.items()},
-        GetStats: lambda self, m: {  # every key is listed in the README (Stats)
+        GetStats: lambda self, m: SessionStats.from_counters({
             **self._stats, **self._outbox.stats, **self._gate.stats, **self._children.stats(),
             "held": self._outbox.queued, "last_seq": self._outbox.last_seq,
-            "continue_state": self._gate.state},
+            "continue_state": self._gate.state}),
         SubscribeStream: _on_subscribe,
+        UnsubscribeStream: _on_unsubscribe,
         GetCursor: lambda self, m: self._outbox.tracker and self._outbox.tracker.cursor(
             self._info, self._gate.pending_continue(self._outbox.last_seq)),
         Shutdown: _on_shutdown,

@@ -3,6 +3,15 @@
 It is both the embedded default of the command-line job (try the library with
 no key and no network) and the harness every actor test runs against over
 real sockets.
+
+Names: :class:`LocalSimulator` (the server), :class:`Faults` (its ``faults``),
+:class:`Chain` and :class:`Expected` (the synthetic chain and what a session
+over it must deliver), :class:`ServerLiveness` and :class:`ServerLimits` (its
+knobs), :class:`SessionStats` (the server's counters of one session).
+``DEFAULT_API_KEY``: the key it accepts by default, ``"local-dev-key"``.
+``REAL_SERVER_LIVENESS``: the keepalive of a real server (15 s / 45 s), for
+tests that must behave like one. ``STATS_HISTORY``: finished sessions whose
+counters are kept (1,000).
 """
 
 from __future__ import annotations
@@ -11,6 +20,7 @@ import ssl
 from collections.abc import Iterable
 from types import TracebackType
 
+from ..policy import ReconnectPolicy, Timing
 from .chain import Chain, Expected
 from .faults import Faults
 from .server import (
@@ -23,20 +33,52 @@ from .server import (
 )
 
 DEFAULT_API_KEY = "local-dev-key"
+# What LocalSimulator.timing / .policy return (and the CLI's embedded runs use).
+LOCAL_TIMING = Timing(connect=5, handshake=10, keepalive_interval=0.25, keepalive_deadline=1.0,
+                      graceful_close=2)
+LOCAL_POLICY = ReconnectPolicy(initial=0.05, max_delay=1.0, max_attempts=10, uptime_reset=5.0)
 
 
 class LocalSimulator:
-    """A simulator serving on ``host:port`` (``port=0``: a free port) in a thread.
+    """A backtest server on ``host:port`` in a thread of this process.
 
-    Use it as a context manager; :attr:`url` is the control URL.
+    ``with LocalSimulator(seed=1) as sim:`` starts it and stops it; :attr:`url`
+    is its control URL, :attr:`timing` and :attr:`policy` the client settings
+    that suit it (pass them to ``ManagedBacktestSession.start``).
+
+    Arguments (all optional):
+
+    * ``api_key`` (``"local-dev-key"``): the key a client must send;
+      ``extra_api_keys`` (none): more accepted keys, each owning its sessions.
+    * ``seed`` (0), ``slots`` (2000), ``txs_per_slot`` (4): the synthetic
+      chain. The same seed gives the same chain; ``slots`` slot numbers from
+      400,000,000, about one in ten skipped (no produced block); each block
+      has 2..6 transactions for the default 4 (memory and CPU grow with it).
+      :attr:`addresses` lists the 6 addresses it touches,
+      :meth:`available_range` its first and last slot, :meth:`expected` what
+      a complete session must deliver.
+    * ``host`` (``"127.0.0.1"``), ``port`` (0: a free port, see :attr:`port`).
+    * ``liveness`` (:class:`ServerLiveness`: ping after 1 s idle, a peer silent
+      for 3 s is dead, a stalled reader closed after 30 s; a real server's is
+      15 s / 45 s, :data:`REAL_SERVER_LIVENESS`). Shorter finds dead peers
+      sooner and costs more pings.
+    * ``limits`` (:class:`ServerLimits`: 1 MiB frames, 256 connections per
+      client address, 10 s to finish an upgrade).
+    * ``ssl_context`` (none): serve ``wss://`` instead of ``ws://``.
 
     It behaves as a real server does towards its peers (see
-    :mod:`protocol.simulator.server`): it pings idle connections and closes one
-    silent for ``liveness.keepalive_deadline`` (local default 3 s; a real
-    server's is 45 s, :data:`REAL_SERVER_LIVENESS`), a dead owner loses its
-    session, and a reader that is alive but does not drain holds its session
-    back for ``liveness.stall_timeout`` at most (default 30 s). PubSub needs no
-    key: the session id is the capability.
+    :mod:`protocol.simulator.server`): it pings idle connections and closes
+    silent ones, a dead owner loses its session, a reader that is alive but
+    does not drain holds its session back for ``liveness.stall_timeout`` at
+    most. PubSub needs no key: the session id is the capability.
+
+    :attr:`faults` (a :class:`Faults`) breaks things on purpose: ``drop``
+    (abrupt close), ``blackhole`` (silence both ways), ``malformed`` (one bad
+    frame), now or ``at_slot=S``; ``refuse(seconds)`` (new connects refused),
+    ``delay_handshake(seconds)``, ``http_status(503)`` (the upgrade answered
+    with an error), ``lose_next_continue()``. Each takes a *target*:
+    ``"control"``, ``"transactions"``, ``"account_diffs"``, ``"subscriptions"``
+    (both streams) or ``"all"``, and optionally a ``session_id``.
     """
 
     def __init__(self, api_key: str = DEFAULT_API_KEY, seed: int = 0, slots: int = 2000,
@@ -44,11 +86,7 @@ class LocalSimulator:
                  limits: ServerLimits | None = None, liveness: ServerLiveness | None = None,
                  extra_api_keys: tuple[str, ...] = (),
                  ssl_context: ssl.SSLContext | None = None) -> None:
-        """``liveness`` sets the server's keepalive (default :class:`ServerLiveness`:
-        ping after 1 s idle, dead after 3 s of silence, a stalled reader closed
-        after 30 s); ``extra_api_keys`` are
-        accepted too (each owns the sessions it creates); ``ssl_context`` serves
-        ``wss://``."""
+        """See the class docstring for every argument, its default and its cost."""
         self.chain = Chain(seed, slots, txs_per_slot=txs_per_slot)
         self.liveness = liveness or ServerLiveness()
         self._server = SimulatorServer(self.chain, api_key, host, port, limits=limits,
@@ -60,6 +98,7 @@ class LocalSimulator:
         self._started = False
 
     def start(self) -> LocalSimulator:
+        """Start serving (what ``with`` does); returns ``self``. Idempotent."""
         if not self._started:
             self._server.start()
             self._started = True
@@ -80,21 +119,49 @@ class LocalSimulator:
 
     @property
     def port(self) -> int:
+        """The port it listens on (the free one picked when ``port=0``)."""
         return self._server.port
 
     @property
     def url(self) -> str:
+        """The control URL, ``ws://127.0.0.1:<port>/backtest`` (``wss://`` with TLS)."""
         return f"{self._scheme}://{self.host}:{self.port}/backtest"
 
     @property
+    def timing(self) -> Timing:
+        """Client timing that suits a server on this machine: connect 5 s, handshake
+        10 s, keepalive 0.25 s, dead after 1 s of silence, close 2 s.
+
+        The library's defaults (:class:`~protocol.Timing`: 15 s keepalive, 45 s
+        deadline) are for a real network; here a dead connection is found in a
+        second, so faults recover in seconds. The cost: 4 pings a second per
+        connection, nothing on loopback.
+        """
+        return LOCAL_TIMING
+
+    @property
+    def policy(self) -> ReconnectPolicy:
+        """A reconnect policy that suits it: first retry after 0.05 s, at most 1 s
+        apart, 10 attempts (the defaults wait up to 30 s between attempts)."""
+        return LOCAL_POLICY
+
+    @property
     def addresses(self) -> tuple[str, ...]:
+        """The 6 addresses the chain's transactions and account diffs touch (base58);
+        subscribe to these (``backtest-actors simulator --list-addresses`` prints
+        them)."""
         return self.chain.addresses
 
     def available_range(self) -> tuple[int, int]:
+        """``(first, last)`` slot the chain holds; a session's range must lie within
+        (else the create is answered ``bundleNotFound``)."""
         return self.chain.available_range()
 
     def expected(self, start_slot: int, end_slot: int, *, transactions: Iterable[str] = (),
                  account_diffs: Iterable[str] = ()) -> Expected:
+        """What a complete session over ``start_slot..=end_slot`` subscribed to these
+        addresses must deliver: ``.slots`` (the anchor, then every produced block),
+        ``.signatures`` and ``.diff_keys``, each once, in order."""
         return self.chain.expected(start_slot, end_slot, transactions=transactions,
                                    account_diffs=account_diffs)
 
@@ -106,6 +173,7 @@ class LocalSimulator:
         return stats
 
     def session_ids(self) -> list[str]:
+        """Ids of the sessions the server holds now."""
         return list(self._server.call(lambda: list(self._server.sessions)))
 
     def upgrade_requests(self) -> dict[str, int]:

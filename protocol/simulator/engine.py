@@ -69,6 +69,8 @@ FINAL_STAGE = "executedBlockTransactions"
 # (PUBSUB_BUFFER_SLOTS), which is what bounds how far a client may run ahead of
 # what it has confirmed anyway. About 150 bytes each: at most ~300 KB a session.
 REPLAY_LOG_LIMIT = 2048
+# Injected transactions a session remembers (SessionStats.injected_transactions).
+INJECTED_KEPT = 64
 
 Verdict = Literal["ping", "dead"]
 
@@ -208,6 +210,8 @@ class Session:
     continues_received: int = 0
     blocks_executed: int = 0
     user_transactions: int = 0
+    # The last injected transactions (base64, as received), for tests and examples.
+    injected: deque[str] = attrs.field(factory=lambda: deque(maxlen=INJECTED_KEPT))
     transactions_executed: int = 0
     owner: Conn | None = None
     commands_refused: int = 0
@@ -327,6 +331,7 @@ class Session:
         self.ready = False
         self.continues_received += 1
         self.user_transactions += len(params.transactions)
+        self.injected.extend(params.transactions)
         return self._advance(params.advance_count)
 
     def _advance(self, advance_count: int) -> Iterator[Step]:

@@ -427,6 +427,12 @@ def _client_of(connection: ServerConnection) -> str:
 
 @attrs.frozen
 class SessionStats:
+    """The server's view of one session (``LocalSimulator.session_stats``): what it
+    received and ran. ``user_transactions``: transactions injected with continues;
+    ``injected_transactions``: the last 64 of them, base64 as received (the
+    simulator records them and counts them in the summary's
+    ``correct_simulation``; it does not execute them)."""
+
     session_id: str
     continues_received: int
     blocks_executed: int
@@ -436,6 +442,8 @@ class SessionStats:
     notifications_sent: int
     commands_refused: int = 0  # commands from a connection without ownership (fenced)
     replay_log_entries: int = 0  # sequenced responses kept for an attach to replay
+    user_transactions: int = 0
+    injected_transactions: tuple[str, ...] = ()
 
 
 @attrs.define
@@ -583,7 +591,8 @@ class SimulatorServer:
         s = state.session
         return SessionStats(session_id, s.continues_received, s.blocks_executed, s.completed,
                             s.owner_alive, len(state.subscribers), state.notifications_sent,
-                            s.commands_refused, len(s.log))
+                            s.commands_refused, len(s.log), s.user_transactions,
+                            tuple(s.injected))
 
     # --- keepalive and flow control ----------------------------------------------
 
