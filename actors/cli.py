@@ -19,10 +19,13 @@ so its runs cannot be resumed (exit 2).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import IO, Any, NoReturn
@@ -55,17 +58,16 @@ from .events import (
 from .gate import DEFAULT_MAX_RUN_AHEAD, LostContinuePolicy
 from .journal import JournalError, JournalHeader, JournalState, JournalWriter, read_journal
 from .session import ManagedBacktestSession
+from .stats import SessionStats
 
 API_KEY_ENV = "BACKTEST_API_KEY"
 DEFAULT_SLOT_COUNT = 300
 DUPLICATE_HORIZON = 2 * PUBSUB_BUFFER_SLOTS
 PLAIN_PROGRESS_EVERY = 2.0  # seconds between progress lines when stderr is not a terminal
-# The embedded simulator is on this machine: a dead peer is found in seconds,
-# not the 45 s the defaults allow a real network.
-EMBEDDED_TIMING = Timing(connect=5, handshake=10, keepalive_interval=0.25,
-                         keepalive_deadline=1.0, graceful_close=2)
-EMBEDDED_POLICY = ReconnectPolicy(initial=0.05, max_delay=1.0, max_attempts=10,
-                                  uptime_reset=5.0)
+# Exit code of a run stopped by Ctrl-C (128 + SIGINT), as a shell reports it.
+EXIT_INTERRUPTED = 130
+# Server errors that mean the range itself is wrong: the same rule as a bad argument.
+RANGE_ERRORS = ("bundleNotFound", "noProducedBlocksInRange")
 
 
 class UsageError(Exception):
@@ -111,16 +113,24 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a backtest (embedded local simulator by default)")
     run.add_argument("--url", help="simulator host or ws(s):// URL; default: embedded local")
     run.add_argument("--api-key", help=f"API key (or ${API_KEY_ENV}); never printed")
-    run.add_argument("--start-slot", type=_slot, help="first slot (default: start of range)")
+    run.add_argument("--start-slot", type=_slot,
+                     help="first slot (default: the embedded simulator's first; needed with "
+                          "--url)")
     span = run.add_mutually_exclusive_group()
     span.add_argument("--slot-count", type=_positive,
-                      help=f"slots to replay (default {DEFAULT_SLOT_COUNT})")
+                      help=f"slots in the range, skipped ones included (default "
+                           f"{DEFAULT_SLOT_COUNT})")
     span.add_argument("--end-slot", type=_slot, help="last slot, inclusive")
-    run.add_argument("--advance", type=_positive, default=1, help="slots per continue")
+    run.add_argument("--advance", type=_positive, default=1, metavar="BLOCKS",
+                     help="produced blocks per continue (default 1); a slot with no block is "
+                          "skipped and not counted, so 1000 slots at --advance 10 take about "
+                          "90 continues, not 100")
     run.add_argument("--transactions", action="append", default=[], metavar="ADDR",
-                     help="subscribe to transactions mentioning ADDR (repeatable)")
+                     help="subscribe to transactions mentioning ADDR (repeatable; embedded "
+                          "default: the first 2 of 'simulator --list-addresses')")
     run.add_argument("--account-diffs", action="append", default=[], metavar="ADDR",
-                     help="subscribe to account diffs of ADDR (repeatable)")
+                     help="subscribe to account diffs of ADDR (repeatable; embedded default: "
+                          "its addresses 3 and 4)")
     run.add_argument("--max-run-ahead", type=_positive, default=DEFAULT_MAX_RUN_AHEAD,
                      metavar="SLOTS",
                      help=f"executed slots the session may run past what every subscription "
@@ -142,6 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="embedded mode: drop and silence connections during the run")
     run.add_argument("--seed", type=int, default=0, help="embedded chain and chaos seed")
     run.add_argument("-v", "--verbose", action="store_true", help="log reconnects to stderr")
+    output = run.add_mutually_exclusive_group()
+    output.add_argument("--quiet", "-q", action="store_true",
+                        help="no progress and no retry lines on stderr (errors still; the "
+                             "summary still goes to stdout)")
+    output.add_argument("--json", action="store_true",
+                        help="print the summary as one JSON object on stdout instead of the "
+                             "table (no progress on stderr)")
     sim = sub.add_parser("simulator", help="run the local simulator standalone")
     add_server_arguments(sim)  # the same options as python -m protocol.simulator
     return parser
@@ -237,7 +254,8 @@ class _Plan:
                     ReconnectPolicy(), list(header.transactions), list(header.account_diffs),
                     header.advance, None, None, args.seed, max_run_ahead=args.max_run_ahead,
                     on_lost_continue=args.on_lost_continue, resume=state,
-                    resume_path=args.resume).run()
+                    resume_path=args.resume, quiet=args.quiet or args.json,
+                    json_summary=args.json).run()
 
     def execute(self) -> int:
         args = self.args
@@ -251,15 +269,20 @@ class _Plan:
         try:
             if args.url is None:
                 simulator = LocalSimulator(seed=args.seed).start()
-                url, timing, policy = simulator.url, EMBEDDED_TIMING, EMBEDDED_POLICY
+                url, timing, policy = simulator.url, simulator.timing, simulator.policy
                 first, last = simulator.available_range()
                 start = first if args.start_slot is None else args.start_slot
+                if not first <= start <= last:
+                    raise UsageError(f"--start-slot {start}: the embedded simulator holds "
+                                     f"slots {first}..={last}")
             else:
                 url, timing, policy = args.url, self._timing(), ReconnectPolicy()
                 start, last = args.start_slot, None
             end = self._end(start, last)
             create = CreateSession(start, end)
             tx_addrs, diff_addrs = args.transactions, args.account_diffs
+            if simulator is not None:
+                self._check_embedded(simulator, start, end, tx_addrs + diff_addrs)
             if simulator is not None and not tx_addrs and not diff_addrs:
                 tx_addrs, diff_addrs = list(simulator.addresses[:2]), list(
                     simulator.addresses[2:4])
@@ -276,7 +299,8 @@ class _Plan:
                         diff_addrs, args.advance, out, simulator if args.chaos else None,
                         args.seed, max_run_ahead=args.max_run_ahead,
                         on_lost_continue=args.on_lost_continue,
-                        embedded=simulator is not None).run()
+                        embedded=simulator is not None, quiet=args.quiet or args.json,
+                        json_summary=args.json).run()
         except OSError as exc:
             sys.stderr.write(f"backtest-actors run: --out: {exc}\n")
             return 2
@@ -285,6 +309,21 @@ class _Plan:
                 out.close()
             if simulator is not None:
                 simulator.close()
+
+    def _check_embedded(self, simulator: LocalSimulator, start: int, end: int,
+                        addresses: list[str]) -> None:
+        """The embedded simulator's chain is known here: a range with no block, or an
+        address it never touches, is refused before anything is sent."""
+        if not simulator.chain.produced_in(start, end):
+            raise UsageError(f"slots {start}..={end} hold no produced block")
+        for option, values in (("--transactions", self.args.transactions),
+                               ("--account-diffs", self.args.account_diffs)):
+            for address in values:
+                if address not in simulator.addresses:
+                    raise UsageError(
+                        f"{option} {address}: not an address of the embedded simulator "
+                        f"(seed {self.args.seed}); see 'backtest-actors simulator "
+                        f"--list-addresses --seed {self.args.seed}'")
 
     def _end(self, start: int, last: int | None) -> int:
         args = self.args
@@ -297,8 +336,8 @@ class _Plan:
         if end < start:
             raise UsageError(f"--end-slot {end} is before the start slot {start}")
         if last is not None and end > last:
-            raise UsageError(f"the embedded simulator holds slots up to {last}; "
-                             f"{end} is beyond it")
+            raise UsageError(f"--end-slot {end}: the embedded simulator holds slots up to "
+                             f"{last}")
         return end
 
 
@@ -311,8 +350,14 @@ class _Run:
                  chaos: LocalSimulator | None, seed: int, *,
                  max_run_ahead: int = DEFAULT_MAX_RUN_AHEAD,
                  on_lost_continue: LostContinuePolicy = "resend", embedded: bool = False,
-                 resume: JournalState | None = None, resume_path: str | None = None) -> None:
+                 resume: JournalState | None = None, resume_path: str | None = None,
+                 quiet: bool = False, json_summary: bool = False) -> None:
         self.console = console
+        self.quiet, self.json_summary = quiet, json_summary
+        # Ctrl-C: the first asks for a clean stop (summary, exit 130), a second exits
+        # at once. The handler interrupts only a wait (``_waiting``), never a journal write.
+        self.interrupted = False
+        self._waiting = False
         self.embedded, self.resume, self.resume_path = embedded, resume, resume_path
         self.journal = None if out is None else JournalWriter(out)
         self.session: ManagedBacktestSession | None = None
@@ -336,16 +381,51 @@ class _Run:
 
     def run(self) -> int:
         started = time.monotonic()
+        previous = self._install_interrupt_handler()
         try:
-            session = self._open()
+            return self._run(started)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _install_interrupt_handler(self) -> Any:
+        if threading.current_thread() is not threading.main_thread():
+            return signal.getsignal(signal.SIGINT)  # signals reach the main thread only
+        return signal.signal(signal.SIGINT, self._on_interrupt)
+
+    def _on_interrupt(self, signum: int, frame: Any) -> None:
+        """First Ctrl-C: stop cleanly (the wait under way is interrupted; nothing is
+        lost, see ``next_event``). Second: exit now; the journal is flushed line by line,
+        so it is complete up to the last event written."""
+        if self.interrupted:
+            sys.stderr.write("backtest-actors run: interrupted again: exiting now\n")
+            sys.stderr.flush()
+            os._exit(EXIT_INTERRUPTED)
+        self.interrupted = True
+        if not self.quiet:
+            sys.stderr.write("backtest-actors run: interrupted: closing the session "
+                             "(Ctrl-C again to exit at once)\n")
+            sys.stderr.flush()
+        if self._waiting:
+            raise KeyboardInterrupt
+
+    def _wait(self, call: Callable[[], Any]) -> Any:
+        """Run a blocking session call where a Ctrl-C may interrupt it."""
+        if self.interrupted:
+            raise KeyboardInterrupt
+        self._waiting = True
+        try:
+            return call()
+        finally:
+            self._waiting = False
+
+    def _run(self, started: float) -> int:
+        try:
+            session = self._wait(self._open)
+        except KeyboardInterrupt:
+            sys.stderr.write("backtest-actors run: interrupted before the session existed\n")
+            return EXIT_INTERRUPTED
         except ManagedSessionError as exc:
-            what = "not created" if self.resume is None else "cannot be resumed"
-            hint = {"sessionNotFound": " (it expired, or the server never had it)",
-                    "sessionOwnerMismatch": " (another API key owns it)"}
-            extra = next((h for k, h in hint.items() if k in str(exc)), "")
-            self.console.print(f"[red]session {what}:[/] {exc}{extra}", highlight=False,
-                               soft_wrap=True)
-            return 1
+            return self._not_opened(exc)
         except OSError as exc:
             sys.stderr.write(f"backtest-actors run: --resume: {exc}\n")
             return 1
@@ -364,7 +444,7 @@ class _Run:
                 self._schedule_chaos(session.session_info.session_id)
             with self._progress(session.session_info.session_id) as update:
                 while True:
-                    event = session.next_event()
+                    event = self._wait(session.next_event)
                     self._count(event)
                     update()
                     if isinstance(event, ReadyForContinue):
@@ -379,7 +459,9 @@ class _Run:
                             "(--on-lost-continue raise)")
         except ManagedSessionError as exc:
             failure = exc
-        stats = session.stats()
+        except KeyboardInterrupt:
+            self.interrupted = True
+        stats = session.stats() if not self.interrupted else self._stats_or_none(session)
         session.shutdown()
         if self.journal is not None:
             self.journal.sync()
@@ -387,7 +469,36 @@ class _Run:
             self.out.close()
         self._print_summary(session.session_info.session_id, stats, time.monotonic() - started,
                             failure)
+        return self._exit_code(failure)
+
+    def _exit_code(self, failure: ManagedSessionError | None) -> int:
+        if self.interrupted and not self.completed:
+            return EXIT_INTERRUPTED
         return 1 if failure or self.gaps else 0
+
+    @staticmethod
+    def _stats_or_none(session: ManagedBacktestSession) -> SessionStats | None:
+        """Stats after an interrupt: the session may be failing, and the summary must come."""
+        try:
+            return session.stats()
+        except ManagedSessionError:
+            return None
+
+    def _not_opened(self, exc: ManagedSessionError) -> int:
+        """One line on stderr; a range the server has no blocks for is a bad argument (2)."""
+        reason = " ".join(str(exc).split())  # one line, however long
+        range_error = next((kind for kind in RANGE_ERRORS if kind in reason), None)
+        if range_error is not None and self.resume is None:
+            sys.stderr.write(f"backtest-actors run: slots {self.create.start_slot}..="
+                             f"{self.create.end_slot}: the server has no blocks for this "
+                             f"range ({range_error})\n")
+            return 2
+        what = "not created" if self.resume is None else "cannot be resumed"
+        hint = {"sessionNotFound": " (it expired, or the server never had it)",
+                "sessionOwnerMismatch": " (another API key owns it)"}
+        extra = next((h for k, h in hint.items() if k in reason), "")
+        sys.stderr.write(f"backtest-actors run: session {what}: {reason}{extra}\n")
+        return 1
 
     def _open(self) -> ManagedBacktestSession:
         common: dict[str, Any] = {
@@ -423,12 +534,12 @@ class _Run:
         params = ContinueParams(advance_count=self.advance)
         if self.journal is not None:
             self.journal.continue_sent(params, session.delivered_seq)  # write-ahead
-        session.send_continue(params)
+        self._wait(lambda: session.send_continue(params))
 
     def _starting(self, change: ConnectionChanged) -> None:
         """Retries before the session exists, as they happen (terminal or pipe)."""
         status = change.status
-        if isinstance(status, Reconnecting):
+        if isinstance(status, Reconnecting) and not self.quiet:
             self.console.print(
                 f"connecting: attempt {status.attempt} failed ({status.reason}); next try "
                 f"in {status.delay:.1f}s", highlight=False, soft_wrap=True)
@@ -475,6 +586,8 @@ class _Run:
         return self.last_slot - self.create.start_slot + 1
 
     def _progress(self, session_id: str) -> Any:
+        if self.quiet:
+            return _NoProgress()
         return (_LiveProgress(self, session_id) if self.console.is_terminal
                 else _PlainProgress(self, session_id))
 
@@ -492,35 +605,90 @@ class _Run:
             sim.faults.blackhole(target, at_slot=rng.choice(slots),  # type: ignore[arg-type]
                                  session_id=session_id)
 
-    def _print_summary(self, session_id: str, stats: dict[str, Any], wall: float,
+    def _result(self, failure: ManagedSessionError | None) -> str:
+        if self.interrupted and not self.completed:
+            return "interrupted"
+        if failure is not None:
+            return f"failed: {failure}"
+        if self.gaps:
+            return f"completed with {len(self.gaps)} gap(s): events may be missing"
+        return "completed"
+
+    def summary_document(self, session_id: str, stats: SessionStats | None, wall: float,
+                         failure: ManagedSessionError | None) -> dict[str, Any]:
+        """The summary as plain data: what ``--json`` prints and the table shows."""
+        counters = stats.as_dict() if stats is not None else {}
+        blocks = max(0, self.counts["slots"] - 1)  # the first Slot is the start slot anchor
+        return {
+            "result": self._result(failure).split(":")[0],
+            "error": None if failure is None else str(failure),
+            "exit_code": self._exit_code(failure),
+            "session_id": session_id,
+            "start_slot": self.create.start_slot, "end_slot": self.create.end_slot,
+            "range_slots": self.total, "range_slots_done": self._done(),
+            "slot_events": self.counts["slots"], "blocks_executed": blocks,
+            "transactions": self.counts["transactions"],
+            "account_diffs": self.counts["account_diffs"], "events": self.counts["events"],
+            "reconnects": counters.get("reconnects", {}),
+            "replays_dropped": counters.get("replays_dropped", 0),
+            "address_repeats_dropped": counters.get("address_repeats_dropped", 0),
+            "duplicates_delivered": self.counts["duplicates_delivered"],
+            "malformed_frames": counters.get("malformed_frames", 0),
+            "lost_continues": counters.get("lost_continues", 0),
+            "continues_resent": counters.get("continues_resent", 0),
+            "double_advances": counters.get("double_advances", 0),
+            "gaps": [{"stream": g.stream, "first_slot": g.first_slot,
+                      "last_slot": g.last_slot, "slots": g.slots} for g in self.gaps],
+            "wall_seconds": round(wall, 3),
+            "server": self.summary,
+        }
+
+    def _print_summary(self, session_id: str, stats: SessionStats | None, wall: float,
                        failure: ManagedSessionError | None) -> None:
-        table = Table(title=f"backtest {session_id}", show_header=True)
+        doc = self.summary_document(session_id, stats, wall, failure)
+        if self.json_summary:
+            sys.stdout.write(json.dumps(doc, sort_keys=True) + "\n")
+            sys.stdout.flush()
+            return
+        # Slots are the range, blocks what ran: the one line that explains 263 vs 300.
+        caption = (f"{doc['range_slots_done']} slots held {doc['blocks_executed']} produced "
+                   f"blocks: a slot with no block is skipped")
+        table = Table(title=f"backtest {session_id}", show_header=True, caption=caption)
         table.add_column("what")
         table.add_column("value", justify="right")
-        result = "completed" if failure is None else f"failed: {failure}"
-        if failure is None and self.gaps:
-            result = f"completed with {len(self.gaps)} gap(s): events may be missing"
-        table.add_row("result", result)
+        table.add_row("result", self._result(failure))
         for gap in self.gaps:
             table.add_row(f"gap: {gap.stream}",
                           f"slots {gap.first_slot}..={gap.last_slot} ({gap.slots} slots)")
-        table.add_row("slots", f"{self.counts['slots']} ({self._done()}/{self.total} range)")
+        table.add_row("range", f"{self.create.start_slot}..={self.create.end_slot}")
+        table.add_row("slots done", f"{doc['range_slots_done']}/{self.total}")
+        table.add_row("blocks executed", f"{doc['blocks_executed']} (+1 start slot)")
         table.add_row("transactions", str(self.counts["transactions"]))
         table.add_row("account diffs", str(self.counts["account_diffs"]))
         table.add_row("events", str(self.counts["events"]))
-        for name, count in sorted(stats.get("reconnects", {}).items()):
+        for name, count in sorted(doc["reconnects"].items()):
             table.add_row(f"reconnects: {name}", str(count))
-        table.add_row("duplicates dropped", str(stats.get("duplicates_dropped", 0)))
+        table.add_row("replays dropped", str(doc["replays_dropped"]))
+        table.add_row("same tx, other address", str(doc["address_repeats_dropped"]))
         table.add_row("duplicates delivered", str(self.counts["duplicates_delivered"]))
-        table.add_row("malformed frames", str(stats.get("malformed_frames", 0)))
+        table.add_row("malformed frames", str(doc["malformed_frames"]))
         table.add_row(f"lost continues ({self.on_lost_continue})",
-                      f"{stats.get('lost_continues', 0)} (resent "
-                      f"{stats.get('continues_resent', 0)})")
-        table.add_row("double advances", str(stats.get("double_advances", 0)))
+                      f"{doc['lost_continues']} (resent {doc['continues_resent']})")
+        table.add_row("double advances", str(doc["double_advances"]))
         table.add_row("wall time", f"{wall:.2f} s")
         for key, value in sorted((self.summary or {}).items()):
             table.add_row(f"server: {key}", str(value))
         Console(soft_wrap=True).print(table)
+
+
+class _NoProgress:
+    """``--quiet`` and ``--json``: nothing on stderr while the run goes."""
+
+    def __enter__(self) -> Any:
+        return lambda: None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
 
 
 class _LiveProgress:
