@@ -39,7 +39,8 @@ def test_default_run_completes_200_plus_slots() -> None:
     assert result.returncode == 0, result.stderr
     assert time.monotonic() - started < 60
     assert table_value(result.stdout, "result") == "completed"
-    assert int(table_value(result.stdout, "slots").split()[0]) >= 200
+    assert table_value(result.stdout, "slots done") == "300/300"
+    assert int(table_value(result.stdout, "blocks executed").split()[0]) >= 200
     assert table_value(result.stdout, "duplicates delivered") == "0"
     assert "\r" not in result.stderr  # piped: plain lines
     assert re.search(r"progress …\w{8}: 300/300 slots \(100\.0%\)", result.stderr)
