@@ -1,7 +1,20 @@
 """The running system: supervised connection actors behind a managed session.
 
-Plain code uses :class:`ManagedBacktestSession`; application actors pass
-``listener=their_ref`` and drive the supervisor with the messages below.
+Plain code uses :class:`ManagedBacktestSession` (``next_event``, ``for event in
+session``, ``run``); application actors subclass :class:`SessionListener` (or
+any pykka actor), pass ``listener=their_ref`` and drive the supervisor with
+the messages below (:class:`SendContinue`, :class:`SubscribeStream`,
+:class:`UnsubscribeStream`, :class:`GetStatus`, :class:`GetStats`,
+:class:`GetCursor`). ``help(name)`` documents each name.
+
+Two names are type aliases, not classes:
+
+* ``ManagedEvent``: any event a session delivers, the union of
+  ``ReadyForContinue``, ``Slot``, ``Status``, ``Transaction``, ``AccountDiff``,
+  ``Completed``, ``Error``, ``ConnectionChanged``, ``Gap`` and ``ContinueLost``.
+* ``ConnectionStatus``: a connection's state in ``ConnectionChanged`` and
+  ``status()``, the union of ``Connecting``, ``Up``, ``Reconnecting``,
+  ``Failed`` and ``Closed``.
 """
 
 import logging

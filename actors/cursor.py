@@ -130,13 +130,17 @@ class Cursor:
 
     @property
     def create(self) -> CreateSession:
+        """The session's range as a ``CreateSession`` (what a resume runs to)."""
         return CreateSession(self.start_slot, self.end_slot)
 
     @property
     def info(self) -> SessionInfo:
+        """The session's identity as a ``SessionInfo``."""
         return SessionInfo(self.session_id, self.rpc_endpoint)
 
     def to_json(self) -> str:
+        """The cursor as a JSON document (never the key): persist it, resume with
+        :meth:`from_json` and ``ManagedBacktestSession.attach``."""
         streams = {
             name: {"addresses": list(s.addresses), "replaySlots": dict(s.replay_slots),
                    "boundarySlot": s.boundary_slot,
@@ -164,6 +168,7 @@ class Cursor:
 
     @classmethod
     def from_dict(cls, doc: Any) -> Cursor:
+        """The cursor of a parsed JSON document; :class:`CursorError` names the bad field."""
         if not isinstance(doc, dict) or doc.get("format") != CURSOR_FORMAT:
             raise CursorError("format", f"expected {CURSOR_FORMAT!r}: not a cursor")
         if doc.get("version") != CURSOR_VERSION:

@@ -34,6 +34,7 @@ class SessionListener(pykka.ThreadingActor):
         self.failure: ManagedSessionError | None = None  # set when the session failed
 
     def on_receive(self, message: Any) -> Any:
+        """Dispatch to the ``on_*`` hooks below; override those, not this."""
         if isinstance(message, ListenerAttached):
             self.supervisor = message.supervisor
         elif isinstance(message, SessionFailed):

@@ -125,26 +125,41 @@ class ManagedBacktestSession:
               ) -> ManagedBacktestSession:
         """Connect, create the session, return once its identity is known.
 
+        ``url``: a host (``wss://<host>/backtest``) or a ``ws(s)://`` URL;
+        ``api_key``: sent only in the control upgrade's ``X-API-Key`` header, never
+        logged; ``create``: the range and session options.
+
         Raises ``ManagedSessionError(kind="create")`` when the session cannot be
-        created; bad arguments raise ``ValueError``/``TypeError`` before any
-        connection is made. ``sslopt`` goes to websocket-client for ``wss://``
-        (e.g. ``{"ca_certs": path}``); certificates are verified by default.
-        A frame larger than ``max_frame_size`` bytes is refused by its header and
-        the connection is restarted (the frame never enters memory).
+        created; bad arguments raise ``ValueError``/``TypeError`` naming the
+        field, before any connection is made. The knobs, their defaults and costs:
 
-        ``max_run_ahead`` (default 80) bounds how many executed slots the session
-        may run past what every subscription has confirmed; larger continues are
-        split (see :mod:`actors.gate`). Up to the server's 100-slot replay buffer
-        no event can be lost; above it a long outage is reported as a ``Gap``.
-
-        ``on_lost_continue``: what to do with a continue that died unread with
-        its connection (see ``ContinueLost``): ``"resend"`` (default: a hung
-        backtest is the worse failure) or ``"raise"`` (the application decides).
-
-        ``on_starting`` (optional) is called with each ``ConnectionChanged`` while
-        ``start`` waits, so retries (refused, 5xx, ownership busy) can be shown
-        before the session exists; it runs on the session's thread: keep it quick.
-        The same events are also delivered by ``next_event`` afterwards.
+        * ``policy=None`` (``ReconnectPolicy()``: 0.5 s first delay, doubling to
+          30 s, 10 attempts or 300 s per outage): how lost connections restart.
+        * ``timing=None`` (``Timing()``: 15 s keepalive, 45 s deadline, meant for
+          a real network): every time bound. Against a ``LocalSimulator`` pass
+          ``sim.timing``: a dead connection is then found in a second.
+        * ``listener=None``: an actor ref told every event (and
+          ``ListenerAttached`` first) instead of :meth:`next_event`.
+        * ``max_queue=4096``: events held for a slow consumer; at the bound the
+          readers stop reading and TCP slows the server. Memory: about
+          ``max_queue`` events.
+        * ``sslopt=None``: websocket-client's TLS options for ``wss://`` (e.g.
+          ``{"ca_certs": path}``); certificates are verified by default.
+        * ``max_frame_size=8388608`` (8 MiB): a larger frame is refused by its
+          header and the connection restarted (it never enters memory).
+        * ``max_run_ahead=80``: executed blocks the session may run past what
+          every subscription confirmed; larger continues are split (see
+          :mod:`actors.gate`). Each confirmation costs a ping round trip per
+          subscription every ``max_run_ahead / 2`` blocks. Up to the server's
+          100-slot replay buffer no event can be lost; above it a long outage
+          is reported as a ``Gap``.
+        * ``on_lost_continue="resend"``: a continue that died unread with its
+          connection (see ``ContinueLost``) is written again (a hung backtest is
+          the worse failure); ``"raise"`` hands it to the application.
+        * ``on_starting=None``: called with each ``ConnectionChanged`` while
+          ``start`` waits, so retries (refused, 5xx, ownership busy) can be shown
+          before the session exists; it runs on the session's thread: keep it
+          quick. The same events are also delivered by ``next_event`` afterwards.
         """
         if not isinstance(create, CreateSession):
             raise TypeError(f"create: expected CreateSession, got {type(create).__name__}")

@@ -97,4 +97,5 @@ class SessionStats:
         return self[key] if key in self else default
 
     def keys(self) -> list[str]:
+        """The counter names, as on the dict ``stats()`` used to return."""
         return list(attrs.fields_dict(SessionStats))

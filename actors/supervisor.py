@@ -111,6 +111,7 @@ class SessionSupervisor(FailSafeActor):
     # --- pykka ------
 
     def on_start(self) -> None:
+        """Tell the listener where to answer, then start the control link."""
         if self._listener is not None:
             # First in the listener's mailbox: it knows where to answer before any event.
             self._outbox.notify(ListenerAttached(self.actor_ref))
@@ -121,6 +122,7 @@ class SessionSupervisor(FailSafeActor):
             self._started = None
 
     def on_receive(self, message: Any) -> Any:
+        """Dispatch by message type, then carry out what the gate and outbox decided."""
         handler = self._HANDLERS.get(type(message))
         if handler is None:
             self._log.warning("unexpected message %r", type(message).__name__)
@@ -130,6 +132,7 @@ class SessionSupervisor(FailSafeActor):
         return result
 
     def on_internal_error(self, exc: Exception) -> None:
+        """A bug in a handler: the session fails as ``internal``, after the queued events."""
         self._log.error("internal error: %r", exc, exc_info=exc)
         error = ManagedSessionError("internal", f"supervisor: {exc!r}")
         error.__cause__ = exc
@@ -148,6 +151,7 @@ class SessionSupervisor(FailSafeActor):
         self.on_stop()
 
     def on_stop(self) -> None:
+        """No timer fires and no take waits after the supervisor is gone."""
         self._children.cancel_timers()
         self._outbox.close_takers(ManagedSessionError("closed", "session shut down"))
 

@@ -1,7 +1,21 @@
 """Sans-I/O backtest wire protocol: typed messages and the one codec.
 
 Nothing in this package (outside :mod:`protocol.simulator`) touches a socket or
-a thread: it only turns text into typed events and back.
+a thread: it only turns text into typed events and back. ``help(name)``
+documents each class and function; the constants are the defaults of
+:class:`Timing` and :class:`ReconnectPolicy`, named as in the reference crate:
+
+* ``CONNECT_TIMEOUT`` (30 s): the whole TCP + TLS + WebSocket upgrade.
+* ``HANDSHAKE_RESPONSE_TIMEOUT`` (180 s): each create / attach / subscribe answer
+  (a cold start may park an upgrade for over 100 s).
+* ``KEEPALIVE_INTERVAL`` (15 s): a WebSocket ping this often.
+* ``KEEPALIVE_MISS_DEADLINE`` (45 s): no inbound frame this long = dead.
+* ``GRACEFUL_CLOSE_TIMEOUT`` (10 s): close request and close frame; bounds shutdown.
+* ``RECONNECT_INITIAL_BACKOFF`` (0.5 s), ``RECONNECT_BACKOFF_MULTIPLIER`` (2.0),
+  ``RECONNECT_MAX_BACKOFF`` (30 s), ``RECONNECT_JITTER`` (0.2, i.e. +-20 %): the
+  delay before restart n, ``min(initial * multiplier**(n-1), max) * (1 +- jitter)``.
+* ``RECONNECT_MAX_ATTEMPTS`` (10) and ``RECONNECT_MAX_TOTAL`` (300 s): the budget
+  of one outage; ``RECONNECT_UPTIME_RESET`` (60 s): Up this long resets it.
 """
 
 from .codec import (

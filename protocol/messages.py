@@ -133,7 +133,20 @@ def is_base64(text: str) -> bool:
 
 @attrs.frozen
 class CreateSession:
-    """``createBacktestSession``: replay ``start_slot..=end_slot``."""
+    """``createBacktestSession``: replay ``start_slot..=end_slot`` (slots, skipped ones
+    included; only produced blocks run).
+
+    Knobs: ``signer_filter=()`` (base58 keys: only transactions signed by one of
+    them are simulated; fewer transactions, less work), ``send_summary=True``
+    (the ``Completed`` event carries the server's counters),
+    ``disconnect_timeout_secs=900`` (how long the server keeps the session after
+    its control connection drops, for a reconnect or a resume; at most 900; 0:
+    no ``seqId`` and no resume), ``capacity_wait_timeout_secs=None`` (how long
+    the server may queue the create while it has no capacity; None: its
+    default), ``extra_compute_units=None`` (a compute budget added per
+    transaction; None: none). Every argument is checked on construction
+    (``ValueError`` naming the field), before anything is sent.
+    """
 
     start_slot: int = attrs.field(validator=_int_in(0, U64_MAX))
     end_slot: int = attrs.field(validator=_int_in(0, U64_MAX))
@@ -168,6 +181,8 @@ class CreateSession:
 
 @attrs.frozen
 class EncodedBinary:
+    """Account data on the wire: ``data`` encoded as ``encoding`` (only ``base64``)."""
+
     data: str
     encoding: str = "base64"
 
@@ -217,7 +232,16 @@ def _account_states(_inst: object, attribute: attrs.Attribute[Any], value: objec
 
 @attrs.frozen
 class ContinueParams:
-    """``continue``: advance ``advance_count`` produced blocks, injecting ``transactions``."""
+    """``continue``: advance ``advance_count`` produced blocks, injecting ``transactions``.
+
+    Knobs: ``advance_count=1`` (produced blocks, not slots: skipped slots do not
+    count; larger means fewer round trips, and the session splits it into
+    chunks of at most ``max_run_ahead``), ``transactions=()`` (your own signed,
+    serialized transactions, base64, any iterable: run before the next block),
+    ``modify_account_states={}`` (address -> :class:`AccountData`: accounts
+    overwritten before the transactions run). Checked on construction
+    (``ValueError`` naming the field), before anything is sent.
+    """
 
     # u64 on the wire; the server would refuse a larger count only after it was sent.
     advance_count: int = attrs.field(default=1, validator=_int_in(1, U64_MAX))
@@ -254,6 +278,9 @@ Request = CreateSession | ContinueParams | Attach | Resume | Close
 
 @attrs.frozen
 class SessionCreated:
+    """``sessionCreated``: the session exists; ``rpc_endpoint`` (a URL or a path) is where
+    its PubSub streams are."""
+
     session_id: str
     rpc_endpoint: str
     task_id: str | None = None
@@ -261,6 +288,8 @@ class SessionCreated:
 
 @attrs.frozen
 class SessionAttached:
+    """``sessionAttached``: an attach was accepted (the replay follows the resume)."""
+
     session_id: str
     rpc_endpoint: str
     task_id: str | None = None
@@ -268,11 +297,13 @@ class SessionAttached:
 
 @attrs.frozen
 class ReadyForContinue:
-    pass
+    """``readyForContinue``: the session is paused and accepts the next continue."""
 
 
 @attrs.frozen
 class SlotNotification:
+    """``slotNotification``: the start slot, then each executed (produced) block."""
+
     slot: int
 
 
@@ -285,12 +316,15 @@ class Status:
 
 @attrs.frozen
 class Completed:
+    """``completed``: the range is done; ``summary`` holds the server's counters (or None
+    when the create asked for no summary)."""
+
     summary: dict[str, Any] | None = None
 
 
 @attrs.frozen
 class Success:
-    pass
+    """``success``: a resume or close was done."""
 
 
 # Classification from DESIGN.md §3. ``sessionNameTaken`` is not named there; the
@@ -319,10 +353,12 @@ class BacktestError:
 
     @property
     def terminal(self) -> bool:
+        """The session cannot go on after it (``sessionNotFound``, ``invalid*``, ...)."""
         return self.kind in TERMINAL_ERROR_KINDS or self.kind.startswith("invalid")
 
     @property
     def retryable_in_handshake(self) -> bool:
+        """A handshake answered with it may be tried again after a backoff."""
         return self.kind in RETRYABLE_HANDSHAKE_ERROR_KINDS
 
     def __str__(self) -> str:
@@ -332,6 +368,8 @@ class BacktestError:
 
 @attrs.frozen
 class Error:
+    """``error``: a server error, typed as a :class:`BacktestError`."""
+
     error: BacktestError
 
 

@@ -41,7 +41,28 @@ def _non_negative(_inst: object, attribute: attrs.Attribute[Any], value: float) 
 
 @attrs.frozen
 class Timing:
-    """Every time bound of a connection's lifecycle, in seconds."""
+    """Every time bound of a connection's lifecycle, in seconds (websockets' style: each
+    knob with its default and what it costs).
+
+    * ``connect=30``: the whole of TCP + TLS + WebSocket upgrade, however slowly the
+      server answers. Shorter finds a dead host sooner; too short fails slow links.
+    * ``handshake=180``: each create / attach / resume / subscribe answer. A real
+      server may park an upgrade for over 100 s on a cold start.
+    * ``keepalive_interval=15``: a WebSocket ping this often on each connection.
+      Costs one small frame each way per interval.
+    * ``keepalive_deadline=45``: a connection with no inbound frame (pongs count)
+      for this long is dead and restarted. Shorter finds a silent (blackholed)
+      connection sooner, at the risk of restarting a slow but live one; must
+      exceed ``keepalive_interval``.
+    * ``graceful_close=10``: the close request, its answer and the close frame;
+      also bounds ``shutdown()`` (plus about a second).
+    * ``continue_quiet=None``: after a re-attach, how long nothing new proves a
+      continue in flight was lost (None: ``keepalive_deadline``). Shorter
+      resends sooner; too short could resend a continue the server is still
+      running (counted as a double advance, never hidden).
+
+    ``LocalSimulator.timing`` is the set that suits a simulator on this machine.
+    """
 
     # The whole connect (TCP + TLS + WebSocket upgrade), not each socket read.
     connect: float = attrs.field(default=CONNECT_TIMEOUT, validator=_positive)
@@ -71,6 +92,15 @@ class Timing:
 @attrs.frozen
 class ReconnectPolicy:
     """Exponential backoff with multiplicative jitter and two budgets.
+
+    Knobs: ``initial=0.5`` (seconds before the first restart), ``multiplier=2``,
+    ``max_delay=30`` (the longest wait between attempts), ``jitter=0.2`` (+-20 %,
+    so many clients do not reconnect in step), ``max_attempts=10`` and
+    ``max_total=300`` (seconds; the budget of one outage: past either the
+    session fails), ``uptime_reset=60`` (Up this long starts a fresh budget),
+    ``rng=None`` (``random.Random(seed)`` for a deterministic schedule). A
+    longer budget survives longer outages and takes longer to report a dead
+    server.
 
     ``delay(attempt)`` is pure given ``rng``: ``min(initial * multiplier**(attempt-1),
     max_delay) * (1 + jitter * u)`` with ``u`` uniform in ``[-1, 1]``. An outage
@@ -124,6 +154,7 @@ class ReconnectPolicy:
         return min(raw, self.max_delay)
 
     def delay(self, attempt: int) -> float:
+        """The delay before restart ``attempt`` (1-based), jitter included."""
         base = self.base_delay(attempt)
         if self.jitter == 0 or base == 0:
             return base

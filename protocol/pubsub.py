@@ -46,6 +46,8 @@ class Subscribe:
 
 @attrs.frozen
 class Unsubscribe:
+    """``transactionUnsubscribe`` / ``accountDiffUnsubscribe`` of ``subscription``."""
+
     id: int
     kind: StreamKind
     subscription: int
@@ -53,18 +55,24 @@ class Unsubscribe:
 
 @attrs.frozen
 class SubscribeAck:
+    """The answer to subscribe request ``id``: notifications carry ``subscription``."""
+
     id: int
     subscription: int
 
 
 @attrs.frozen
 class UnsubscribeAck:
+    """The answer to unsubscribe request ``id``."""
+
     id: int
     result: bool
 
 
 @attrs.frozen
 class JsonRpcError:
+    """A JSON-RPC error answer (``id`` None: the request could not be parsed)."""
+
     id: int | None
     code: int
     message: str
@@ -103,6 +111,8 @@ class AccountDiffNotification:
 
 @attrs.frozen
 class UnknownPubsub:
+    """A PubSub method this client does not know: kept, never an exception."""
+
     method: str
     params: Any = None
 

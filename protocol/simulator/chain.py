@@ -98,6 +98,7 @@ class Chain:
         ]
 
     def available_range(self) -> tuple[int, int]:
+        """``(first, last)`` slot of the chain."""
         return self.first_slot, self.last_slot
 
     def produced_in(self, start: int, end: int) -> list[int]:
@@ -108,6 +109,7 @@ class Chain:
 
     @functools.lru_cache(maxsize=128)  # noqa: B019 - one Chain per simulator, bounded
     def block(self, slot: int) -> tuple[Tx, ...]:
+        """The transactions of ``slot``'s block (computed from the seed, cached)."""
         # Dense chains need millions of transactions, so the random material for a
         # whole block is drawn in a few C-level calls rather than per transaction.
         rng = random.Random(f"{self.seed}:{slot}")

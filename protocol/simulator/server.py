@@ -148,6 +148,12 @@ def _positive(_: object, attribute: attrs.Attribute[float], value: float) -> Non
 class ServerLiveness:
     """How the server finds dead and stalled peers.
 
+    Knobs: ``keepalive_interval=1`` (seconds idle before a ping; each costs a
+    frame each way), ``keepalive_deadline=3`` (seconds of silence after which a
+    peer is dead and loses the session it owns), ``stall_timeout=30`` (a reader
+    that drains nothing this long is closed), ``close_timeout=1`` (a closing
+    connection's time to answer the close frame).
+
     The local defaults are short (ping after 1 s idle, dead after 3 s of
     silence) so that tests and the embedded simulator see a vanished client in
     seconds. A real server uses the client's defaults, ``KEEPALIVE_INTERVAL``
@@ -413,7 +419,14 @@ class SessionState:
 
 @attrs.frozen
 class ServerLimits:
-    """What the simulator accepts from a client: it is a server users will run."""
+    """What the simulator accepts from a client: it is a server users will run.
+
+    Knobs: ``max_frame_size=1048576`` (bytes; a larger frame closes the
+    connection with 1009; memory per connection is bounded by it),
+    ``max_connections_per_client=256`` (live connections per client address;
+    more are refused with 503), ``handshake_timeout=10`` (seconds for an open
+    TCP connection to complete its upgrade).
+    """
 
     max_frame_size: int = 2**20  # bytes; a larger frame closes the connection (1009)
     max_connections_per_client: int = 256  # live WebSocket connections per client address
