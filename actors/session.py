@@ -91,7 +91,18 @@ def _check_optional(field: str, value: object, kind: type | tuple[type, ...],
 
 
 class ManagedBacktestSession:
-    """A created backtest session whose connections are kept alive for you."""
+    """A created backtest session whose connections are kept alive for you.
+
+    Make one with :meth:`start` (or :meth:`attach` to resume); use it as a context
+    manager, or call :meth:`shutdown`. Read events with :meth:`next_event`,
+    ``for event in session`` or :meth:`run` (the ready -> continue loop done for
+    you); answer each ``ReadyForContinue`` with :meth:`send_continue`. Subscribe
+    with :meth:`subscribe_transactions` / :meth:`subscribe_account_diffs`, stop
+    one with :meth:`unsubscribe`. :meth:`stats`, :meth:`status` and
+    :meth:`cursor` say how it goes. Every call is a message to the session's
+    supervisor actor (:attr:`supervisor`), so a blocking call never holds an
+    actor up; events are meant for one consumer thread.
+    """
 
     def __init__(self, supervisor: pykka.ActorRef[Any], scheduler: Scheduler,
                  info: SessionInfo, timing: Timing, tracker: CursorTracker | None = None

@@ -104,7 +104,7 @@ def managed_run(url: str, first: int, last: int, addresses: list[str],
         while not isinstance(event := session.next_event(timeout=60), Completed):
             events += isinstance(event, Transaction)
         elapsed = time.perf_counter() - started
-        frames = events + session.stats()["duplicates_dropped"]
+        frames = events + session.stats().duplicates_dropped
     finally:
         session.shutdown()
     return frames / elapsed

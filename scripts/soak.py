@@ -289,11 +289,11 @@ class Soak:
             stats, server = result["stats"], result["server"]
             # Every chunk that reached the server was written once by the client; a
             # chunk lost in flight was written again (counted in both).
-            continues += stats["chunks_written"] - stats["lost_continues"]
-            lost_continues += stats["lost_continues"]
+            continues += stats.chunks_written - stats.lost_continues
+            lost_continues += stats.lost_continues
             advances += server.continues_received
-            reconnects += sum(stats["reconnects"].values())
-            if (stats["double_advances"]
+            reconnects += sum(stats.reconnects.values())
+            if (stats.double_advances
                     or server.blocks_executed != len(exp.slots) - 1):
                 double_advances += 1
         injected = sum(v for k, v in faults.items() if k != "connection_limit")
