@@ -19,7 +19,6 @@ so its runs cannot be resumed (exit 2).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import random
@@ -35,6 +34,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from protocol import ContinueParams, CreateSession, ReconnectPolicy, Timing, backtest_ws_url
+from protocol.codec import dump_document
 from protocol.messages import pubkey_problem
 from protocol.pubsub import PUBSUB_BUFFER_SLOTS
 from protocol.simulator import DEFAULT_API_KEY, LocalSimulator
@@ -647,7 +647,7 @@ class _Run:
                        failure: ManagedSessionError | None) -> None:
         doc = self.summary_document(session_id, stats, wall, failure)
         if self.json_summary:
-            sys.stdout.write(json.dumps(doc, sort_keys=True) + "\n")
+            sys.stdout.write(dump_document(doc) + "\n")  # the codec: the one converter
             sys.stdout.flush()
             return
         # Slots are the range, blocks what ran: the one line that explains 263 vs 300.
