@@ -414,3 +414,42 @@ def test_stats_are_refused_after_shutdown(sim: LocalSimulator) -> None:
     session.shutdown()
     with pytest.raises(ManagedSessionError, match="closed"):
         session.stats()
+
+
+# --- the plain classes behind it ------------------------------------------------------
+
+
+def test_outbox_tells_a_replay_from_an_address_repeat() -> None:
+    from actors.outbox import Outbox
+    from tests.test_outbox import LOG, take, tx
+
+    outbox = Outbox(window=64, log=LOG)
+    outbox.add_stream("transactions", ("a", "b"))
+    outbox.stream_items("transactions", [("a", tx(1, "s1")), ("b", tx(1, "s1"))], True)
+    assert outbox.stats["address_repeats_dropped"] == 1 and outbox.stats["replays_dropped"] == 0
+    # A resume replays slot 1 for both addresses: replays, however many addresses.
+    outbox.stream_items("transactions", [("b", tx(1, "s1")), ("a", tx(1, "s1")),
+                                         ("a", tx(2, "s2"))], True)
+    assert take(outbox) == [tx(1, "s1"), tx(2, "s2")]
+    assert outbox.stats["replays_dropped"] == 2
+    assert outbox.stats["address_repeats_dropped"] == 1
+    assert outbox.stats["duplicates_dropped"] == 3
+
+
+def test_gate_unsubscribe_confirms_every_executed_block_then_closes() -> None:
+    from tests.test_gate import run_chunk, up_gate
+
+    gate = up_gate("transactions", "account_diffs", max_run_ahead=80)
+    gate.submit(ContinueParams(advance_count=10), reply=None)
+    run_chunk(gate, 1)
+    assert gate.absorb(ReadyForContinue()) == ReadyForContinue()
+    gate.unsubscribe("transactions")
+    assert gate.streams_closed() == []  # 10 blocks not confirmed yet
+    due = gate.barriers_due()
+    assert [name for name, _ in due] == ["transactions"]  # at once, not at half the budget
+    gate.submit(ContinueParams(advance_count=5), reply=None)
+    assert gate.next_chunk() is None  # no block runs while it closes
+    gate.barrier_reached("transactions", due[0][1])
+    assert gate.streams_closed() == ["transactions"]
+    assert gate.next_chunk() == ContinueParams(advance_count=5)  # then the session goes on
+    assert not gate.closing("transactions")
