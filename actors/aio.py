@@ -47,6 +47,7 @@ from .events import (
 )
 from .requests import TakeEvents
 from .session import ManagedBacktestSession, _check_timeout, _with_deltas
+from .stats import SessionStats
 
 T = TypeVar("T")
 
@@ -144,14 +145,15 @@ class AsyncBacktestSession:
 
     @property
     def session_info(self) -> SessionInfo:
+        """The session's identity (id, RPC endpoint), known once ``start`` returned."""
         return self._session.session_info
 
     def status(self) -> dict[str, ConnectionStatus]:
         """Each connection's status, by name."""
         return self._session.status()
 
-    def stats(self) -> dict[str, Any]:
-        """Counters (see the README's Stats table)."""
+    def stats(self) -> SessionStats:
+        """Counters, typed (:class:`~actors.stats.SessionStats`; also read as a dict)."""
         return self._session.stats()
 
     def cursor(self) -> Cursor:
@@ -163,6 +165,7 @@ class AsyncBacktestSession:
         self._session.subscribe_transactions(addresses)
 
     def subscribe_account_diffs(self, addresses: Iterable[str]) -> None:
+        """Deliver every write to one of these accounts (see the blocking facade's)."""
         self._session.subscribe_account_diffs(addresses)
 
     # --- events and continues ------
@@ -254,6 +257,8 @@ class AsyncBacktestSession:
         await _off_loop(lambda: self._session.shutdown(detach=detach), lambda _: None)
 
     async def detach(self) -> None:
+        """Close the connections, leave the session on the server (resume it with
+        ``attach`` and ``cursor()``)."""
         await self.shutdown(detach=True)
 
     async def __aenter__(self) -> AsyncBacktestSession:

@@ -18,6 +18,7 @@ from .connection import DEFAULT_MAX_FRAME_SIZE
 from .cursor import Cursor
 from .events import ConnectionChanged
 from .gate import DEFAULT_MAX_RUN_AHEAD, LostContinuePolicy
+from .requests import SubscribeStream
 
 DEFAULT_MAX_QUEUE = 4096
 LINKS_PER_SESSION = 3  # control + transactions + account diffs
@@ -46,6 +47,8 @@ class SessionConfig:
     on_starting: Callable[[ConnectionChanged], None] | None = None
     # Attach to this cursor's session instead of creating one (``create`` is its range).
     resume: Cursor | None = None
+    # Subscribed as the session is named, before its first ReadyForContinue is delivered.
+    subscriptions: tuple[SubscribeStream, ...] = ()
     # False: no control connection (a subscription handle watching a session that
     # someone else drives); ``resume`` then names the session and the replay slots.
     control: bool = True

@@ -43,6 +43,7 @@ from .cursor import Cursor, StreamCursor, check_cursor
 from .events import ConnectionStatus, ManagedEvent, SessionInfo
 from .requests import SubscribeStream
 from .session import ManagedBacktestSession
+from .stats import SessionStats
 
 
 class _Handle:
@@ -77,8 +78,8 @@ class _Handle:
         """Each connection's status, by name."""
         return self._session.status()
 
-    def stats(self) -> dict[str, Any]:
-        """Counters (see the README's Stats table)."""
+    def stats(self) -> SessionStats:
+        """Counters, typed (:class:`~actors.stats.SessionStats`; also read as a dict)."""
         return self._session.stats()
 
     def shutdown(self) -> None:

@@ -132,7 +132,8 @@ class ManagedBacktestSession:
               max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
               max_run_ahead: int = DEFAULT_MAX_RUN_AHEAD,
               on_lost_continue: LostContinuePolicy = "resend",
-              on_starting: Callable[[ConnectionChanged], None] | None = None
+              on_starting: Callable[[ConnectionChanged], None] | None = None,
+              transactions: Iterable[str] = (), account_diffs: Iterable[str] = ()
               ) -> ManagedBacktestSession:
         """Connect, create the session, return once its identity is known.
 
@@ -171,15 +172,30 @@ class ManagedBacktestSession:
           ``start`` waits, so retries (refused, 5xx, ownership busy) can be shown
           before the session exists; it runs on the session's thread: keep it
           quick. The same events are also delivered by ``next_event`` afterwards.
+        * ``transactions=()``, ``account_diffs=()``: addresses subscribed as the
+          session is created, before its first ``ReadyForContinue`` can be
+          answered (the first continue waits for these connections to be Up).
+          The way for a listener that answers at once; the same as
+          :meth:`subscribe_transactions` / :meth:`subscribe_account_diffs`
+          called before the first continue.
         """
         if not isinstance(create, CreateSession):
             raise TypeError(f"create: expected CreateSession, got {type(create).__name__}")
         # attrs validators ran at construction; this catches an instance changed since.
         attrs.validate(create)
+        subscriptions: list[SubscribeStream] = []
+        for kind, addresses in (("transactions", transactions),
+                                ("account_diffs", account_diffs)):
+            if isinstance(addresses, str | bytes):
+                raise TypeError(f"{kind}: expected a list of addresses, got one string")
+            listed = tuple(addresses)
+            if listed:  # checked here (named, base58) before anything is sent
+                subscriptions.append(SubscribeStream(cast(StreamKind, kind), listed))
         return cls._launch(url, api_key, create, None, policy=policy, timing=timing,
                            listener=listener, max_queue=max_queue, sslopt=sslopt,
                            max_frame_size=max_frame_size, max_run_ahead=max_run_ahead,
-                           on_lost_continue=on_lost_continue, on_starting=on_starting)
+                           on_lost_continue=on_lost_continue, on_starting=on_starting,
+                           subscriptions=tuple(subscriptions))
 
     @classmethod
     def attach(cls, url: str, api_key: str, cursor: Cursor, *,
@@ -238,7 +254,8 @@ class ManagedBacktestSession:
                 max_run_ahead: int = DEFAULT_MAX_RUN_AHEAD,
                 on_lost_continue: LostContinuePolicy = "resend",
                 on_starting: Callable[[ConnectionChanged], None] | None = None,
-                control: bool = True) -> ManagedBacktestSession:
+                control: bool = True, subscriptions: tuple[SubscribeStream, ...] = ()
+                ) -> ManagedBacktestSession:
         # Every argument is checked here, in the caller's thread: a bad one found
         # later, inside an actor, would crash it and leave start() waiting.
         if not isinstance(url, str):
@@ -272,10 +289,13 @@ class ManagedBacktestSession:
             url=control_url, api_key=api_key, create=create, policy=policy or ReconnectPolicy(),
             timing=timing, max_queue=max_queue, sslopt=sslopt, max_frame_size=max_frame_size,
             max_run_ahead=max_run_ahead, on_lost_continue=on_lost_continue,
-            on_starting=on_starting, resume=resume, control=control)
+            on_starting=on_starting, resume=resume, control=control,
+            subscriptions=subscriptions)
         supervisor = SessionSupervisor.start(config, scheduler=scheduler, started=started,
                                              listener=listener)
         tracker = CursorTracker(control_url, create, resume)
+        for message in subscriptions:
+            tracker.subscribed(message.kind, message.addresses)
         info = SessionInfo("", "") if resume is None else resume.info
         session = cls(supervisor, scheduler, info, timing, tracker)
         session._listener_mode = listener is not None

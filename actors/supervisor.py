@@ -232,6 +232,9 @@ class SessionSupervisor(FailSafeActor):
         if self._started is not None:
             self._started.set(message.info)
             self._started = None
+        for subscribe in self._config.subscriptions:
+            # Before the ReadyForContinue that follows: the first continue waits for them.
+            self._on_subscribe(subscribe)
 
     def _on_child_up(self, message: ChildUp) -> None:
         name = message.name

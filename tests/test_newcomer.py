@@ -360,11 +360,12 @@ def test_a_session_listener_drives_from_the_first_event(sim: LocalSimulator) -> 
     with no_leaks(FAST.graceful_close + 1):
         done: pykka.ThreadingFuture[list[Any]] = pykka.ThreadingFuture()
         listener = Recorder.start(done, 6)
+        # Subscribed with the create: the listener may answer the first Ready at once,
+        # and the first continue still waits for the subscription.
         session = ManagedBacktestSession.start(
             sim.url, DEFAULT_API_KEY, CreateSession(first, end), timing=FAST,
-            policy=QUICK_RETRY, listener=listener)
+            policy=QUICK_RETRY, listener=listener, transactions=list(sim.addresses[:2]))
         try:
-            session.subscribe_transactions(sim.addresses[:2])
             seen = done.get(timeout=30)
         finally:
             session.shutdown()
@@ -374,6 +375,22 @@ def test_a_session_listener_drives_from_the_first_event(sim: LocalSimulator) -> 
     events = seen[1:]
     assert not any(isinstance(e, ListenerAttached | ContinueRefused) for e in events)
     check_exact(events, sim.expected(first, end, transactions=sim.addresses[:2]))
+
+
+def test_start_subscribes_before_the_first_continue(sim: LocalSimulator) -> None:
+    first, _ = sim.available_range()
+    end = first + 40
+    with start(sim, first, end, transactions=iter(sim.addresses[:2]),
+               account_diffs=sim.addresses[3:5]) as session:
+        events = drive(session, advance=40)
+        assert session.cursor().streams.keys() == {"transactions", "account_diffs"}
+    check_exact(events, sim.expected(first, end, transactions=sim.addresses[:2],
+                                     account_diffs=sim.addresses[3:5]))
+    with pytest.raises(TypeError, match="transactions: expected a list of addresses"):
+        start(sim, first, end, transactions=sim.addresses[0])
+    with pytest.raises(ValueError, match=r"addresses\[0\]"):
+        start(sim, first, end, account_diffs=["ADDR"])
+    assert sim.upgrade_requests().get("control", 0) == 1  # the refused starts sent nothing
 
 
 def test_local_simulator_timing_finds_a_silent_connection_in_about_a_second(

@@ -42,8 +42,9 @@ def test_readme_examples_use_the_simulators_timing() -> None:
     """From Python a LocalSimulator session gets the fast keepalive the CLI uses, as the
     README shows it (not the 45 s deadline meant for a real network)."""
     calls = [call for block in BLOCKS for call in re.findall(
-        r"ManagedBacktestSession\.(?:start|attach)\((.*?)\)\s*(?:as|$)", block, re.S | re.M)]
-    assert len(calls) == 5
+        r"(?:BacktestSession\.(?:start|attach)|spawn_\w+)\((.*?)\)\s*(?:as|$)", block,
+        re.S | re.M)]
+    assert len(calls) == 8
     for call in calls:
         assert "timing=sim.timing" in call, call
 
