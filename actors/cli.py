@@ -461,7 +461,7 @@ class _Run:
             failure = exc
         except KeyboardInterrupt:
             self.interrupted = True
-        stats = session.stats() if not self.interrupted else self._stats_or_none(session)
+        stats = self._stats_or_none(session)
         session.shutdown()
         if self.journal is not None:
             self.journal.sync()
@@ -478,7 +478,7 @@ class _Run:
 
     @staticmethod
     def _stats_or_none(session: ManagedBacktestSession) -> SessionStats | None:
-        """Stats after an interrupt: the session may be failing, and the summary must come."""
+        """The session's stats, or None when it cannot answer: the summary must come."""
         try:
             return session.stats()
         except ManagedSessionError:
@@ -620,7 +620,9 @@ class _Run:
         counters = stats.as_dict() if stats is not None else {}
         blocks = max(0, self.counts["slots"] - 1)  # the first Slot is the start slot anchor
         return {
-            "result": self._result(failure).split(":")[0],
+            "result": ("interrupted" if self.interrupted and not self.completed
+                       else "failed" if failure is not None
+                       else "completed_with_gaps" if self.gaps else "completed"),
             "error": None if failure is None else str(failure),
             "exit_code": self._exit_code(failure),
             "session_id": session_id,
