@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Iterable
 from typing import Any
 
 import attrs
@@ -109,8 +110,13 @@ def _pubkey(_inst: object, attribute: attrs.Attribute[Any], value: object) -> No
         raise ValueError(f"{attribute.name}: {problem}")
 
 
-def _to_tuple(value: Any) -> Any:
-    """Accept any list-like for tuple fields, but never a bare string."""
+def _to_tuple(value: Iterable[str]) -> Any:
+    """Accept any list-like for tuple fields, but never a bare string.
+
+    Annotated with what a caller may pass (attrs shows it in ``__init__``'s
+    signature, so ``help(ContinueParams)`` says ``transactions: Iterable[str]``);
+    anything else is passed through unchanged for the validator to name.
+    """
     if isinstance(value, str | bytes):
         return value
     try:
@@ -187,7 +193,7 @@ class EncodedBinary:
     encoding: str = "base64"
 
 
-def _account_data_bytes(value: Any) -> Any:
+def _account_data_bytes(value: EncodedBinary | bytes | bytearray) -> Any:
     if isinstance(value, bytes | bytearray):
         return EncodedBinary(base64.b64encode(bytes(value)).decode("ascii"))
     return value

@@ -421,6 +421,15 @@ def test_continue_lost_params_are_typed() -> None:
     assert field.type in (ContinueParams, "ContinueParams")
 
 
+def test_injected_transactions_are_typed_in_the_signature() -> None:
+    """``help(ContinueParams)`` said ``transactions: Any``: attrs shows the converter's
+    parameter type, so the converter now says what a caller may pass."""
+    parameters = inspect.signature(ContinueParams.__init__).parameters
+    assert parameters["transactions"].annotation == "Iterable[str]"
+    assert parameters["modify_account_states"].annotation == "dict[str, AccountData]"
+    assert ContinueParams(transactions=iter(["AQID"])).transactions == ("AQID",)
+
+
 def test_chain_addresses_are_what_the_simulator_lists() -> None:
     assert LocalSimulator(seed=3).addresses == Chain(3).addresses
 
