@@ -176,7 +176,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         sys.stderr.write(f"{exc}\n")
         return 2
-    return plan.execute()
+    try:
+        return plan.execute()
+    except KeyboardInterrupt:  # before or after the run's own handler (starting, closing)
+        sys.stderr.write("backtest-actors: interrupted\n")
+        return EXIT_INTERRUPTED
 
 
 class _Plan:
