@@ -622,7 +622,10 @@ class _Run:
                          failure: ManagedSessionError | None) -> dict[str, Any]:
         """The summary as plain data: what ``--json`` prints and the table shows."""
         counters = stats.as_dict() if stats is not None else {}
-        blocks = max(0, self.counts["slots"] - 1)  # the first Slot is the start slot anchor
+        # The first Slot of a created session is the start slot (the anchor), not a block;
+        # a resumed run had its anchor before.
+        anchor = 1 if self.resume is None and self.counts["slots"] else 0
+        blocks = self.counts["slots"] - anchor
         return {
             "result": ("interrupted" if self.interrupted and not self.completed
                        else "failed" if failure is not None
