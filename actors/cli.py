@@ -671,7 +671,8 @@ class _Run:
                           f"slots {gap.first_slot}..={gap.last_slot} ({gap.slots} slots)")
         table.add_row("range", f"{self.create.start_slot}..={self.create.end_slot}")
         table.add_row("slots done", f"{doc['range_slots_done']}/{self.total}")
-        table.add_row("blocks executed", f"{doc['blocks_executed']} (+1 start slot)")
+        anchor = " (+1 start slot)" if doc["slot_events"] > doc["blocks_executed"] else ""
+        table.add_row("blocks executed", f"{doc['blocks_executed']}{anchor}")
         table.add_row("transactions", str(self.counts["transactions"]))
         table.add_row("account diffs", str(self.counts["account_diffs"]))
         table.add_row("events", str(self.counts["events"]))
