@@ -37,7 +37,6 @@ from .control import (
 )
 from .events import (
     Closed,
-    Connecting,
     ConnectionChanged,
     ConnectionStatus,
     Error,
@@ -67,6 +66,7 @@ from .requests import (
     UnsubscribeStream,
 )
 from .stats import SessionStats
+from .streams import Streams
 from .subscription import Barrier, BarrierReached, StreamItems, SubscriptionActor
 from .ticks import QuietCheck, RestartChild, ShutdownDeadline, UptimeCheck
 from .timers import Scheduler, TimerHandle
@@ -106,7 +106,7 @@ class SessionSupervisor(FailSafeActor):
         self._shutdown: Shutdown | None = None
         self._shutdown_timer: TimerHandle | None = None
         self._stats = {"malformed_frames": 0, "continues_written": 0, "continues_refused": 0}
-        self._unsubscribing: dict[str, pykka.Future[None] | None] = {}
+        self._streams = Streams(self._children, self._outbox, self._gate, self._log)
 
     # --- pykka ------
 
@@ -146,6 +146,7 @@ class SessionSupervisor(FailSafeActor):
                       self._shutdown.reply if self._shutdown else None):
             if reply is not None:
                 fail_reply(reply, error)
+        self._streams.fail_pending(error)
         for ref in self._children.alive():
             ref.stop(block=False)
         self.on_stop()
@@ -172,19 +173,7 @@ class SessionSupervisor(FailSafeActor):
             self._fail("closed", reason="the listener actor is gone")
         for name, credits in self._outbox.take_grants():
             self._children.tell(name, Grant(credits))
-        for name in self._gate.streams_closed():
-            self._close_stream(name)
-
-    def _close_stream(self, name: str) -> None:
-        """An unsubscribe is complete: every executed block's items were read."""
-        self._children.tell(name, CloseLink())
-        self._children.remove(name)
-        self._outbox.remove_stream(name)
-        self._outbox.put(None, ConnectionChanged(name, Closed()))
-        self._log.info("%s unsubscribed", name)
-        reply = self._unsubscribing.pop(name, None)
-        if reply is not None:
-            reply.set(None)
+        self._streams.close_finished(CloseLink())
 
     # --- children ------
 
@@ -206,15 +195,10 @@ class SessionSupervisor(FailSafeActor):
                                            **common)
             return
         assert self._info is not None
-        addresses = self._outbox.addresses(name)
-        replay: dict[str, int] = {}
-        if child.generation > 1 or self._outbox.resumed(name):
-            replay = {a: self._gate.replay_from(name, self._outbox.replay_cursor(name, a),
-                                                self._config.create.start_slot)
-                      for a in addresses}
-            self._gate.resubscribing(name, self._outbox.delivered_through(name))
         child.ref = SubscriptionActor.start(
-            kind=name, addresses=addresses, replay_from=replay,
+            kind=name, addresses=self._outbox.addresses(name),
+            replay_from=self._streams.replay_plan(name, child.generation,
+                                                  self._config.create.start_slot),
             url=pubsub_url(self._info.rpc_endpoint), **common)
 
     def _set_status(self, name: str, status: ConnectionStatus) -> None:
@@ -253,16 +237,7 @@ class SessionSupervisor(FailSafeActor):
         if name == CONTROL and self._gate.control_resumed(message.generation):
             self._scheduler.schedule(self._timing.quiet_window, self.actor_ref,
                                      QuietCheck(message.generation))
-        self._report_gap(name)
-
-    def _report_gap(self, name: str) -> None:
-        if name != CONTROL:
-            gap = self._gate.gap_after_resume(name, self._outbox.addresses(name))
-            if gap is not None:
-                self._log.error("gap on %s: slots %d..=%d (%d slots) fell out of the "
-                                "server's replay buffer", name, gap.first_slot,
-                                gap.last_slot, gap.slots)
-                self._outbox.put(None, gap)
+        self._streams.report_gap(name)
 
     def _on_child_lost(self, message: ChildLost) -> None:
         name = message.name
@@ -310,40 +285,8 @@ class SessionSupervisor(FailSafeActor):
     # --- subscriptions and events ------
 
     def _on_subscribe(self, message: SubscribeStream) -> None:
-        if self._failure is not None:
-            raise self._failure
-        if self._shutdown is not None or self._gate.completed_event is not None:
-            raise ManagedSessionError("closed", "session is over")
-        if message.kind in self._children:
-            raise ValueError(f"kind: {message.kind} is already subscribed on this session")
-        self._children.add(message.kind)
-        self._outbox.add_stream(message.kind, message.addresses)
-        self._gate.add_stream(message.kind, self._outbox.resumed(message.kind))
-        self._outbox.put(None, ConnectionChanged(message.kind, Connecting()))
+        self._streams.add(message, self._failure, self._shutdown is not None)
         self._spawn(message.kind)
-
-    def _on_unsubscribe(self, message: UnsubscribeStream) -> None:
-        try:
-            if self._failure is not None:
-                raise self._failure
-            if self._shutdown is not None:
-                raise ManagedSessionError("closed", "session is over")
-            if message.kind not in self._children or self._gate.closing(message.kind):
-                raise ValueError(f"kind: {message.kind} is not subscribed on this session")
-        except Exception as exc:  # noqa: BLE001 - answered to the asker
-            if message.reply is not None:
-                fail_reply(message.reply, exc)
-            else:
-                self._log.warning("unsubscribe refused: %s", exc)
-            return
-        self._unsubscribing[message.kind] = message.reply
-        self._gate.unsubscribe(message.kind)
-
-    def _fail_unsubscribes(self, error: Exception) -> None:
-        for reply in self._unsubscribing.values():
-            if reply is not None:
-                fail_reply(reply, error)
-        self._unsubscribing.clear()
 
     def _on_stream_items(self, message: StreamItems) -> None:
         if self._outbox.has_stream(message.name):
@@ -364,7 +307,7 @@ class SessionSupervisor(FailSafeActor):
         if self._children.current(CONTROL, message.generation):
             self._outbox.consumed(CONTROL, dropped)
         for name in self._children:
-            self._report_gap(name)  # a gap held back by a running continue
+            self._streams.report_gap(name)  # a gap held back by a running continue
 
     def _on_take(self, message: TakeEvents) -> None:
         closed = None
@@ -427,7 +370,7 @@ class SessionSupervisor(FailSafeActor):
         if self._gate.reply is not None:
             fail_reply(self._gate.reply, self._failure)
         self._gate.abandon()
-        self._fail_unsubscribes(self._failure)
+        self._streams.fail_pending(self._failure)
         self._outbox.fail(self._failure)
         self._children.tell_all(CloseLink())
 
@@ -443,7 +386,7 @@ class SessionSupervisor(FailSafeActor):
         self._shutdown_timer = self._scheduler.schedule(
             self._timing.graceful_close, self.actor_ref, ShutdownDeadline())
         self._outbox.close_takers(ManagedSessionError("closed", "session shut down"))
-        self._fail_unsubscribes(ManagedSessionError("closed", "session shut down"))
+        self._streams.fail_pending(ManagedSessionError("closed", "session shut down"))
         if self._started is not None:
             fail_reply(self._started, ManagedSessionError("cancelled", "shut down"))
             self._started = None
@@ -491,7 +434,8 @@ class SessionSupervisor(FailSafeActor):
             "held": self._outbox.queued, "last_seq": self._outbox.last_seq,
             "continue_state": self._gate.state}),
         SubscribeStream: _on_subscribe,
-        UnsubscribeStream: _on_unsubscribe,
+        UnsubscribeStream: lambda self, m: self._streams.unsubscribe(
+            m, self._failure, self._shutdown is not None),
         GetCursor: lambda self, m: self._outbox.tracker and self._outbox.tracker.cursor(
             self._info, self._gate.pending_continue(self._outbox.last_seq)),
         Shutdown: _on_shutdown,

@@ -67,13 +67,17 @@ def test_control_handle_alone_drives_a_session_to_completed_through_drops(
                     control.send_continue(ContinueParams(advance_count=3), timeout=20)
                     written += 1
                     if written in (3, 12, 25):
+                        wait_for(lambda: proxy.connections("control") == 1, 10,
+                                 "the control connection back")
                         proxy.reset("control")
             stats = control.stats()
             sid = control.session_info.session_id
             assert set(control.status()) == {"control"}
     assert [e.slot for e in events if isinstance(e, Slot)] == expected.slots
     assert sum(isinstance(e, Completed) for e in events) == 1
-    assert stats["reconnects"]["control"] == 3
+    assert proxy.counts()["reset"] == 3
+    # A keepalive deadline tripped by a saturated machine may add a reconnect.
+    assert stats["reconnects"]["control"] >= 3
     assert stats["double_advances"] == 0
     assert sim.session_stats(sid).blocks_executed == len(expected.slots) - 1
 
