@@ -18,9 +18,13 @@ Cancellation never loses or repeats anything:
   cursor holds it as sent, as with the blocking facade). If the supervisor
   refuses it, the refusal is applied to the cursor even though nobody waits.
 
-``start``/``attach`` and ``shutdown`` wait for the session's threads to start
-and to end. That happens once per session, on a short-lived thread whose end
-the loop awaits (it ends right after answering), so the loop never blocks.
+``start``/``attach`` await the session's identity the same way; cancelling
+them shuts the attempt down (an attach is detached: the session stays
+resumable). ``shutdown`` waits for the session's threads to end, once per
+session, on a short-lived thread whose end the loop awaits, so the loop never
+blocks. A session may be used from one loop after another (``asyncio.run``
+twice): each call binds to the loop it runs on, and an answer that reached a
+closed loop is picked up by the next call.
 ``subscribe_*``, ``status``, ``stats`` and ``cursor`` are answered by the
 supervisor at once (it never blocks) and are plain calls.
 """
@@ -42,24 +46,30 @@ from .events import (
     Completed,
     ConnectionStatus,
     ManagedEvent,
-    ManagedSessionError,
     SessionInfo,
 )
-from .requests import TakeEvents
-from .session import ManagedBacktestSession, _check_timeout, _with_deltas
+from .requests import SubscribeStream, TakeEvents
+from .session import ManagedBacktestSession, _check_timeout, _start_error, _with_deltas
 from .stats import SessionStats
 
 T = TypeVar("T")
 
 
 class _LoopFuture(pykka.ThreadingFuture[Any]):
-    """A pykka future that tells an asyncio loop when it is answered."""
+    """A pykka future that tells an asyncio loop when it is answered.
+
+    ``rebind`` moves it to another loop (the first one closed); ``claim``
+    makes sure its answer is handled once, whichever loop sees it first.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop,
                  callback: Callable[[_LoopFuture], None]) -> None:
         super().__init__()
         self._loop = loop
         self._callback = callback
+        self._lock = threading.Lock()
+        self._answered = False
+        self._claimed = False
 
     def set(self, value: Any | None = None) -> None:
         super().set(value)
@@ -69,41 +79,54 @@ class _LoopFuture(pykka.ThreadingFuture[Any]):
         super().set_exception(exc_info)
         self._notify()
 
+    def rebind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Call from ``loop``: from now on answers go there (one that came already
+        is handled now)."""
+        with self._lock:
+            self._loop = loop
+            answered = self._answered
+        if answered:
+            loop.call_soon(self._callback, self)
+
+    def claim(self) -> bool:
+        with self._lock:
+            first, self._claimed = not self._claimed, True
+        return first
+
     def _notify(self) -> None:
+        with self._lock:
+            self._answered = True
+            loop = self._loop
         try:
-            self._loop.call_soon_threadsafe(self._callback, self)
+            loop.call_soon_threadsafe(self._callback, self)
         except RuntimeError:
-            pass  # the loop is closed: nobody can await the answer any more
+            pass  # that loop is closed: the next call, on another loop, rebinds
 
 
-async def _off_loop(work: Callable[[], T], orphaned: Callable[[T], None]) -> T:
-    """Run a blocking, once-per-session step on its own short-lived thread.
-
-    If the awaiting task was cancelled meanwhile, ``orphaned`` gets the result
-    (on a thread again: it blocks too), so a session started for nobody is closed.
-    """
+async def _off_loop(work: Callable[[], T]) -> T:
+    """Run a blocking, once-per-session step (shutdown) on its own short-lived thread."""
     loop = asyncio.get_running_loop()
     done: asyncio.Future[T] = loop.create_future()
 
     def settle(result: T | None, error: BaseException | None) -> None:
         if done.cancelled():
-            if result is not None:
-                threading.Thread(target=orphaned, args=(result,), daemon=True).start()
-        elif error is not None:
+            return
+        if error is not None:
             done.set_exception(error)
         else:
             done.set_result(result)  # type: ignore[arg-type]
 
     def run() -> None:
+        result: T | None = None
+        error: BaseException | None = None
         try:
             result = work()
         except BaseException as exc:  # noqa: BLE001 - raised in the awaiting task
-            loop.call_soon_threadsafe(settle, None, exc)
-            return
+            error = exc
         try:
-            loop.call_soon_threadsafe(settle, result, None)
-        except RuntimeError:  # the loop is gone
-            orphaned(result)
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:
+            pass  # the loop is gone: nobody awaits the answer
 
     threading.Thread(target=run, name="backtest-async-step", daemon=True).start()
     return await done
@@ -114,9 +137,9 @@ class AsyncBacktestSession:
 
     def __init__(self, session: ManagedBacktestSession) -> None:
         self._session = session
-        self._loop = asyncio.get_running_loop()
         self._take: _LoopFuture | None = None  # the take the supervisor holds, if any
-        self._arrived = asyncio.Event()
+        self._arrived: asyncio.Event | None = None
+        self._arrived_loop: asyncio.AbstractEventLoop | None = None
         self._error: BaseException | None = None
         self._completed = False
 
@@ -124,22 +147,56 @@ class AsyncBacktestSession:
     async def start(cls, url: str, api_key: str, create: CreateSession,
                     **options: Any) -> AsyncBacktestSession:
         """Create a session; the arguments are those of ``ManagedBacktestSession.start``
-        (``listener`` excepted: events come through this facade)."""
+        (``listener`` excepted: events come through this facade). Cancelling the
+        call shuts the attempt down."""
         _no_listener(options)
-        session = await _off_loop(
-            lambda: ManagedBacktestSession.start(url, api_key, create, **options),
-            lambda orphan: orphan.shutdown())
+        if not isinstance(create, CreateSession):
+            raise TypeError(f"create: expected CreateSession, got {type(create).__name__}")
+        subscriptions = ManagedBacktestSession._initial_subscriptions(options)
+        session = await cls._started(url, api_key, create, None, subscriptions=subscriptions,
+                                     **options)
         return cls(session)
 
     @classmethod
     async def attach(cls, url: str, api_key: str, cursor: Cursor,
                      **options: Any) -> AsyncBacktestSession:
-        """Resume a session from a cursor (see ``ManagedBacktestSession.attach``)."""
+        """Resume a session from a cursor (see ``ManagedBacktestSession.attach``).
+        Cancelling the call detaches: the session stays resumable."""
         _no_listener(options)
-        session = await _off_loop(
-            lambda: ManagedBacktestSession.attach(url, api_key, cursor, **options),
-            lambda orphan: orphan.detach())  # an attach nobody awaits leaves it resumable
+        if not isinstance(cursor, Cursor):
+            raise TypeError(f"cursor: expected Cursor, got {type(cursor).__name__}")
+        session = await cls._started(url, api_key, cursor.create, cursor, **options)
+        try:
+            for name, stream in cursor.streams.items():
+                message = SubscribeStream(name, stream.addresses)  # type: ignore[arg-type]
+                session._ask(message)
+                session._tracker.subscribed(message.kind, message.addresses)
+        except BaseException:
+            await _off_loop(session.detach)
+            raise
         return cls(session)
+
+    @staticmethod
+    async def _started(url: str, api_key: str, create: CreateSession, resume: Cursor | None,
+                       **options: Any) -> ManagedBacktestSession:
+        loop = asyncio.get_running_loop()
+        known: asyncio.Future[None] = loop.create_future()
+
+        def answered(_: _LoopFuture) -> None:
+            if not known.done():
+                known.set_result(None)
+
+        started = _LoopFuture(loop, answered)
+        session, bound = ManagedBacktestSession._begin(url, api_key, create, resume, started,
+                                                       **options)
+        try:
+            async with asyncio.timeout(bound):
+                await known
+            session._info = started.get(timeout=0)
+        except BaseException as exc:
+            await asyncio.shield(_off_loop(lambda: session.shutdown(detach=resume is not None)))
+            raise _start_error(exc, resume is not None, bound) from None
+        return session
 
     # --- identity, status, subscriptions: answered at once ------
 
@@ -175,20 +232,18 @@ class AsyncBacktestSession:
 
         Raises the session's ``ManagedSessionError`` once it cannot go on, after
         every event that came before. Cancel-safe (see the module docstring).
+        Several tasks may wait at once; each event goes to one of them.
         """
         wait = _check_timeout(timeout)
         session = self._session
         session._apply_returned()
         if not session._taken and self._error is None:
-            if self._take is None:
-                self._take = _LoopFuture(self._loop, self._landed)
-                session._tell(TakeEvents(self._take, TAKE_BATCH))
-            self._arrived.clear()
             try:
                 # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a
                 # cancellation that lands as the awaited thing completes.
                 async with asyncio.timeout(wait):
-                    await self._arrived.wait()
+                    while not session._taken and self._error is None:
+                        await self._wait_for_take(asyncio.get_running_loop())
             except TimeoutError:
                 raise TimeoutError(f"no event within {timeout}s") from None
         if not session._taken:
@@ -198,15 +253,32 @@ class AsyncBacktestSession:
         session._returned = pair
         return pair[0]
 
+    async def _wait_for_take(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Until a take lands: ask for one if none is out, on this loop."""
+        if self._arrived_loop is not loop:
+            self._arrived, self._arrived_loop = asyncio.Event(), loop
+            if self._take is not None:
+                self._take.rebind(loop)  # asked from a loop that is gone
+        assert self._arrived is not None
+        if self._take is None:
+            take = _LoopFuture(loop, self._landed)
+            self._session._tell(TakeEvents(take, TAKE_BATCH))  # raises once shut down
+            self._take = take
+        self._arrived.clear()
+        await self._arrived.wait()
+
     def _landed(self, reply: _LoopFuture) -> None:
         """On the loop: a take was answered (events, or the session's error)."""
+        if not reply.claim():
+            return
         if reply is self._take:
             self._take = None
         try:
             self._session._taken.extend(_with_deltas(reply.get(timeout=0)))
         except Exception as exc:  # noqa: BLE001 - the session's error: sticky
             self._error = exc
-        self._arrived.set()
+        if self._arrived is not None:
+            self._arrived.set()
 
     def __aiter__(self) -> AsyncBacktestSession:
         return self
@@ -227,25 +299,26 @@ class AsyncBacktestSession:
         does not call the continue off: it was handed over already.
         """
         wait = _check_timeout(timeout)
-        written: asyncio.Future[None] = self._loop.create_future()
-        previous: list[Any] = []
+        loop = asyncio.get_running_loop()
+        written: asyncio.Future[None] = loop.create_future()
 
         def answered(reply: _LoopFuture) -> None:
+            if not reply.claim():
+                return
+            self._session._settle_continues()  # a refusal reaches the cursor, awaited or not
+            if written.done():
+                return  # nobody waits any more
             try:
                 reply.get(timeout=0)
-            except ManagedSessionError as exc:
-                self._session._continue_refused(exc, previous[0])
-                if not written.done():
-                    written.set_exception(exc)
-                return
-            if not written.done():
+            except Exception as exc:  # noqa: BLE001 - raised in the awaiting task
+                written.set_exception(exc)
+            else:
                 written.set_result(None)
 
-        previous.append(self._session._hand_over_continue(
-            params, _LoopFuture(self._loop, answered)))
+        self._session._hand_over_continue(params, _LoopFuture(loop, answered))
         try:
             async with asyncio.timeout(wait):
-                await asyncio.shield(written)
+                await written  # cancelled with the task: the answer then goes nowhere
         except TimeoutError:
             raise TimeoutError(f"continue not written within {timeout}s") from None
 
@@ -254,11 +327,10 @@ class AsyncBacktestSession:
     async def shutdown(self, *, detach: bool = False) -> None:
         """Close everything (``detach``: leave the session on the server to resume);
         idempotent, never raises, bounded by ``graceful_close`` + 1 s."""
-        await _off_loop(lambda: self._session.shutdown(detach=detach), lambda _: None)
+        await _off_loop(lambda: self._session.shutdown(detach=detach))
 
     async def detach(self) -> None:
-        """Close the connections, leave the session on the server (resume it with
-        ``attach`` and ``cursor()``)."""
+        """Close the connections, leave the session on the server (to resume it)."""
         await self.shutdown(detach=True)
 
     async def __aenter__(self) -> AsyncBacktestSession:

@@ -79,6 +79,27 @@ def _check_timeout(timeout: object) -> float | None:
     return None if math.isinf(timeout) else float(timeout)
 
 
+@attrs.define
+class _Handed:
+    """A continue handed over: its reply, what the cursor noted, what it held before."""
+
+    reply: pykka.Future[None]
+    noted: PendingContinue | None
+    before: PendingContinue | None
+
+
+def _start_error(exc: BaseException, attach: bool, bound: float) -> BaseException:
+    """What a start (or attach) that did not get its session raises."""
+    what: ErrorKind = "attach" if attach else "create"
+    if isinstance(exc, pykka.Timeout | TimeoutError):
+        return ManagedSessionError(what, f"no session within {bound:.0f}s")
+    if isinstance(exc, ManagedSessionError) and attach and exc.kind != "cancelled":
+        error = ManagedSessionError("attach", exc.reason)
+        error.__cause__ = exc
+        return error
+    return exc
+
+
 def _with_deltas(batch: list[ManagedEvent]) -> list[tuple[ManagedEvent, Delta | None]]:
     deltas: list[Delta | None] = getattr(batch, "deltas", [None] * len(batch))
     return list(zip(batch, deltas, strict=True))
@@ -120,6 +141,8 @@ class ManagedBacktestSession:
         self._closed = False
         self._listener_mode = False  # events go to a listener actor, not next_event()
         self._lock = threading.Lock()  # makes shutdown() idempotent across threads
+        # Continues handed to the supervisor whose answer is not applied yet.
+        self._handed: list[_Handed] = []
         # Taken from the supervisor in batches; bounded by TAKE_BATCH, counted in max_queue.
         self._taken: deque[tuple[ManagedEvent, Delta | None]] = deque()
 
@@ -183,19 +206,28 @@ class ManagedBacktestSession:
             raise TypeError(f"create: expected CreateSession, got {type(create).__name__}")
         # attrs validators ran at construction; this catches an instance changed since.
         attrs.validate(create)
-        subscriptions: list[SubscribeStream] = []
-        for kind, addresses in (("transactions", transactions),
-                                ("account_diffs", account_diffs)):
-            if isinstance(addresses, str | bytes):
-                raise TypeError(f"{kind}: expected a list of addresses, got one string")
-            listed = tuple(addresses)
-            if listed:  # checked here (named, base58) before anything is sent
-                subscriptions.append(SubscribeStream(cast(StreamKind, kind), listed))
+        subscriptions = cls._initial_subscriptions(
+            {"transactions": transactions, "account_diffs": account_diffs})
         return cls._launch(url, api_key, create, None, policy=policy, timing=timing,
                            listener=listener, max_queue=max_queue, sslopt=sslopt,
                            max_frame_size=max_frame_size, max_run_ahead=max_run_ahead,
                            on_lost_continue=on_lost_continue, on_starting=on_starting,
-                           subscriptions=tuple(subscriptions))
+                           subscriptions=subscriptions)
+
+    @staticmethod
+    def _initial_subscriptions(options: dict[str, Any]) -> tuple[SubscribeStream, ...]:
+        """Take ``transactions``/``account_diffs`` out of ``options`` as subscribe
+        requests, checked here (named, base58) before anything is sent."""
+        subscriptions: list[SubscribeStream] = []
+        kinds: tuple[StreamKind, ...] = ("transactions", "account_diffs")
+        for kind in kinds:
+            addresses = options.pop(kind, ())
+            if isinstance(addresses, str | bytes):
+                raise TypeError(f"{kind}: expected a list of addresses, got one string")
+            listed = tuple(addresses)
+            if listed:
+                subscriptions.append(SubscribeStream(kind, listed))
+        return tuple(subscriptions)
 
     @classmethod
     def attach(cls, url: str, api_key: str, cursor: Cursor, *,
@@ -247,15 +279,33 @@ class ManagedBacktestSession:
 
     @classmethod
     def _launch(cls, url: str, api_key: str, create: CreateSession, resume: Cursor | None,
-                *, policy: ReconnectPolicy | None = None, timing: Timing | None = None,
-                listener: pykka.ActorRef[Any] | None = None,
-                max_queue: int = DEFAULT_MAX_QUEUE, sslopt: dict[str, Any] | None = None,
-                max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
-                max_run_ahead: int = DEFAULT_MAX_RUN_AHEAD,
-                on_lost_continue: LostContinuePolicy = "resend",
-                on_starting: Callable[[ConnectionChanged], None] | None = None,
-                control: bool = True, subscriptions: tuple[SubscribeStream, ...] = ()
-                ) -> ManagedBacktestSession:
+                **options: Any) -> ManagedBacktestSession:
+        """Start the supervisor and wait until the session is known (or failed)."""
+        started: pykka.ThreadingFuture[SessionInfo] = pykka.ThreadingFuture()
+        session, bound = cls._begin(url, api_key, create, resume, started, **options)
+        try:
+            session._info = started.get(timeout=bound)
+        except BaseException as exc:
+            # An attach interrupted (Ctrl-C) leaves the session on the server: never
+            # closed by a resume that did not finish.
+            session.shutdown(detach=resume is not None)
+            raise _start_error(exc, resume is not None, bound) from None
+        return session
+
+    @classmethod
+    def _begin(cls, url: str, api_key: str, create: CreateSession, resume: Cursor | None,
+               started: pykka.Future[SessionInfo], *,
+               policy: ReconnectPolicy | None = None, timing: Timing | None = None,
+               listener: pykka.ActorRef[Any] | None = None,
+               max_queue: int = DEFAULT_MAX_QUEUE, sslopt: dict[str, Any] | None = None,
+               max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+               max_run_ahead: int = DEFAULT_MAX_RUN_AHEAD,
+               on_lost_continue: LostContinuePolicy = "resend",
+               on_starting: Callable[[ConnectionChanged], None] | None = None,
+               control: bool = True, subscriptions: tuple[SubscribeStream, ...] = ()
+               ) -> tuple[ManagedBacktestSession, float]:
+        """Check every argument, start the supervisor; ``started`` is answered with
+        the session's identity (or its error) within the returned bound."""
         # Every argument is checked here, in the caller's thread: a bad one found
         # later, inside an actor, would crash it and leave start() waiting.
         if not isinstance(url, str):
@@ -284,7 +334,6 @@ class ManagedBacktestSession:
                              f"{on_lost_continue!r}")
         timing = timing or Timing()
         scheduler = Scheduler()
-        started: pykka.ThreadingFuture[SessionInfo] = pykka.ThreadingFuture()
         config = SessionConfig(
             url=control_url, api_key=api_key, create=create, policy=policy or ReconnectPolicy(),
             timing=timing, max_queue=max_queue, sslopt=sslopt, max_frame_size=max_frame_size,
@@ -302,23 +351,7 @@ class ManagedBacktestSession:
         # Bound: the policy's outage budget, plus the attempt under way when it runs
         # out (connect and one handshake answer); past that a bug, never a wait.
         bound = config.policy.max_total + timing.connect + timing.handshake + SHUTDOWN_MARGIN
-        what: ErrorKind = "create" if resume is None else "attach"
-        try:
-            session._info = started.get(timeout=bound)
-        except pykka.Timeout:
-            session.shutdown(detach=resume is not None)
-            raise ManagedSessionError(what, f"no session within {bound:.0f}s") from None
-        except ManagedSessionError as exc:
-            session.shutdown(detach=resume is not None)
-            if resume is None or exc.kind == "cancelled":
-                raise
-            raise ManagedSessionError("attach", exc.reason) from exc
-        except BaseException:
-            # An attach interrupted (Ctrl-C) leaves the session on the server: never closed
-            # by a resume that did not finish.
-            session.shutdown(detach=resume is not None)
-            raise
-        return session
+        return session, bound
 
     # --- identity and status ------
 
@@ -363,6 +396,7 @@ class ManagedBacktestSession:
             if self._last_cursor is not None:
                 return self._last_cursor
         self._apply_returned()
+        self._settle_continues()
         return self._tracker.cursor(self._info)
 
     @property
@@ -580,20 +614,18 @@ class ManagedBacktestSession:
         """
         wait = _check_timeout(timeout)
         reply: pykka.ThreadingFuture[None] = pykka.ThreadingFuture()
-        previous = self._hand_over_continue(params, reply)
+        self._hand_over_continue(params, reply)
         try:
             reply.get(timeout=wait)
         except pykka.Timeout:
             raise TimeoutError(f"continue not written within {timeout}s") from None
-        except ManagedSessionError as exc:
-            self._continue_refused(exc, previous)
-            raise
+        finally:
+            self._settle_continues()
 
     def _hand_over_continue(self, params: ContinueParams | None,
-                            reply: pykka.Future[None]) -> PendingContinue | None:
+                            reply: pykka.Future[None]) -> None:
         """Check ``params``, note the continue as sent (write-ahead), hand it over.
 
-        Returns what the cursor held before, for :meth:`_continue_refused`.
         Shared with the asyncio facade, which waits for ``reply`` its own way.
         """
         params = ContinueParams() if params is None else params
@@ -603,21 +635,41 @@ class ManagedBacktestSession:
         # (object.__setattr__), before the value can reach the wire.
         attrs.validate(params)
         self._apply_returned()
+        self._settle_continues()
         # Write-ahead: a cursor taken from now on holds it as sent (the lost-continue
         # rule settles a continue that never reached the server).
-        previous = self._tracker.pending
+        before = self._tracker.pending
         self._tracker.continue_sent(params)
+        handed = _Handed(reply, self._tracker.pending, before)
         try:
             self._tell(SendContinue(params, reply))
         except ManagedSessionError:
-            self._tracker.pending = previous
+            self._tracker.pending = before
             raise
-        return previous
+        self._handed.append(handed)
 
-    def _continue_refused(self, error: ManagedSessionError,
-                          previous: PendingContinue | None) -> None:
-        if error.kind in ("continue_outstanding", "closed"):
-            self._tracker.pending = previous  # refused: nothing was sent
+    def _settle_continues(self) -> None:
+        """Apply the supervisor's answers to continues handed over, waited for or not.
+
+        A refused continue was never sent: the cursor goes back to what it held
+        before it, and so does any later continue's "before" (several may be
+        refused in any order: asyncio tasks, a timed-out wait).
+        """
+        for handed in list(self._handed):
+            try:
+                handed.reply.get(timeout=0)
+            except pykka.Timeout:
+                continue  # not answered yet
+            except ManagedSessionError as exc:
+                if exc.kind in ("continue_outstanding", "closed"):
+                    for other in self._handed:
+                        if other.before is handed.noted:
+                            other.before = handed.before
+                    if self._tracker.pending is handed.noted:
+                        self._tracker.pending = handed.before
+            except Exception:  # noqa: BLE001 - another failure: the session's, raised elsewhere
+                pass
+            self._handed.remove(handed)
 
     # --- shutdown ------
 
