@@ -136,6 +136,9 @@ class Children(dict[str, Child]):
         if self.current(name, generation):
             self[name].paused = paused
 
+    def all_up(self) -> bool:
+        return all(isinstance(c.status, Up) for c in self.values())
+
     def alive(self) -> list[pykka.ActorRef[Any]]:
         return [c.ref for c in self.values() if c.ref is not None]
 

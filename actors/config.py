@@ -52,6 +52,9 @@ class SessionConfig:
     # False: no control connection (a subscription handle watching a session that
     # someone else drives); ``resume`` then names the session and the replay slots.
     control: bool = True
+    # False: Completed leaves the control connection (and the session on the server)
+    # open until shutdown, for subscribers in other processes (a control handle).
+    close_at_completed: bool = True
 
     @property
     def window(self) -> int:

@@ -34,6 +34,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
+import attrs
 import pykka
 
 from protocol import ContinueParams, CreateSession
@@ -131,14 +132,25 @@ def spawn_control(url: str, api_key: str, session: CreateSession | Cursor,
     timing, listener, max_queue, sslopt, max_frame_size, on_lost_continue,
     on_starting). Returns once the session exists (or is attached);
     ``ManagedSessionError(kind="create"/"attach")`` otherwise.
+
+    Unlike the managed session, ``Completed`` does not close the session on
+    the server: subscribers in other processes may still be replaying its
+    tail. It is closed by :meth:`ControlHandle.shutdown` (or left to resume
+    by :meth:`ControlHandle.detach`).
     """
     if isinstance(session, Cursor):
         if session.streams:
             raise ValueError("session: a control handle has no subscriptions; this cursor "
                              f"has streams {sorted(session.streams)} (attach it with "
                              "ManagedBacktestSession.attach)")
-        return ControlHandle(ManagedBacktestSession.attach(url, api_key, session, **options))
-    return ControlHandle(ManagedBacktestSession.start(url, api_key, session, **options))
+        return ControlHandle(ManagedBacktestSession._resume(
+            url, api_key, session, close_at_completed=False, **options))
+    if not isinstance(session, CreateSession):
+        raise TypeError(f"session: expected CreateSession or Cursor, got "
+                        f"{type(session).__name__}")
+    attrs.validate(session)
+    return ControlHandle(ManagedBacktestSession._launch(
+        url, api_key, session, None, close_at_completed=False, **options))
 
 
 def spawn_transaction_subscription(rpc_endpoint: str | SessionInfo, addresses: Iterable[str],
@@ -170,7 +182,7 @@ def spawn_account_diff_subscription(rpc_endpoint: str | SessionInfo, addresses: 
 def _spawn_subscription(kind: StreamKind, endpoint: str | SessionInfo, addresses: Iterable[str],
                         replay_from_slot: int | None, options: dict[str, Any]
                         ) -> SubscriptionHandle:
-    info = endpoint if isinstance(endpoint, SessionInfo) else _info_from(endpoint)
+    info = _checked_info(endpoint)
     if replay_from_slot is not None and (type(replay_from_slot) is not int
                                          or replay_from_slot < 0):
         raise ValueError(f"replay_from_slot: expected a slot (int >= 0), got "
@@ -186,31 +198,35 @@ def _spawn_subscription(kind: StreamKind, endpoint: str | SessionInfo, addresses
     if replay_from_slot is not None:
         streams[kind] = StreamCursor(
             subscribe.addresses, dict.fromkeys(subscribe.addresses, replay_from_slot), -1)
-    # The cursor only names the session and the first replay; a restart before any
-    # event replays from replay_from_slot (or, live, the server's whole buffer).
+    # The cursor only names the session and the first replay. Returns once the
+    # link is subscribed (every address acknowledged, a replay complete).
     start = replay_from_slot or 0
     cursor = check_cursor(Cursor("", info.session_id, info.rpc_endpoint, start, start,
                                  streams=streams))
-    session = ManagedBacktestSession._resume("", "", cursor, control=False, **options)
-    if replay_from_slot is None:
-        try:
-            session._ask(subscribe)
-        except BaseException:
-            session.shutdown()
-            raise
+    session = ManagedBacktestSession._launch("", "", cursor.create, cursor, control=False,
+                                             subscriptions=(subscribe,), **options)
     return SubscriptionHandle(session, kind)
 
 
-def _info_from(rpc_endpoint: str) -> SessionInfo:
-    if not isinstance(rpc_endpoint, str):
+def _checked_info(endpoint: object) -> SessionInfo:
+    """The session a subscription handle watches, checked before anything connects."""
+    if isinstance(endpoint, SessionInfo):
+        url, session_id = endpoint.rpc_endpoint, endpoint.session_id
+    elif isinstance(endpoint, str):
+        url, session_id = endpoint, None
+    else:
         raise TypeError(f"rpc_endpoint: expected a URL (str) or SessionInfo, got "
-                        f"{type(rpc_endpoint).__name__}")
-    parts = urlsplit(rpc_endpoint)
-    session_id = parts.path.rstrip("/").rsplit("/", 1)[-1]
-    if parts.scheme not in ("http", "https", "ws", "wss") or not parts.netloc or not session_id:
+                        f"{type(endpoint).__name__}")
+    parts = urlsplit(url) if isinstance(url, str) else None
+    last = parts.path.rstrip("/").rsplit("/", 1)[-1] if parts else ""
+    if (parts is None or parts.scheme not in ("http", "https", "ws", "wss")
+            or not parts.netloc or not last or last == "backtest"):
         raise ValueError(f"rpc_endpoint: expected the session's RPC URL "
-                         f"(http(s)://host/.../<session id>), got {rpc_endpoint!r}")
-    return SessionInfo(session_id, rpc_endpoint)
+                         f"(http(s)://host/.../<session id>, SessionInfo.rpc_endpoint), "
+                         f"got {url!r}")
+    if session_id is not None and (not isinstance(session_id, str) or not session_id):
+        raise ValueError(f"rpc_endpoint: the SessionInfo has no session id ({session_id!r})")
+    return SessionInfo(session_id or last, url)
 
 
 __all__ = ["ControlHandle", "SubscriptionHandle", "spawn_account_diff_subscription",

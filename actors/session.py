@@ -76,7 +76,8 @@ def _check_timeout(timeout: object) -> float | None:
                         f"{type(timeout).__name__}")
     if math.isnan(timeout) or timeout < 0:
         raise ValueError(f"timeout: expected a number of seconds >= 0, got {timeout!r}")
-    return None if math.isinf(timeout) else float(timeout)
+    # Past the platform's longest wait (about 292 years) is "no bound" in practice.
+    return None if timeout > threading.TIMEOUT_MAX else float(timeout)
 
 
 @attrs.define
@@ -260,14 +261,13 @@ class ManagedBacktestSession:
                            on_lost_continue=on_lost_continue, on_starting=on_starting)
 
     @classmethod
-    def _resume(cls, url: str, api_key: str, cursor: Cursor, *, control: bool = True,
+    def _resume(cls, url: str, api_key: str, cursor: Cursor,
                 **options: Any) -> ManagedBacktestSession:
-        """Launch from a cursor and subscribe its streams (with replay); ``control``
-        False: no control connection (:mod:`actors.handles`' subscription handle)."""
+        """Launch from a cursor and subscribe its streams (with replay)."""
         # Checked before connecting (addresses are validated on construction).
         subscribes = [SubscribeStream(cast(StreamKind, name), stream.addresses)
                       for name, stream in cursor.streams.items()]
-        session = cls._launch(url, api_key, cursor.create, cursor, control=control, **options)
+        session = cls._launch(url, api_key, cursor.create, cursor, **options)
         try:
             for message in subscribes:
                 session._ask(message)
@@ -302,8 +302,8 @@ class ManagedBacktestSession:
                max_run_ahead: int = DEFAULT_MAX_RUN_AHEAD,
                on_lost_continue: LostContinuePolicy = "resend",
                on_starting: Callable[[ConnectionChanged], None] | None = None,
-               control: bool = True, subscriptions: tuple[SubscribeStream, ...] = ()
-               ) -> tuple[ManagedBacktestSession, float]:
+               control: bool = True, subscriptions: tuple[SubscribeStream, ...] = (),
+               close_at_completed: bool = True) -> tuple[ManagedBacktestSession, float]:
         """Check every argument, start the supervisor; ``started`` is answered with
         the session's identity (or its error) within the returned bound."""
         # Every argument is checked here, in the caller's thread: a bad one found
@@ -339,7 +339,7 @@ class ManagedBacktestSession:
             timing=timing, max_queue=max_queue, sslopt=sslopt, max_frame_size=max_frame_size,
             max_run_ahead=max_run_ahead, on_lost_continue=on_lost_continue,
             on_starting=on_starting, resume=resume, control=control,
-            subscriptions=subscriptions)
+            subscriptions=subscriptions, close_at_completed=close_at_completed)
         supervisor = SessionSupervisor.start(config, scheduler=scheduler, started=started,
                                              listener=listener)
         tracker = CursorTracker(control_url, create, resume)

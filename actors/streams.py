@@ -76,17 +76,27 @@ class Streams:
             if reply is not None:
                 reply.set(None)
 
-    def replay_plan(self, name: str, generation: int, start_slot: int) -> dict[str, int]:
-        """``replayFromSlot`` per address for a link about to start (empty: live).
+    def replay_plan(self, name: str, generation: int, start_slot: int | None
+                    ) -> dict[str, int]:
+        """``replayFromSlot`` per address for a link about to start (absent: live).
 
         A restart, or the first link of a stream resumed from a cursor, replays
         from what the application already has (see ``ContinueGate.replay_from``).
+        ``start_slot`` None: the session's start is unknown (a live subscription
+        handle); an address with nothing delivered yet then subscribes live again.
         """
         if generation == 1 and not self._outbox.resumed(name):
             return {}
-        replay = {a: self._gate.replay_from(name, self._outbox.replay_cursor(name, a),
-                                            start_slot)
-                  for a in self._outbox.addresses(name)}
+        replay: dict[str, int] = {}
+        for address in self._outbox.addresses(name):
+            last = self._outbox.replay_cursor(name, address)
+            if last is not None or start_slot is not None:
+                replay[address] = self._gate.replay_from(name, last, start_slot or 0)
+        live = len(self._outbox.addresses(name)) - len(replay)
+        if live:
+            self._log.warning("%s: %d address(es) with nothing delivered yet subscribe live "
+                              "again (what came meanwhile is not replayed: pass "
+                              "replay_from_slot for that)", name, live)
         self._gate.resubscribing(name, self._outbox.delivered_through(name))
         return replay
 

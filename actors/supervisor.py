@@ -117,9 +117,8 @@ class SessionSupervisor(FailSafeActor):
             self._outbox.notify(ListenerAttached(self.actor_ref))
         if CONTROL in self._children:
             self._spawn(CONTROL)  # if it raises (can't start a thread): on_internal_error
-        elif self._started is not None:  # a subscription handle: the session is named
-            self._started.set(self._info)
-            self._started = None
+        for subscribe in () if CONTROL in self._children else self._config.subscriptions:
+            self._on_subscribe(subscribe)  # a subscription handle: started once all are Up
 
     def on_receive(self, message: Any) -> Any:
         """Dispatch by message type, then carry out what the gate and outbox decided."""
@@ -167,7 +166,8 @@ class SessionSupervisor(FailSafeActor):
             self._children.tell(name, Barrier(token))
         if self._gate.completed_event is not None and self._gate.completed_due():
             self._outbox.put(None, self._gate.completed_event)
-            self._children.tell_all(CloseLink())
+            if self._config.close_at_completed:
+                self._children.tell_all(CloseLink())
         if self._failure is None and self._listener is not None and (
                 self._outbox.listener_lost or not self._listener.is_alive()):
             self._fail("closed", reason="the listener actor is gone")
@@ -197,8 +197,8 @@ class SessionSupervisor(FailSafeActor):
         assert self._info is not None
         child.ref = SubscriptionActor.start(
             kind=name, addresses=self._outbox.addresses(name),
-            replay_from=self._streams.replay_plan(name, child.generation,
-                                                  self._config.create.start_slot),
+            replay_from=self._streams.replay_plan(name, child.generation, (
+                self._config.create.start_slot if CONTROL in self._children else None)),
             url=pubsub_url(self._info.rpc_endpoint), **common)
 
     def _set_status(self, name: str, status: ConnectionStatus) -> None:
@@ -229,7 +229,8 @@ class SessionSupervisor(FailSafeActor):
             self._log.info("%s up again after restart %d", name, child.attempt)
         self._set_status(name, Up())
         self._gate.link_up(name)
-        if name == CONTROL and self._started is not None:  # attached: replay complete
+        if self._started is not None and (name == CONTROL or CONTROL not in self._children
+                                          and self._children.all_up()):  # replay complete
             self._started.set(self._info)
             self._started = None
         child.timer = self._scheduler.schedule(self._config.policy.uptime_reset, self.actor_ref,

@@ -94,6 +94,7 @@ class _PongFilter:
         self._lost = lost
         self._buffer = bytearray()
         self._in_head = True
+        self._passthrough = False
 
     def feed(self, data: bytes) -> bytes:
         self._buffer += data
@@ -102,9 +103,16 @@ class _PongFilter:
             end = self._buffer.find(b"\r\n\r\n")
             if end < 0:
                 return b""
+            upgraded = self._buffer.startswith(b"HTTP/1.1 101")
             out += self._buffer[:end + 4]
             del self._buffer[:end + 4]
             self._in_head = False
+            if not upgraded:  # a refused upgrade: what follows is an HTTP body
+                self._passthrough = True
+        if self._passthrough:
+            out += self._buffer
+            self._buffer.clear()
+            return bytes(out)
         while (size := self._frame_size()) is not None and len(self._buffer) >= size[0]:
             total, header = size
             frame = bytes(self._buffer[:total])
