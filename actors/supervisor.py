@@ -52,6 +52,7 @@ from .gate import ContinueGate
 from .link import ChildClosed, ChildLost, ChildUp, CloseLink, FramesMalformed, Grant, LinkFlow
 from .logs import SessionLogger
 from .outbox import Outbox, fail_reply
+from .permits import RestartPermits
 from .requests import (
     CancelTake,
     ContinueRefused,
@@ -107,6 +108,8 @@ class SessionSupervisor(FailSafeActor):
         self._shutdown_timer: TimerHandle | None = None
         self._stats = {"malformed_frames": 0, "continues_written": 0, "continues_refused": 0}
         self._streams = Streams(self._children, self._outbox, self._gate, self._log)
+        self._permits = RestartPermits(  # past the ungated attempts: the policy's gate
+            config.policy, lambda: self._log.session_id, lambda m: self.actor_ref.tell(m))
 
     # --- pykka ------
 
@@ -153,6 +156,7 @@ class SessionSupervisor(FailSafeActor):
     def on_stop(self) -> None:
         """No timer fires and no take waits after the supervisor is gone."""
         self._children.cancel_timers()
+        self._permits.close()
         self._outbox.close_takers(ManagedSessionError("closed", "session shut down"))
 
     def _pump(self) -> None:
@@ -225,6 +229,7 @@ class SessionSupervisor(FailSafeActor):
         if not self._children.current(name, message.generation) or self._shutdown is not None:
             return
         child = self._children[name]
+        self._permits.on_up(name, message.generation)
         if child.attempt:
             self._log.info("%s up again after restart %d", name, child.attempt)
         self._set_status(name, Up())
@@ -262,10 +267,12 @@ class SessionSupervisor(FailSafeActor):
                 decision.delay, self.actor_ref, RestartChild(name, message.generation))
 
     def _on_restart(self, message: RestartChild) -> None:
-        child = self._children[message.name]
-        if (message.generation == child.generation and child.ref is None
-                and self._failure is None and self._shutdown is None):
-            self._spawn(message.name)
+        name, child = message.name, self._children[message.name]
+        if (message.generation != child.generation or child.ref is not None
+                or self._failure is not None or self._shutdown is not None):
+            self._permits.release_token(name, message.permit)  # a grant come too late
+        elif self._permits.may_spawn(name, message.generation, child.attempt, message.permit):
+            self._spawn(name)
 
     def _on_child_closed(self, message: ChildClosed) -> None:
         if self._link_ended(message.name, message.generation):
@@ -275,6 +282,7 @@ class SessionSupervisor(FailSafeActor):
         """A link stopped: False when nothing is left to decide (stale, or shutting down)."""
         if not self._children.current(name, generation):
             return False
+        self._permits.link_ended(name, generation)
         self._children[name].ref = None
         self._gate.link_down(name)
         if self._shutdown is None:

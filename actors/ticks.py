@@ -9,6 +9,7 @@ import attrs
 class RestartChild:  # the timer messages the supervisor sends itself
     name: str
     generation: int
+    permit: str | None = None  # the token the policy's ReconnectGate granted this restart
 
 
 @attrs.frozen

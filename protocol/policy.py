@@ -9,7 +9,8 @@ reference notes' proposal, and every one of them is configurable through
 from __future__ import annotations
 
 import random
-from typing import Any
+from collections.abc import Callable, Hashable
+from typing import Any, Protocol
 
 import attrs
 
@@ -27,6 +28,9 @@ RECONNECT_JITTER = 0.2
 RECONNECT_MAX_ATTEMPTS = 10
 RECONNECT_MAX_TOTAL = 300.0  # below the 900 s disconnect timeout, or the server drops us first
 RECONNECT_UPTIME_RESET = 60.0
+# Restarts of one outage that go without asking a ReconnectGate (the reference's
+# ReconnectCoordinator value): a lone blip recovers at full speed, a storm queues.
+RECONNECT_UNGATED_ATTEMPTS = 5
 
 
 def _positive(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -89,6 +93,21 @@ class Timing:
             )
 
 
+class ReconnectGate(Protocol):
+    """Bounds how many restarts run at once across many sessions (a reconnect storm).
+
+    ``request(token, grant)`` asks for a permit; ``grant()`` is called once,
+    from any thread, when it is given (perhaps at once). ``release(token)``
+    returns it, or withdraws a request not yet granted; releasing twice or an
+    unknown token does nothing. Implementations bound how long a permit may be
+    held (a holder that died must not block the rest forever).
+    """
+
+    def request(self, token: Hashable, grant: Callable[[], None]) -> None: ...
+
+    def release(self, token: Hashable) -> None: ...
+
+
 @attrs.frozen
 class ReconnectPolicy:
     """Exponential backoff with multiplicative jitter and two budgets.
@@ -130,6 +149,10 @@ class ReconnectPolicy:
     max_total: float = attrs.field(default=RECONNECT_MAX_TOTAL, validator=_positive)
     uptime_reset: float = attrs.field(default=RECONNECT_UPTIME_RESET, validator=_positive)
     rng: random.Random | None = attrs.field(default=None, eq=False)
+    # Shared by the sessions of a sweep: restarts after the first ``ungated_attempts``
+    # of an outage wait for one of its permits (None: never gated).
+    gate: ReconnectGate | None = attrs.field(default=None, eq=False)
+    ungated_attempts: int = attrs.field(default=RECONNECT_UNGATED_ATTEMPTS)
 
     @jitter.validator
     def _jitter_below_one(self, _a: attrs.Attribute[float], value: float) -> None:
@@ -140,6 +163,15 @@ class ReconnectPolicy:
     def _attempts(self, _a: attrs.Attribute[int], value: int) -> None:
         if type(value) is not int or value < 1:
             raise ValueError(f"max_attempts: expected an integer >= 1, got {value!r}")
+
+    @ungated_attempts.validator
+    def _ungated(self, _a: attrs.Attribute[int], value: int) -> None:
+        if type(value) is not int or value < 0:
+            raise ValueError(f"ungated_attempts: expected an integer >= 0, got {value!r}")
+
+    def gated(self, attempt: int) -> bool:
+        """Restart ``attempt`` must wait for a permit of :attr:`gate`."""
+        return self.gate is not None and attempt > self.ungated_attempts
 
     def base_delay(self, attempt: int) -> float:
         """The delay before restart ``attempt`` (1-based), before jitter."""

@@ -187,6 +187,13 @@ class LocalSimulator:
         ownership, never executed)."""
         return dict(self._server.call(lambda: self._server.liveness_counts.as_dict()))
 
+    def resume_counts(self) -> dict[str, int]:
+        """Reconnects as the server saw them: ``resume_handshakes`` (connections whose
+        first request was an attach or a replaying subscribe) and
+        ``peak_concurrent_resumes`` (the most of them under way at once, from upgrade
+        to the answer; see :mod:`protocol.simulator.handshakes`)."""
+        return dict(self._server.call(lambda: self._server.resume_handshakes.as_dict()))
+
     def fault_counts(self) -> dict[str, int]:
         """Faults applied, by kind, plus connections refused by the per-client limit."""
         return dict(self._server.call(lambda: {

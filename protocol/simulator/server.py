@@ -103,6 +103,7 @@ from ..pubsub import (
 from .chain import Chain
 from .engine import ExecutedSlot, PeerLiveness, Session, SlotStep, Step, error_frame, refusal_frame
 from .faults import CountedFault, FaultCounters, SlotTrigger
+from .handshakes import ResumeHandshakes
 
 log = logging.getLogger("protocol.simulator")
 
@@ -500,6 +501,7 @@ class SimulatorServer:
         self.lose_continue: list[str | None] = []
         self.fault_counts = FaultCounters()
         self.liveness_counts = LivenessCounters()
+        self.resume_handshakes = ResumeHandshakes()
         self.upgrade_requests: dict[str, int] = defaultdict(int)
         self.fault_counts_limits: dict[str, int] = defaultdict(int)
         self._servers: list[Server] = []
@@ -812,9 +814,14 @@ class SimulatorServer:
                           if ws.request else "")
         log.info("control connection from %s", ws.remote_address)
         state: SessionState | None = None
+        opened: float | None = self._loop.time()
         try:
             async for frame in ws:
+                resume = opened is not None and _is_attach(frame)
                 state = await self._control_frame(peer, state, frame)
+                if resume and opened is not None:
+                    self.resume_handshakes.record(opened, self._loop.time())
+                opened = None
                 await self._drain([peer])  # a client that does not read its answers waits
         except ConnectionClosed:
             pass
@@ -1008,9 +1015,14 @@ class SimulatorServer:
         peer = self._peer(ws, "pubsub", session_id)
         state.subscribers.add(peer)
         log.info("pubsub connection for session %s", session_id)
+        opened: float | None = self._loop.time()
         try:
             async for frame in ws:
+                resume = opened is not None and _is_replay_subscribe(frame)
                 await self._pubsub_frame(peer, state, frame)
+                if resume and opened is not None:
+                    self.resume_handshakes.record(opened, self._loop.time())
+                opened = None
                 await self._drain([peer])
         except ConnectionClosed:
             pass
@@ -1051,6 +1063,22 @@ class SimulatorServer:
                 if not ids:
                     del peer.subs[key]
         peer.write_frame(encode_pubsub(UnsubscribeAck(request.id, removed)))
+
+
+def _is_attach(frame: str | bytes) -> bool:
+    """A connection's first request resumes a session (for :class:`ResumeHandshakes`)."""
+    try:
+        return isinstance(decode_request(frame), Attach)
+    except ProtocolError:
+        return False
+
+
+def _is_replay_subscribe(frame: str | bytes) -> bool:
+    try:
+        request = decode_pubsub_request(frame)
+    except ProtocolError:
+        return False
+    return isinstance(request, Subscribe) and request.replay_from_slot is not None
 
 
 def _counted_matches(fault: CountedFault, role: str, kind: str | None,
