@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--json", action="store_true",
                         help="print the summary as one JSON object on stdout instead of the "
                              "table (no progress on stderr)")
+    from .sweep.cli import add_parser as add_sweep_parser
+
+    add_sweep_parser(sub, _positive, _slot)
     sim = sub.add_parser("simulator", help="run the local simulator standalone")
     add_server_arguments(sim)  # the same options as python -m protocol.simulator
     return parser
@@ -172,6 +175,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from protocol.simulator.__main__ import main as simulator_main
 
             return simulator_main(args_list[1:])
+        if args.command == "sweep":
+            from .sweep.cli import main as sweep_main
+
+            return sweep_main(args, UsageError)
         plan = _Plan.from_args(args)
     except UsageError as exc:
         sys.stderr.write(f"{exc}\n")

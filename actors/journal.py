@@ -138,8 +138,12 @@ class JournalWriter:
             self.sync()
 
 
-def read_journal(path: str) -> JournalState:
-    """Rebuild the cursor from a journal; :class:`JournalError` when it cannot be."""
+def read_journal(path: str, *, allow_embedded: bool = False) -> JournalState:
+    """Rebuild the cursor from a journal; :class:`JournalError` when it cannot be.
+
+    ``allow_embedded``: the caller still runs the embedded simulator the journal
+    was written against (a sweep resuming a session inside its own process).
+    """
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -165,7 +169,7 @@ def read_journal(path: str) -> JournalState:
                                    "JSON)") from None
             raise JournalError(f"the journal is corrupt at line {number}") from None
     header = JournalHeader.from_record(records[0])
-    if header.embedded:
+    if header.embedded and not allow_embedded:
         raise JournalError("this journal is from the embedded simulator, which died with its "
                            "process: it cannot be resumed")
     tracker = CursorTracker(header.url, _create(header))

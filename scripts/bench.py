@@ -283,6 +283,69 @@ def _drive(session: ManagedBacktestSession, totals: list[int], index: int) -> No
             session.send_continue(ContinueParams(advance_count=10))
 
 
+# --- 5. sweeps ------------------------------------------------------------------------------
+
+def bench_sweep(counts: list[int], slots: int) -> list[list[str]]:
+    """N sessions through ``sweep`` (Ray, and this process) against the same N in a row."""
+    import os
+    import tempfile
+
+    from actors.sweep import Sweep, SweepConfig, SweepPlan
+    from actors.sweep.driver import LOOPBACK_RAY_ENV, ray_available
+    from actors.sweep.plan import RangeRule, SweepFile, resolve
+
+    has_ray = ray_available()
+    if has_ray:
+        os.environ.setdefault(LOOPBACK_RAY_ENV, "0")
+        import ray
+
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    rows = []
+    with simulator_process(seed=4, slots=6000) as url:
+        chain = Chain(4, 6000)
+        first, last = chain.available_range()
+        for count in counts:
+            specs = resolve(SweepFile((RangeRule(slots, None, count),), None, 10), first, last,
+                            (tuple(chain.addresses[:2]), tuple(chain.addresses[2:4])))
+            plan = SweepPlan(url, specs)
+            rates = {}
+            server_cpu: dict[str, float] = {}
+            client_cpu: dict[str, float] = {}
+            busy: dict[str, float] = {}
+            server = next(p for p in psutil.Process().children()
+                          if "protocol.simulator" in " ".join(p.cmdline()))
+            for label, backend, concurrency in (("sequential", "in-process", 1),
+                                                ("in-process", "in-process", count),
+                                                ("ray", "ray", count)):
+                if backend == "ray" and not has_ray:
+                    rates[label] = float("nan")
+                    continue
+                cpu_before = sum(server.cpu_times()[:2])
+                me_before = sum(psutil.Process().cpu_times()[:2])
+                machine_before = psutil.cpu_times()
+                with tempfile.TemporaryDirectory() as out:
+                    summary = Sweep(SweepConfig(plan, url, DEFAULT_API_KEY, out, concurrency,
+                                                backend=backend)).run()  # type: ignore[arg-type]
+                assert summary["completed"] == count, summary["failed"]
+                rates[label] = sum(summary["events"].values()) / summary["wall_time"]
+                wall = summary["wall_time"]
+                server_cpu[label] = (sum(server.cpu_times()[:2]) - cpu_before) / wall
+                client_cpu[label] = (sum(psutil.Process().cpu_times()[:2]) - me_before) / wall
+                machine = psutil.cpu_times()
+                idle = machine.idle - machine_before.idle
+                busy[label] = 1 - idle / (wall * (psutil.cpu_count() or 1))
+            best = max(rates["in-process"], rates["ray"])
+            rows.append([str(count), f"{rates['sequential']:,.0f}",
+                         f"{rates['in-process']:,.0f}", f"{rates['ray']:,.0f}",
+                         f"{best / rates['sequential']:.2f}",
+                         *(" / ".join(f"{100 * d.get(k, 0):.0f}%" for k in (
+                             "sequential", "in-process", "ray"))
+                           for d in (server_cpu, client_cpu, busy))])
+    if has_ray:
+        ray.shutdown()
+    return rows
+
+
 # --- report --------------------------------------------------------------------------------
 
 def table(title: str, header: list[str], rows: list[list[str]]) -> str:
@@ -296,10 +359,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer runs, under 2 minutes")
     parser.add_argument("--out", help="also write the tables to this file")
+    parser.add_argument("--sweep-only", action="store_true", help="only the sweep table")
     args = parser.parse_args(argv)
     runs = 3 if args.quick else 5
     started = time.monotonic()
-    parts = [
+    sweep_table = table(
+        "Sweep (events/s in total; N sessions of 300 slots, advance 10, both subscriptions)",
+        ["sessions", "one after another", "sweep, this process (K=N)", "sweep, Ray (K=N)",
+         "speed-up", "server CPU (seq / process / Ray)", "driver process CPU",
+         "machine busy (2 cores = 100%)"], bench_sweep([1, 4, 16], 150 if args.quick else 300))
+    parts = [] if args.sweep_only else [
         f"Machine: {psutil.cpu_count()} cores, Python {sys.version.split()[0]}; "
         f"`python scripts/bench.py{' --quick' if args.quick else ''}`\n",
         table("Throughput (notifications/s through the client)",
@@ -314,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
               bench_scale([1, 10, 50] if args.quick else [1, 10, 50, 100],
                           40 if args.quick else 80)),
     ]
+    parts.append(sweep_table)
     report = "\n".join(parts) + f"\n(total {time.monotonic() - started:.0f} s)\n"
     print(report)
     if args.out:
