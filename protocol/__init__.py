@@ -16,6 +16,8 @@ documents each class and function; the constants are the defaults of
   delay before restart n, ``min(initial * multiplier**(n-1), max) * (1 +- jitter)``.
 * ``RECONNECT_MAX_ATTEMPTS`` (10) and ``RECONNECT_MAX_TOTAL`` (300 s): the budget
   of one outage; ``RECONNECT_UPTIME_RESET`` (60 s): Up this long resets it.
+* ``RECONNECT_UNGATED_ATTEMPTS`` (5): restarts of one outage made without asking
+  the policy's ``ReconnectGate`` (a sweep's bound on reconnects at once).
 """
 
 from .codec import (

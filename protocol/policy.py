@@ -103,9 +103,11 @@ class ReconnectGate(Protocol):
     held (a holder that died must not block the rest forever).
     """
 
-    def request(self, token: Hashable, grant: Callable[[], None]) -> None: ...
+    def request(self, token: Hashable, grant: Callable[[], None]) -> None:
+        """Ask for a permit for ``token``; ``grant()`` is called once it is given."""
 
-    def release(self, token: Hashable) -> None: ...
+    def release(self, token: Hashable) -> None:
+        """Give the permit of ``token`` back, or withdraw its request."""
 
 
 @attrs.frozen
@@ -119,7 +121,10 @@ class ReconnectPolicy:
     session fails), ``uptime_reset=60`` (Up this long starts a fresh budget),
     ``rng=None`` (``random.Random(seed)`` for a deterministic schedule). A
     longer budget survives longer outages and takes longer to report a dead
-    server.
+    server. ``gate=None`` (a :class:`ReconnectGate` shared by many sessions:
+    after ``ungated_attempts=5`` restarts of an outage each restart waits for one
+    of its permits; the cost is a slower recovery in a storm, the gain a server
+    that is not hammered by every session at once).
 
     ``delay(attempt)`` is pure given ``rng``: ``min(initial * multiplier**(attempt-1),
     max_delay) * (1 + jitter * u)`` with ``u`` uniform in ``[-1, 1]``. An outage
