@@ -364,7 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = 3 if args.quick else 5
     started = time.monotonic()
     sweep_table = table(
-        "Sweep (events/s in total; N sessions of 300 slots, advance 10, both subscriptions)",
+        f"Sweep (events/s in total; N sessions of {150 if args.quick else 300} slots, advance 10, "
+        "both subscriptions)",
         ["sessions", "one after another", "sweep, this process (K=N)", "sweep, Ray (K=N)",
          "speed-up", "server CPU (seq / process / Ray)", "driver process CPU",
          "machine busy (2 cores = 100%)"], bench_sweep([1, 4, 16], 150 if args.quick else 300))
