@@ -113,6 +113,7 @@ def test_a_killed_ray_worker_resumes_its_sessions_elsewhere_exactly(
             assert len(per[index]["reasons"]) == 1
             assert per[index]["reasons"][0].startswith("worker 0 lost")
         assert summary["resumes"] == len(victims)
+        assert all(backend.last_worker[i] != 0 for i in victims)  # resumed on another worker
         for entry in summary["per_session"]:
             check_journal(tmp_path / entry["journal"], sim.chain)
             assert entry["duplicates_delivered"] == 0

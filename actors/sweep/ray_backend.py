@@ -131,6 +131,7 @@ class RayBackend:
         self.workers: dict[int, Any] = {}
         self.load: dict[int, set[int]] = {}  # worker id -> session indexes running there
         self.lost_workers = 0
+        self.last_worker: dict[int, int] = {}  # session index -> the worker it ran on last
         self._next_id = 0
         self._refs: dict[Any, tuple[int, int]] = {}  # ref -> (session index, worker id)
         for _ in range(self.worker_count):
@@ -144,10 +145,14 @@ class RayBackend:
         self.load[worker_id] = set()
 
     def submit(self, job: SessionJob) -> None:
-        worker_id = min(self.workers, key=lambda w: (len(self.load[w]), w))
+        """On the least loaded worker; a session that failed goes to another one."""
+        index = job.spec.index
+        last = self.last_worker.get(index)
+        worker_id = min(self.workers, key=lambda w: (w == last, len(self.load[w]), w))
         ref = self.workers[worker_id].run.remote(job)
-        self._refs[ref] = (job.spec.index, worker_id)
-        self.load[worker_id].add(job.spec.index)
+        self._refs[ref] = (index, worker_id)
+        self.load[worker_id].add(index)
+        self.last_worker[index] = worker_id
 
     def wait(self, timeout: float) -> list[SessionOutcome]:
         if not self._refs:
