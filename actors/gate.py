@@ -286,8 +286,9 @@ class ContinueGate:
         self.state = "handed"
 
     def not_written(self) -> None:
-        """The chunk handed to the control link was not written (the link died first)."""
-        if self.state == "handed":
+        """The chunk taken by ``next_chunk`` was not written: the control link died before
+        it was handed over (the tell failed) or before it reached the wire."""
+        if self.state == "handed" or (self.state == "pending" and self._chunk):
             self.state = "pending"
             self._remaining += self._chunk
             self._chunk = 0

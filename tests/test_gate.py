@@ -216,3 +216,18 @@ def test_a_resumed_stream_confirms_nothing_the_replay_reported() -> None:
         gate.on_slot(slot)
     gate.add_stream("transactions", resumed=True)
     assert gate.replay_from("transactions", 9, 1) == 9  # not past what it still owes
+
+
+def test_a_chunk_the_control_link_never_got_is_given_back() -> None:
+    """The control actor died between the gate's decision and the tell (the supervisor
+    had not yet heard of the loss): the chunk was taken but never handed over. It must
+    come back, or the continue waits forever with every link up (seen in a sweep after
+    a simulator-wide reset)."""
+    gate = up_gate("transactions")
+    gate.submit(ContinueParams(advance_count=1), reply=None)
+    assert gate.next_chunk() == ContinueParams(advance_count=1)
+    gate.not_written()  # the tell failed: nothing was handed
+    assert gate.state == "pending"
+    assert gate.next_chunk() == ContinueParams(advance_count=1)  # the same chunk again
+    gate.handed()
+    assert gate.written(2, None)
