@@ -125,7 +125,7 @@ class ContinueGate:
         self._tokens = itertools.count(1)
         self.stats = {"chunks_written": 0, "barriers_sent": 0, "chunk_holds": 0, "gaps": 0,
                       "gap_slots": 0, "lost_continues": 0, "continues_resent": 0,
-                      "double_advances": 0}
+                      "double_advances": 0, "continues_written": 0}
         self._holding = False
 
     # --- what happened ------
@@ -295,7 +295,8 @@ class ContinueGate:
 
     def written(self, generation: int, last_seq: int | None) -> bool:
         """The chunk reached the wire on control ``generation`` when the last seqId was
-        ``last_seq``; True when it was the user continue's first chunk (not a resend)."""
+        ``last_seq``; True (and the application's reply answered) when it was the
+        user continue's first chunk (not a resend)."""
         if self.state != "handed":
             return False
         self.state = "outstanding"
@@ -304,7 +305,13 @@ class ContinueGate:
         first, self._first_chunk = self._first_chunk, False
         self._written_at = (generation, last_seq, first)
         resent, self._resent_chunk = self._resent_chunk, 0
-        return first and not resent
+        if not first or resent:
+            return False
+        self.stats["continues_written"] += 1
+        if self.reply is not None:
+            self.reply.set(None)  # the application's wait ends: answered once, even
+            self.reply = None     # if the chunk is written again later
+        return True
 
     def control_resumed(self, generation: int) -> bool:
         """The control link is Up on ``generation`` with its attach replay complete.

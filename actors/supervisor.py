@@ -106,7 +106,7 @@ class SessionSupervisor(FailSafeActor):
         self._failure: ManagedSessionError | None = None
         self._shutdown: Shutdown | None = None
         self._shutdown_timer: TimerHandle | None = None
-        self._stats = {"malformed_frames": 0, "continues_written": 0, "continues_refused": 0}
+        self._stats = {"malformed_frames": 0, "continues_refused": 0}
         self._streams = Streams(self._children, self._outbox, self._gate, self._log)
         self._permits = RestartPermits(  # past the ungated attempts: the policy's gate
             config.policy, lambda: self._log.session_id, lambda m: self.actor_ref.tell(m))
@@ -342,14 +342,6 @@ class SessionSupervisor(FailSafeActor):
         self._log.warning("continue refused: %s", error)
         self._outbox.notify(ContinueRefused(message.params, error))
 
-    def _on_continue_written(self, message: ContinueWritten) -> None:
-        if (self._children.current(CONTROL, message.generation)
-                and self._gate.written(message.generation, self._outbox.last_seq)):
-            self._stats["continues_written"] += 1
-            if self._gate.reply is not None:
-                self._gate.reply.set(None)
-                self._gate.reply = None  # answered once, even if the chunk is resent
-
     def _on_quiet_check(self, message: QuietCheck) -> None:
         if not self._children.current(CONTROL, message.generation):
             return
@@ -423,7 +415,8 @@ class SessionSupervisor(FailSafeActor):
         TakeEvents: _on_take,
         CancelTake: lambda self, m: self._outbox.cancel_take(m.reply),
         SendContinue: _on_send_continue,
-        ContinueWritten: _on_continue_written,
+        ContinueWritten: lambda self, m: self._children.current(CONTROL, m.generation)
+        and self._gate.written(m.generation, self._outbox.last_seq),
         ContinueNotWritten: lambda self, m: self._children.current(CONTROL, m.generation)
         and self._gate.not_written(),
         SessionReady: _on_session_ready,
