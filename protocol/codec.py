@@ -15,6 +15,14 @@ The client functions (``encode_request``, ``decode_response``,
 local simulator (``decode_request``, ``encode_response``,
 ``decode_pubsub_request``, ``encode_pubsub``) share this one converter, so
 the two sides cannot drift apart.
+
+JSON is parsed by orjson (through cattrs' preconfigured orjson converter): a
+notification is decoded about three times faster than with the stdlib, and
+PubSub decoding is the client's hottest path. orjson is stricter than the
+stdlib in ways the wire never needs: ``NaN``/``Infinity`` and unpaired
+surrogate escapes are refused as "not JSON", and an integer outside
+``-2**63..2**64-1`` is read as a float, so a typed field refuses it ("expected
+int, got float"), as the server's own (Rust, u64) types would.
 """
 
 from __future__ import annotations
@@ -27,7 +35,9 @@ from typing import Any, TypeVar
 
 import attrs
 import cattrs
+import orjson
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+from cattrs.preconf.orjson import make_converter
 
 from .errors import ProtocolError
 from .messages import (
@@ -96,7 +106,9 @@ _CAMEL_CASE_CLASSES: frozenset[type] = frozenset(
 
 # --- the converter ---------------------------------------------------------------
 
-converter = cattrs.Converter(detailed_validation=True)
+# cattrs' orjson preset (how bytes, dates, sets and mapping keys go to orjson),
+# made strict below: the hooks of the primitive types refuse any other type.
+converter = make_converter(detailed_validation=True)
 
 
 def _strict(kind: type, name: str) -> Callable[[Any, Any], Any]:
@@ -164,21 +176,37 @@ def _describe(exc: BaseException, _type: Any) -> str:
     return str(exc) or type(exc).__name__
 
 
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_json_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def _dumps(obj: Any) -> str:
+    """Compact JSON text; what orjson cannot write (an integer beyond 64 bits, a
+    non-string key) is written by the stdlib as before, never refused here."""
+    try:
+        return orjson.dumps(obj).decode()
+    except TypeError:
+        return _json_dumps(obj)
 
 
 def _load(frame: str | bytes) -> Any:
-    """Bytes -> text -> JSON; both failures name the frame, never leak another type."""
-    text: str | bytes = frame
-    if isinstance(frame, bytes | bytearray | memoryview):
-        try:
-            text = bytes(frame).decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ProtocolError("$", f"not UTF-8 ({exc.reason})", bytes(frame)) from None
+    """Text or UTF-8 bytes -> JSON; both failures name the frame, never leak another type."""
     try:
-        return json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise ProtocolError("$", f"not JSON ({exc})", frame) from None
+        return orjson.loads(frame)
+    except orjson.JSONDecodeError as exc:
+        raise _not_json(frame, exc) from None
+
+
+def _not_json(frame: str | bytes, exc: Exception) -> ProtocolError:
+    """The error for a frame orjson refused: bad UTF-8 is named as such (off the hot path)."""
+    if isinstance(frame, bytes | bytearray | memoryview):
+        raw = bytes(frame)
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            return ProtocolError("$", f"not UTF-8 ({bad.reason})", raw)
+    if not isinstance(frame, str | bytes):
+        frame = bytes(frame)
+    return ProtocolError("$", f"not JSON ({exc})", frame)
 
 
 def _object(value: Any, path: str, frame: str | bytes) -> dict[str, Any]:
@@ -449,9 +477,105 @@ def encode_pubsub(msg: PubsubMessage) -> str:
     return _dumps({"jsonrpc": "2.0", "method": msg.method, "params": msg.params})
 
 
-def decode_pubsub(frame: str | bytes) -> PubsubMessage:
-    """Client side: one PubSub frame."""
-    obj = _object(_load(frame), "$", frame)
+def _slot_setters(cls: type) -> tuple[Callable[[Any, Any], None], ...]:
+    """The slot descriptors' setters of a frozen, slotted attrs class, in field order.
+
+    Building a notification through them skips attrs' generated ``__init__``
+    (a Python frame and one bound ``object.__setattr__`` call per field), about
+    a quarter of the decode time. That is only the same object if ``__init__``
+    does nothing else, so a class that gains a validator, a converter or a
+    ``__attrs_post_init__`` is refused here, at import.
+    """
+    fields = attrs.fields(cls)
+    if (not cls.__attrs_attrs__ or "__slots__" not in vars(cls)  # type: ignore[attr-defined]
+            or hasattr(cls, "__attrs_post_init__")
+            or any(f.validator is not None or f.converter is not None for f in fields)):
+        raise TypeError(f"{cls.__name__}: not a plain slotted attrs class")
+    return tuple(vars(cls)[f.name].__set__ for f in fields)
+
+
+_TX_SET = _slot_setters(TransactionNotification)
+_DIFF_SET = _slot_setters(AccountDiffNotification)
+assert [f.name for f in attrs.fields(TransactionNotification)] == [
+    "subscription", "slot", "signature", "transaction", "meta", "index"]
+assert [f.name for f in attrs.fields(AccountDiffNotification)] == [
+    "subscription", "slot", "account", "signature", "pre", "post", "write_index"]
+
+
+def _pubsub_decoder() -> Callable[[str | bytes], PubsubMessage]:
+    """Build :func:`decode_pubsub` with what it uses bound in its closure.
+
+    It runs once per frame, and a closure's names are read like locals, not
+    looked up as globals: that, and one Python frame for the whole fast path,
+    is about a tenth of the decode time.
+    """
+    loads, decode_error, new = orjson.loads, orjson.JSONDecodeError, object.__new__
+    tx_cls, diff_cls, int_, str_ = TransactionNotification, AccountDiffNotification, int, str
+    t0, t1, t2, t3, t4, t5 = _TX_SET
+    d0, d1, d2, d3, d4, d5, d6 = _DIFF_SET
+
+    def decode_pubsub(frame: str | bytes) -> PubsubMessage:
+        """Client side: one PubSub frame.
+
+        A well-formed notification (nearly every frame) is checked and built on
+        a fast path; anything it does not accept outright, valid or not, takes
+        the field-by-field path, which alone decides what is valid and names
+        the field at fault. The fast path accepts only what that path accepts
+        (tests/test_fuzz_codec.py compares the two on mutated frames).
+        """
+        try:
+            obj = loads(frame)
+        except decode_error as exc:
+            raise _not_json(frame, exc) from None
+        try:
+            params = obj["params"]
+            result = params["result"]
+            method = obj["method"]
+            subscription = params["subscription"]
+            if method == "transactionNotification":
+                slot = result["slot"]
+                signature = result["signature"]
+                index = result.get("index")
+                if (type(subscription) is int_ and type(slot) is int_
+                        and type(signature) is str_
+                        and (index is None or (type(index) is int_ and index >= 0))):
+                    out: Any = new(tx_cls)
+                    t0(out, subscription)
+                    t1(out, slot)
+                    t2(out, signature)
+                    t3(out, result.get("transaction"))
+                    t4(out, result.get("meta"))
+                    t5(out, index)
+                    return out  # type: ignore[no-any-return]
+            elif method == "accountDiffNotification":
+                slot = result["context"]["slot"]
+                account = result["account"]
+                signature = result["signature"]
+                index = result.get("writeIndex")
+                if (type(subscription) is int_ and type(slot) is int_
+                        and type(account) is str_ and type(signature) is str_
+                        and (index is None or (type(index) is int_ and index >= 0))):
+                    out = new(diff_cls)
+                    d0(out, subscription)
+                    d1(out, slot)
+                    d2(out, account)
+                    d3(out, signature)
+                    d4(out, result.get("pre"))
+                    d5(out, result.get("post"))
+                    d6(out, index)
+                    return out  # type: ignore[no-any-return]
+        except (KeyError, TypeError, AttributeError):
+            pass  # not an object somewhere: the careful path says where
+        return _decode_pubsub(obj, frame)
+
+    return decode_pubsub
+
+
+decode_pubsub = _pubsub_decoder()
+
+
+def _decode_pubsub(obj: Any, frame: str | bytes) -> PubsubMessage:
+    obj = _object(obj, "$", frame)
     method = obj.get("method")
     if method is None:
         request_id = obj.get("id")

@@ -16,7 +16,8 @@ from protocol import (
     encode_request,
     encode_response,
 )
-from protocol.codec import decode_pubsub_request, decode_request
+from protocol.codec import _decode_pubsub, _load, decode_pubsub_request, decode_request
+from protocol.pubsub import AccountDiffNotification, TransactionNotification
 from tests.test_codec import PUBSUB, REQUESTS, RESPONSES
 
 DECODERS = [decode_response, decode_pubsub, decode_request, decode_pubsub_request]
@@ -89,3 +90,34 @@ def test_arbitrary_bytes_and_text(frame: str | bytes) -> None:
 def test_truncated_frames(frame: str, cut: int) -> None:
     _check(frame[:cut])
     _check(frame.encode()[:cut])
+
+
+def _careful(frame: str | bytes) -> Any:
+    """decode_pubsub without its fast path: the result or the error, for comparison."""
+    try:
+        return _decode_pubsub(_load(frame), frame)
+    except ProtocolError as exc:
+        return ("error", str(exc))
+
+
+def _decoded(frame: str | bytes) -> Any:
+    try:
+        return decode_pubsub(frame)
+    except ProtocolError as exc:
+        return ("error", str(exc))
+
+
+NOTIFICATION_SEEDS = [encode_pubsub(m) for m in [
+    *(m for m in PUBSUB if isinstance(m, TransactionNotification | AccountDiffNotification)),
+    TransactionNotification(7, 100, "sig1", {"message": "m"}, {"err": None}, index=3),
+    AccountDiffNotification(8, 101, "Acc1", "sig2", {"lamports": 4}, None, write_index=0)]]
+
+
+@settings(max_examples=2500, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.data())
+def test_fast_notification_path_agrees_with_the_careful_path(data: st.DataObject) -> None:
+    """The fast path accepts only what the field-by-field path accepts, builds the
+    same message, and leaves every error (and its message) to that path."""
+    base = json.loads(data.draw(st.sampled_from(NOTIFICATION_SEEDS)))
+    frame = json.dumps(_mutate(base, data)).encode()
+    assert _decoded(frame) == _careful(frame)
