@@ -1,8 +1,19 @@
-"""One scheduler thread for every delayed ``tell`` of a session.
+"""One scheduler thread per process for every delayed ``tell`` of every session.
 
 pykka has no timers. Keepalive pings, liveness checks, handshake deadlines and
 restart backoff all become "tell this actor that message after this delay",
 served by a single thread with a heap, instead of a thread per timer.
+
+The thread is shared by all sessions of the process (a sweep runs hundreds):
+a thread per session cost a thread and a stack for work that is a few heap
+operations a second. Each session holds a :class:`Scheduler`, a lease on the
+shared thread: it starts the thread if none runs, and its ``stop()`` cancels
+every timer the session set (none of them fires afterwards) and, when it was
+the last lease, stops and joins the thread, so a process without sessions has
+no timer thread (threads after shutdown == threads before).
+
+A ``tell`` never blocks (pykka's inbox is unbounded), so one slow actor cannot
+delay another session's timers.
 """
 
 from __future__ import annotations
@@ -15,6 +26,11 @@ from typing import Any
 
 import pykka
 
+# Entries of stopped leases are dropped from the heap once they are this many and at
+# least half of it, so sessions coming and going never grow it (a timer of a stopped
+# session may be an uptime check a minute away).
+_COMPACT_MIN = 256
+
 
 class TimerHandle:
     __slots__ = ("cancelled",)
@@ -26,50 +42,120 @@ class TimerHandle:
         self.cancelled = True
 
 
-class Scheduler:
-    """Delivers ``ref.tell(message)`` after ``delay`` seconds; ``stop()`` joins the thread."""
+_Entry = tuple[float, int, TimerHandle, "Scheduler", "pykka.ActorRef[Any]", Any]
 
-    def __init__(self, name: str = "backtest-timers") -> None:
-        self._heap: list[tuple[float, int, TimerHandle, pykka.ActorRef[Any], Any]] = []
-        self._counter = itertools.count()
-        self._condition = threading.Condition()
-        self._stopped = False
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
 
-    def schedule(self, delay: float, ref: pykka.ActorRef[Any], message: Any) -> TimerHandle:
-        handle = TimerHandle()
-        with self._condition:
-            if self._stopped:
-                handle.cancel()
-                return handle
-            heapq.heappush(self._heap, (time.monotonic() + max(0.0, delay),
-                                        next(self._counter), handle, ref, message))
-            self._condition.notify()
-        return handle
+class _TimerThread:
+    """The heap and the thread; one lives while at least one lease is held."""
 
-    def stop(self, timeout: float = 2.0) -> None:
-        with self._condition:
-            self._stopped = True
-            self._heap.clear()
-            self._condition.notify()
-        if threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
+    def __init__(self, name: str) -> None:
+        self.heap: list[_Entry] = []
+        self.counter = itertools.count()
+        self.condition = threading.Condition()
+        self.leases = 0
+        self.dead_entries = 0  # entries of stopped leases still in the heap
+        self.stopped = False
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def push(self, entry: _Entry) -> None:
+        # Called with self.condition held.
+        heapq.heappush(self.heap, entry)
+        if self.heap[0] is entry:
+            self.condition.notify()
+
+    def compact(self) -> None:
+        # Called with self.condition held.
+        if self.dead_entries >= _COMPACT_MIN and self.dead_entries * 2 >= len(self.heap):
+            self.heap = [e for e in self.heap if not e[3].stopped and not e[2].cancelled]
+            heapq.heapify(self.heap)
+            self.dead_entries = 0
 
     def _run(self) -> None:
         while True:
-            with self._condition:
-                while not self._stopped:
+            with self.condition:
+                while not self.stopped:
                     now = time.monotonic()
-                    if self._heap and self._heap[0][0] <= now:
+                    if self.heap and self.heap[0][0] <= now:
                         break
-                    wait = self._heap[0][0] - now if self._heap else None
-                    self._condition.wait(wait)
-                if self._stopped:
+                    wait = self.heap[0][0] - now if self.heap else None
+                    self.condition.wait(wait)
+                if self.stopped:
                     return
-                _, _, handle, ref, message = heapq.heappop(self._heap)
+                _, _, handle, lease, ref, message = heapq.heappop(self.heap)
+                if lease.stopped:
+                    self.dead_entries = max(0, self.dead_entries - 1)
+                    continue
+                lease.pending -= 1
             if not handle.cancelled:
                 try:
                     ref.tell(message)
                 except pykka.ActorDeadError:
                     pass  # the actor ended before its timer; nothing to do
+
+
+_lock = threading.Lock()
+_current: _TimerThread | None = None
+
+
+class Scheduler:
+    """A session's lease on the process's timer thread.
+
+    ``schedule`` delivers ``ref.tell(message)`` after ``delay`` seconds;
+    ``stop()`` cancels this lease's timers and releases the thread (joined
+    when this was the last lease). The name of the thread is the first
+    lease's ``name``.
+    """
+
+    def __init__(self, name: str = "backtest-timers") -> None:
+        global _current
+        self.stopped = False
+        self.pending = 0  # entries of this lease in the heap (guarded by the core's lock)
+        with _lock:
+            if _current is None:
+                _current = _TimerThread(name)
+                _current.thread.start()
+            self._core = _current
+            with self._core.condition:
+                self._core.leases += 1
+
+    def schedule(self, delay: float, ref: pykka.ActorRef[Any], message: Any) -> TimerHandle:
+        handle = TimerHandle()
+        core = self._core
+        with core.condition:
+            if self.stopped:
+                handle.cancel()
+                return handle
+            self.pending += 1
+            core.push((time.monotonic() + max(0.0, delay), next(core.counter), handle, self,
+                       ref, message))
+        return handle
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Cancel this lease's timers; the last lease stops and joins the thread."""
+        global _current
+        core = self._core
+        with _lock:
+            with core.condition:
+                if self.stopped:
+                    return
+                self.stopped = True
+                core.dead_entries += self.pending
+                self.pending = 0
+                core.leases -= 1
+                last = core.leases == 0
+                if last:
+                    core.stopped = True
+                    core.heap.clear()
+                    core.condition.notify()
+                else:
+                    core.compact()
+            if last and _current is core:
+                _current = None  # the next lease starts a fresh thread
+        if last and threading.current_thread() is not core.thread:
+            core.thread.join(timeout)
+
+
+def timer_threads() -> int:
+    """How many timer threads this process runs now (0 or 1): for tests and the bench."""
+    with _lock:
+        return 0 if _current is None else 1
