@@ -1,24 +1,43 @@
-"""One WebSocket (websocket-client) and the reader thread that owns its blocking calls.
+"""One WebSocket (websocket-client), read by the process's shared reader thread.
 
-The reader thread connects (the whole of TCP + TLS + upgrade bounded by
-``Timing.connect``, see :meth:`Connection.expire_connect`), then loops on
-``recv``; it decodes each frame once with the codec it was given and only
-``tell``s its actor: ``Opened``, ``ConnectFailed``, ``Received`` (a batch),
-``ReaderPaused``/``ReaderResumed``, ``Disconnected``. The actor thread may
-``send``/``ping`` beside it (websocket-client locks sends).
+A connection connects on a short-lived thread of its own (the whole of TCP +
+TLS + upgrade bounded by ``Timing.connect``, see :meth:`Connection.expire_connect`):
+websocket-client's connect is blocking, and a connect that hangs must never
+hold anybody else's. Once the upgrade is done that thread tells ``Opened``,
+hands the socket (now non-blocking) to the :class:`_Reactor` and ends.
 
-Flow control is by credits: the reader takes one credit per data frame and
-stops reading at zero, so TCP flow control slows the server instead of memory
-growing. Whoever finally consumes the frame's event gives the credit back
-(:meth:`Connection.grant`).
+The reactor is one thread for every connection of the process (a sweep runs
+hundreds of sessions; a reader thread per connection cost three threads per
+session). It waits on all sockets with :mod:`selectors`, reads what a ready
+socket has (one ``recv`` of up to 64 KiB per turn, so no connection starves
+another), feeds the bytes to websocket-client's own frame parser from a buffer
+(only once a whole frame is there, so the parser never waits), decodes each
+frame once with the codec it was given and only ``tell``s the connection's
+actor: ``Opened``, ``ConnectFailed``, ``Received`` (a batch),
+``ReaderPaused``/``ReaderResumed``, ``Disconnected``. It never blocks: sockets
+are non-blocking, and what the kernel cannot take at once waits in the
+connection's outgoing buffer until the socket is writable.
+
+Flow control is by credits: one credit per data frame. A connection out of
+credits is paused: its socket is taken out of the selector, so it is not read
+at all and TCP flow control slows the server instead of memory growing.
+Whoever finally consumes the frame's event gives the credit back
+(:meth:`Connection.grant`), which puts the socket back.
+
+Writes (``send``/``ping``/``send_close``) come from the actor thread and, for
+the answer to a server's ping or close, from the reactor; a per-connection lock
+keeps every frame whole on the wire.
 """
 
 from __future__ import annotations
 
-import select
+import collections
+import logging
+import selectors
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -28,10 +47,12 @@ import websocket
 
 from protocol import ProtocolError
 
-# Frames drained from the socket into one message when they are already there:
-# one hop per batch instead of one per frame.
+# Frames drained from a socket into one message: one hop per batch, not per frame.
 MAX_BATCH = 512
 DEFAULT_MAX_FRAME_SIZE = 2**23  # 8 MiB: far above any notification, far below harm
+READ_CHUNK = 65536
+
+_log = logging.getLogger(__name__)
 
 
 @attrs.frozen
@@ -77,51 +98,12 @@ class FrameTooLarge(websocket.WebSocketException):
     pass
 
 
-def _limit_frame_size(ws: websocket.WebSocket, max_frame_size: int) -> None:
-    """Refuse a frame by its header, before its payload is read into memory.
-
-    websocket-client has no size limit; its frame reader learns the length
-    first, so the check wraps that step of this connection's reader.
-    """
-    reader = ws.frame_buffer
-    read_length = reader.recv_length
-
-    def checked() -> None:
-        read_length()
-        if reader.length is not None and reader.length > max_frame_size:
-            raise FrameTooLarge(f"frame of {reader.length} bytes exceeds max_frame_size "
-                                f"{max_frame_size}")
-
-    setattr(reader, "recv_length", checked)  # noqa: B010 - a method of this one reader
+class _PeerClosed(Exception):
+    """Internal: the frame just parsed ends the connection (close frame)."""
 
 
-class _ReadBuffer:
-    """Socket reads of up to 64 KiB for websocket-client's frame reader.
-
-    Left alone it makes two ``recv`` calls per frame (header, then payload);
-    through this buffer a burst of notifications costs one call per 64 KiB,
-    and "is another frame already here?" is a length check, not a ``select``.
-    """
-
-    CHUNK = 65536
-
-    def __init__(self, ws: websocket.WebSocket) -> None:
-        reader = ws.frame_buffer
-        self._raw = reader.recv
-        self._data = b""
-        self._pos = 0
-        setattr(reader, "recv", self.recv)  # noqa: B010 - this connection's reader only
-
-    def recv(self, size: int) -> bytes:
-        if self._pos >= len(self._data):
-            self._data = self._raw(self.CHUNK)
-            self._pos = 0
-        chunk = self._data[self._pos:self._pos + size]
-        self._pos += len(chunk)
-        return chunk
-
-    def pending(self) -> int:
-        return len(self._data) - self._pos
+_WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+_CLOSED_BY_PEER = ("WebSocketConnectionClosedException: Connection to remote host was lost.")
 
 
 class Connection:
@@ -131,27 +113,39 @@ class Connection:
                  sslopt: dict[str, Any] | None = None,
                  max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         self._url = url
+        self._name = name
         self._owner = owner
         self._decode = decode
-        self._credits = window
         self._connect_timeout = connect_timeout
+        self._max_frame_size = max_frame_size
         # Never logged: the API key travels in here.
         self._headers = [f"{k}: {v}" for k, v in (headers or {}).items()]
-        self._sslopt = sslopt
         # UTF-8 is still checked: the codec decodes bytes and maps a bad text
         # frame to a ProtocolError; skipping websocket-client's pure-Python
         # validator is about 5x faster per frame (DESIGN.md §5).
         self._ws = websocket.WebSocket(skip_utf8_validation=True, enable_multithread=True,
                                        sslopt=sslopt)
-        _limit_frame_size(self._ws, max_frame_size)
-        self._read_buffer = _ReadBuffer(self._ws)
-        self._condition = threading.Condition()
+        # The frame parser reads from this connection's buffer, never from the socket.
+        setattr(self._ws.frame_buffer, "recv", self._take)  # noqa: B010 - this parser only
+        self._data = b""  # bytes read and not yet parsed (reactor only)
+        self._pos = 0
+        self._eof = False  # the peer's FIN was read (reactor only)
+        # Guards the flags and credits below (actor thread, connect thread, reactor).
+        self._lock = threading.Lock()
+        self._credits = window
+        self._paused = False
         self._closing = False
-        self._opened = False  # the upgrade completed (guarded by _condition)
+        self._opened = False  # the upgrade completed
         self._connect_expired = False  # the owner's connect deadline passed first
-        # "Is another frame here?" without select(): select() refuses fds >= 1024.
-        self._poll: select.poll | None = None
-        self._thread = threading.Thread(target=self._run, name=f"reader-{name}", daemon=True)
+        # Outgoing frames the kernel did not take yet, whole; guarded by _send_lock.
+        self._send_lock = threading.Lock()
+        self._out: collections.deque[bytes] = collections.deque()
+        self._sock: socket.socket | None = None  # set once open, None once dropped
+        self._reactor: _Reactor | None = None
+        self._events = 0  # selector interest (reactor only)
+        self._finished = threading.Event()  # the socket is closed and released
+        self._thread = threading.Thread(target=self._connect_run, name=f"connect-{name}",
+                                        daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -160,23 +154,28 @@ class Connection:
 
     def send(self, text: str) -> None:
         """Raises ``OSError``/``WebSocketException`` when the socket is gone."""
-        self._ws.send(text)
+        self._write(websocket.ABNF.create_frame(text, websocket.ABNF.OPCODE_TEXT).format())
 
     def ping(self, payload: bytes = b"") -> None:
         try:
-            self._ws.ping(payload)
+            self._write(websocket.ABNF.create_frame(payload,
+                                                    websocket.ABNF.OPCODE_PING).format())
         except (OSError, websocket.WebSocketException):
             pass  # the reader reports the broken socket
 
     def grant(self, credits: int) -> None:
-        with self._condition:
+        with self._lock:
             self._credits += credits
-            self._condition.notify()
+            wake = self._paused and self._credits > 0
+        if wake and self._reactor is not None:
+            self._reactor.poke(self)
 
     def send_close(self) -> None:
         """Start the closing handshake (close frame); the reader sees the answer."""
         try:
-            self._ws.send_close()
+            self._write(websocket.ABNF.create_frame(
+                websocket.STATUS_NORMAL.to_bytes(2, "big"),
+                websocket.ABNF.OPCODE_CLOSE).format())
         except (OSError, websocket.WebSocketException):
             pass
 
@@ -190,7 +189,7 @@ class Connection:
         the TCP and TLS steps have handed over their socket there is nothing to
         shut down; those steps are each bounded by the per-operation timeout.
         """
-        with self._condition:
+        with self._lock:
             if self._opened or self._closing:
                 return False
             self._connect_expired = True
@@ -198,11 +197,12 @@ class Connection:
         return True
 
     def abort(self) -> None:
-        """Unblock the reader and end it: shut the socket down (no close frame)."""
-        with self._condition:
+        """End the connection: no more reads, the socket shut down (no close frame)."""
+        with self._lock:
             self._closing = True
-            self._condition.notify()
         self._shutdown_socket()
+        if self._reactor is not None:
+            self._reactor.poke(self)
 
     def _shutdown_socket(self) -> None:
         # A socket closed meanwhile has fd -1 in its object, so this cannot hit a
@@ -215,11 +215,47 @@ class Connection:
                 pass
 
     def join(self, timeout: float) -> bool:
+        """Wait until the socket is closed and released (and the reactor, if this
+        was its last connection, has ended); False if that took longer than ``timeout``."""
+        deadline = time.monotonic() + timeout
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
-        return not self._thread.is_alive()
+        if self._thread.ident is not None and not self._thread.is_alive():
+            self._finished.wait(max(0.0, deadline - time.monotonic()))
+        reactor = self._reactor
+        if reactor is not None and self._finished.is_set():
+            reactor.join_if_stopping(max(0.0, deadline - time.monotonic()))
+        return self._finished.is_set() or self._thread.ident is None
 
-    # --- the reader thread ------
+    # --- writing (actor thread or reactor) ------
+
+    def _write(self, frame: bytes) -> None:
+        with self._send_lock:
+            if self._sock is None:
+                raise websocket.WebSocketConnectionClosedException("socket is already closed.")
+            self._out.append(frame)
+            self._flush_locked()
+            waiting = bool(self._out)
+        if waiting and self._reactor is not None:
+            self._reactor.poke(self)  # the reactor writes the rest when the socket can take it
+
+    def _flush_locked(self) -> None:
+        """Write what the kernel takes now; raises ``OSError`` for a broken socket."""
+        sock = self._sock
+        assert sock is not None
+        out = self._out
+        while out:
+            chunk = out[0]
+            try:
+                sent = sock.send(chunk)
+            except _WOULD_BLOCK:
+                return
+            if sent < len(chunk):
+                out[0] = chunk[sent:]  # plain TCP only; TLS writes a record whole or not
+            else:
+                out.popleft()
+
+    # --- the connect thread ------
 
     def _tell(self, message: Any) -> None:
         try:
@@ -227,129 +263,360 @@ class Connection:
         except pykka.ActorDeadError:
             pass  # the actor already reported the loss and stopped
 
-    def _run(self) -> None:
+    def _connect_run(self) -> None:
         try:
             self._connect()
         except ssl.SSLCertVerificationError as exc:
-            self._tell(ConnectFailed(f"TLS certificate not trusted: {exc.verify_message}",
-                                     terminal=True))
-            self._ws.shutdown()
+            self._failed(ConnectFailed(f"TLS certificate not trusted: {exc.verify_message}",
+                                       terminal=True))
             return
         except websocket.WebSocketBadStatusException as exc:
-            self._tell(ConnectFailed(f"upgrade answered HTTP {exc.status_code}",
-                                     exc.status_code))
-            self._ws.shutdown()
+            self._failed(ConnectFailed(f"upgrade answered HTTP {exc.status_code}",
+                                       exc.status_code))
             return
         except Exception as exc:  # noqa: BLE001 - every connect failure is reported
-            with self._condition:
+            with self._lock:
                 expired = self._connect_expired
             if expired:
-                self._tell(ConnectFailed(f"timed out after {self._connect_timeout}s "
-                                         "(TCP + TLS + upgrade)"))
+                self._failed(ConnectFailed(f"timed out after {self._connect_timeout}s "
+                                           "(TCP + TLS + upgrade)"))
             else:
-                self._tell(ConnectFailed(f"{type(exc).__name__}: {exc}"))
-            self._ws.shutdown()
+                self._failed(ConnectFailed(f"{type(exc).__name__}: {exc}"))
             return
-        try:
-            self._read_loop()
-        finally:
-            self._ws.shutdown()
+        sock = self._ws.sock
+        assert sock is not None
+        sock.setblocking(False)
+        with self._send_lock:
+            self._sock = sock
+        # Opened goes first: the actor must see it before any Received.
+        self._tell(Opened())
+        reactor = _Reactor.acquire()
+        self._reactor = reactor
+        reactor.add(self)
+
+    def _failed(self, message: ConnectFailed) -> None:
+        self._tell(message)
+        self._ws.shutdown()
+        self._finished.set()
 
     def _connect(self) -> None:
         self._ws.connect(self._url, header=self._headers, timeout=self._connect_timeout,
                          suppress_origin=True)
-        self._ws.settimeout(None)  # liveness is the actor's keepalive deadline
-        with self._condition:
+        with self._lock:
             if self._closing:
                 raise ConnectionAbortedError("closed while connecting")
             if self._connect_expired:
                 raise TimeoutError("connect deadline passed")
             self._opened = True
-        if hasattr(select, "poll") and self._ws.sock is not None:
-            self._poll = select.poll()
-            self._poll.register(self._ws.sock.fileno(), select.POLLIN)
-        self._tell(Opened())
 
-    def _read_loop(self) -> None:
-        paused = False
-        while True:
-            with self._condition:
-                while self._credits <= 0 and not self._closing:
-                    if not paused:
-                        paused = True
-                        self._tell(ReaderPaused())
-                    self._condition.wait()
-                if self._closing:
-                    return
-                # Credits are taken per batch, not per frame: one lock round per batch.
-                allowance = min(self._credits, MAX_BATCH)
-            if paused:
-                paused = False
-                self._tell(ReaderResumed())
-            batch: list[Any] = []
-            data_frames = 0
-            ended = False
-            try:
-                while True:
-                    item, is_data = self._read_one()
-                    if item is None:
-                        ended = True
-                        break
-                    batch.append(item)
-                    data_frames += is_data
-                    if data_frames >= allowance or len(batch) >= MAX_BATCH or (
-                            not self._more_ready()):
-                        break
-            except Exception as exc:  # noqa: BLE001 - any read failure ends the connection
+    # --- the reactor thread ------
+
+    def _take(self, size: int) -> bytes:
+        """websocket-client's parser reads here; a whole frame is always buffered first."""
+        chunk = self._data[self._pos:self._pos + size]
+        self._pos += len(chunk)
+        return chunk
+
+    def _frame_ready(self) -> bool:
+        """A whole frame is buffered; ``FrameTooLarge`` as soon as its header says so."""
+        data, pos = self._data, self._pos
+        available = len(data) - pos
+        if available < 2:
+            return False
+        second = data[pos + 1]
+        length, header = second & 0x7F, 2
+        if length == 126:
+            if available < 4:
+                return False
+            length, header = int.from_bytes(data[pos + 2:pos + 4], "big"), 4
+        elif length == 127:
+            if available < 10:
+                return False
+            length, header = int.from_bytes(data[pos + 2:pos + 10], "big"), 10
+        if second & 0x80:
+            header += 4
+        if length > self._max_frame_size:
+            # Refused by its header, before its payload is read into memory.
+            raise FrameTooLarge(f"frame of {length} bytes exceeds max_frame_size "
+                                f"{self._max_frame_size}")
+        return available >= header + length
+
+    def _service(self, reactor: _Reactor) -> bool:
+        """One turn: read once, parse, tell one batch. True when more is ready at once."""
+        # Credits and the paused flag change together, under the lock that grant()
+        # takes: a grant that comes after this sees paused and wakes the reactor,
+        # one that comes before is in the credits read here. No grant is lost.
+        with self._lock:
+            closing, credits, was_paused = self._closing, self._credits, self._paused
+            self._paused = credits <= 0
+        if closing:
+            reactor.drop(self)
+            return False
+        with self._send_lock:
+            if self._out and self._sock is not None:
+                try:
+                    self._flush_locked()
+                except OSError:
+                    pass  # the read side reports the broken socket
+            writing = bool(self._out)
+        if credits <= 0:
+            if not was_paused:
+                self._tell(ReaderPaused())
+            reactor.interest(self, selectors.EVENT_WRITE if writing else 0)
+            return False
+        if was_paused:
+            self._tell(ReaderResumed())
+        reactor.interest(self, selectors.EVENT_READ | (selectors.EVENT_WRITE if writing
+                                                       else 0))
+        batch: list[Any] = []
+        data_frames = 0
+        ended: str | None = None
+        try:
+            if not self._eof and not self._frame_ready():
+                self._read_socket()
+            allowance = min(credits, MAX_BATCH)
+            while data_frames < allowance and len(batch) < MAX_BATCH and self._frame_ready():
+                item = self._parse_frame()
+                if item is None:
+                    continue  # a fragment of a longer message
+                batch.append(item[0])
+                data_frames += item[1]
+            if self._eof and not self._frame_ready():
+                ended = _CLOSED_BY_PEER
+        except _PeerClosed as closed:
+            ended = str(closed) or None
+            if not ended:
                 self._flush(batch, data_frames)
-                with self._condition:
-                    closing = self._closing
-                if not closing:
-                    self._tell(Disconnected(f"{type(exc).__name__}: {exc}"))
-                return
-            self._flush(batch, data_frames)
-            if ended:
-                return
+                reactor.drop(self)
+                return False
+        except Exception as exc:  # noqa: BLE001 - any read failure ends the connection
+            ended = f"{type(exc).__name__}: {exc}"
+        self._flush(batch, data_frames)
+        if ended is not None:
+            with self._lock:
+                closing = self._closing
+            if not closing:
+                self._tell(Disconnected(ended))
+            reactor.drop(self)
+            return False
+        if self._frame_ready():
+            return True  # left for the next turn (batch full), or waiting for credits
+        sock = self._sock
+        pending = getattr(sock, "pending", None)  # TLS may hold decrypted bytes
+        return bool(pending is not None and pending() > 0) or self._eof
 
-    def _flush(self, batch: list[Any], data_frames: int) -> None:
-        with self._condition:
-            self._credits -= data_frames
-        if batch:
-            self._tell(Received(batch))
+    def _read_socket(self) -> None:
+        sock = self._sock
+        if sock is None:
+            raise websocket.WebSocketConnectionClosedException("Connection is closed")
+        try:
+            chunk = sock.recv(READ_CHUNK)
+        except _WOULD_BLOCK:
+            return
+        if not chunk:
+            self._eof = True
+            return
+        if self._pos >= len(self._data):
+            self._data, self._pos = chunk, 0
+        else:
+            self._data, self._pos = self._data[self._pos:] + chunk, 0
 
-    def _read_one(self) -> tuple[Any, bool]:
-        """One decoded item and whether it was a data frame; ``None`` once the peer closed."""
-        opcode, frame = self._ws.recv_data_frame(control_frame=True)
-        if opcode == websocket.ABNF.OPCODE_TEXT or opcode == websocket.ABNF.OPCODE_BINARY:
+    def _parse_frame(self) -> tuple[Any, bool] | None:
+        """One buffered frame as (item, is data frame); None for a fragment."""
+        ws = self._ws
+        frame = ws.frame_buffer.recv_frame()
+        opcode = frame.opcode
+        if opcode in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY,
+                      websocket.ABNF.OPCODE_CONT):
+            ws.cont_frame.validate(frame)
+            ws.cont_frame.add(frame)
+            if not ws.cont_frame.is_fire(frame):
+                return None
+            _, frame = ws.cont_frame.extract(frame)
             try:
                 return self._decode(frame.data), True
             except ProtocolError as exc:
                 return exc, True
         if opcode == websocket.ABNF.OPCODE_PONG:
-            return Pong(bytes(frame.data)), False
+            return Pong(_payload(frame)), False
+        if opcode == websocket.ABNF.OPCODE_PING:
+            if len(frame.data) >= 126:
+                raise websocket.WebSocketProtocolException("Ping message is too long")
+            try:
+                self._write(websocket.ABNF.create_frame(frame.data,
+                                                        websocket.ABNF.OPCODE_PONG).format())
+            except (OSError, websocket.WebSocketException):
+                pass  # the read side reports the broken socket
+            return Pong(b""), False  # a ping: proof of life
         if opcode == websocket.ABNF.OPCODE_CLOSE:
-            with self._condition:
+            self.send_close()
+            with self._lock:
                 closing = self._closing
-            if not closing:
-                code = int.from_bytes(frame.data[:2], "big") if len(frame.data) >= 2 else None
-                self._tell(Disconnected(f"closed by server (code {code})"))
-            return None, False
-        return Pong(b""), False  # a ping (answered by websocket-client): proof of life
+            if closing:
+                raise _PeerClosed("")
+            data = _payload(frame)
+            code = int.from_bytes(data[:2], "big") if len(data) >= 2 else None
+            raise _PeerClosed(f"closed by server (code {code})")
+        return Pong(b""), False
 
-    def _more_ready(self) -> bool:
-        """True when another frame can be read without blocking."""
-        if self._read_buffer.pending():
-            return True
-        sock = self._ws.sock
+    def _flush(self, batch: list[Any], data_frames: int) -> None:
+        with self._lock:
+            self._credits -= data_frames
+        if batch:
+            self._tell(Received(batch))
+
+    def _close_socket(self) -> None:
+        """Reactor: close the socket (the connection is being dropped)."""
+        with self._send_lock:
+            self._sock = None
+            self._out.clear()
+        self._ws.shutdown()
+
+
+def _payload(frame: websocket.ABNF) -> bytes:
+    data = frame.data
+    return data if isinstance(data, bytes) else data.encode("utf-8")
+
+
+class _Reactor:
+    """The shared reader thread: every open connection's socket in one selector.
+
+    One lives while it has connections: the first connection starts it, and
+    it ends with its last one, so a process without sessions has no reader
+    thread. Other threads hand it work by :meth:`poke` (a queue and a wake-up
+    byte on a socket pair), never by touching the selector.
+    """
+
+    _lock = threading.Lock()
+    _current: _Reactor | None = None
+
+    def __init__(self) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._pokes: collections.deque[Connection] = collections.deque()
+        self._woken = False  # a wake-up byte is in flight (guarded by _lock)
+        self._connections = 0  # guarded by _Reactor._lock
+        self._stopping = False
+        self._ready: dict[Connection, None] = {}  # ordered set (reactor only)
+        self._thread = threading.Thread(target=self._run, name="backtest-reader", daemon=True)
+
+    @classmethod
+    def acquire(cls) -> _Reactor:
+        """The running reactor with one more connection counted (one is started if none)."""
+        with cls._lock:
+            if cls._current is None:
+                cls._current = cls()
+                cls._current._thread.start()
+            reactor = cls._current
+            reactor._connections += 1
+            return reactor
+
+    @classmethod
+    def running(cls) -> int:
+        """How many reader threads this process runs now (0 or 1): for tests and the bench."""
+        with cls._lock:
+            return 0 if cls._current is None else 1
+
+    def add(self, conn: Connection) -> None:
+        self.poke(conn)
+
+    def poke(self, conn: Connection) -> None:
+        """Have the reactor look at ``conn`` soon (credits back, a write waiting, close)."""
+        self._pokes.append(conn)
+        with _Reactor._lock:
+            if self._woken or self._stopping:
+                return
+            self._woken = True
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass  # full (a wake-up is pending anyway) or closed (stopping)
+
+    def interest(self, conn: Connection, events: int) -> None:
+        """Reactor: what the selector waits for on ``conn``'s socket (0: nothing)."""
+        if events == conn._events:
+            return
+        sock = conn._sock
         if sock is None:
-            return False
-        pending = getattr(sock, "pending", None)  # TLS may hold decrypted bytes
-        if pending is not None and pending() > 0:
-            return True
-        if self._poll is not None:
-            # Any event counts (POLLHUP, POLLERR too): the next read then returns at once.
-            return bool(self._poll.poll(0))
-        # No poll() (Windows): its select() takes socket handles, without the
-        # POSIX limit on descriptor values.
-        readable, _, _ = select.select([sock], [], [], 0)
-        return bool(readable)
+            return
+        if conn._events and events:
+            self._selector.modify(sock, events, conn)
+        elif events:
+            self._selector.register(sock, events, conn)
+        else:
+            self._selector.unregister(sock)
+        conn._events = events
+
+    def drop(self, conn: Connection) -> None:
+        """Reactor: forget ``conn``, close its socket; the last one ends the reactor."""
+        self._ready.pop(conn, None)
+        if conn._finished.is_set():
+            return
+        if conn._events and conn._sock is not None:
+            try:
+                self._selector.unregister(conn._sock)
+            except (KeyError, ValueError):
+                pass
+        conn._events = 0
+        conn._close_socket()
+        with _Reactor._lock:
+            self._connections -= 1
+            if self._connections == 0:
+                self._stopping = True
+                if _Reactor._current is self:
+                    _Reactor._current = None  # the next connection starts a fresh one
+        # Set last: whoever waits for it then sees this reactor stopping, and joins it.
+        conn._finished.set()
+
+    def join_if_stopping(self, timeout: float) -> None:
+        with _Reactor._lock:
+            stopping = self._stopping
+        if stopping and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        try:
+            while True:
+                for key, _ in self._selector.select(0 if self._ready else None):
+                    if key.data is None:
+                        self._drain_wake()
+                    else:
+                        self._ready[key.data] = None
+                while self._pokes:
+                    self._ready[self._pokes.popleft()] = None
+                for conn in list(self._ready):
+                    del self._ready[conn]
+                    if conn._finished.is_set():
+                        continue
+                    try:
+                        more = conn._service(self)
+                    except Exception as exc:  # noqa: BLE001 - one connection, not all
+                        _log.error("reader: %s connection failed: %r", conn._name, exc,
+                                   exc_info=exc)
+                        conn._tell(Disconnected(f"reader failed: {exc!r}"))
+                        self.drop(conn)
+                        continue
+                    if more:
+                        self._ready[conn] = None
+                with _Reactor._lock:
+                    if self._stopping and not self._pokes:
+                        return
+        finally:
+            self._selector.close()
+            self._wake_r.close()
+            self._wake_w.close()
+
+    def _drain_wake(self) -> None:
+        # Read the byte(s) first, then clear the flag: a poke that comes after the
+        # clear writes a new byte, so the next select() wakes for it; one that
+        # comes before is already in _pokes, which are taken after this.
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+        with _Reactor._lock:
+            self._woken = False

@@ -1,0 +1,168 @@
+"""The shared reader thread: one per process, credits exact, a paused socket not read."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pykka
+from websockets.sync.server import ServerConnection
+
+from actors.connection import (
+    ConnectFailed,
+    Connection,
+    Disconnected,
+    Opened,
+    ReaderPaused,
+    ReaderResumed,
+    Received,
+    _Reactor,
+)
+from actors.events import Up
+from protocol.simulator import LocalSimulator
+from tests.harness import FAST, no_leaks, start, wait_for
+from tests.scripted import hold, scripted_server
+
+FRAMES = 200
+
+
+class Owner(pykka.ThreadingActor):
+    """Stands in for a link actor: records what its connection tells it."""
+
+    use_daemon_thread = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[Any] = []
+
+    def on_receive(self, message: Any) -> Any:
+        if message == "get":
+            return list(self.seen)
+        self.seen.append(message)
+        return None
+
+
+def _items(seen: list[Any]) -> list[Any]:
+    return [item for m in seen if isinstance(m, Received) for item in m.items]
+
+
+def _flood(ws: ServerConnection) -> None:
+    for n in range(FRAMES):
+        ws.send(f"frame-{n}")
+    hold(ws)
+
+
+def _connect(url: str, owner: pykka.ActorRef[Any], window: int) -> Connection:
+    conn = Connection(url, owner=owner, decode=bytes.decode, window=window,
+                      connect_timeout=2.0)
+    conn.start()
+    wait_for(lambda: Opened() in owner.ask("get"), 5, "the connection to open")
+    return conn
+
+
+def test_credits_are_exact_and_a_paused_connection_is_resumed_by_grants() -> None:
+    with scripted_server(_flood) as url, no_leaks(3.0):
+        owner = Owner.start()
+        try:
+            conn = _connect(url, owner, window=7)
+            wait_for(lambda: ReaderPaused() in owner.ask("get"), 5, "the reader to pause")
+            assert _items(owner.ask("get")) == [f"frame-{n}" for n in range(7)]
+            conn.grant(5)
+            wait_for(lambda: owner.ask("get").count(ReaderPaused()) == 2, 5, "a second pause")
+            seen = owner.ask("get")
+            assert seen.count(ReaderResumed()) == 1
+            assert _items(seen) == [f"frame-{n}" for n in range(12)]
+            conn.grant(FRAMES)
+            wait_for(lambda: len(_items(owner.ask("get"))) == FRAMES, 5, "every frame")
+            assert _items(owner.ask("get")) == [f"frame-{n}" for n in range(FRAMES)]
+            conn.abort()
+            assert conn.join(2.0)
+            assert not any(isinstance(m, Disconnected) for m in owner.ask("get"))
+        finally:
+            owner.stop()
+
+
+def test_connections_share_one_reader_thread_and_the_last_one_ends_it() -> None:
+    with scripted_server(_flood) as url, no_leaks(3.0):
+        owners = [Owner.start() for _ in range(6)]
+        try:
+            conns = [_connect(url, owner, window=FRAMES) for owner in owners]
+            wait_for(lambda: all(len(_items(o.ask("get"))) == FRAMES for o in owners), 5,
+                     "every connection's frames")
+            # One reader thread for six connections; the connect threads are gone.
+            wait_for(lambda: not any(t.name.startswith("connect-")
+                                     for t in threading.enumerate()), 5,
+                     "the connect threads to end")
+            assert [t.name for t in threading.enumerate()].count("backtest-reader") == 1
+            assert _Reactor.running() == 1
+            for owner in owners:
+                assert _items(owner.ask("get")) == [f"frame-{n}" for n in range(FRAMES)]
+            for conn in conns:
+                conn.abort()
+            assert all(conn.join(2.0) for conn in conns)
+            assert _Reactor.running() == 0
+        finally:
+            for owner in owners:
+                owner.stop()
+
+
+def test_a_peer_that_closes_is_reported_once_after_its_frames() -> None:
+    def script(ws: ServerConnection) -> None:
+        ws.send("last words")
+        ws.close(1001)
+
+    with scripted_server(script) as url, no_leaks(3.0):
+        owner = Owner.start()
+        try:
+            conn = _connect(url, owner, window=10)
+            wait_for(lambda: any(isinstance(m, Disconnected) for m in owner.ask("get")), 5,
+                     "the close to be reported")
+            seen = owner.ask("get")
+            assert _items(seen) == ["last words"]
+            assert [m for m in seen if isinstance(m, Disconnected)] == [
+                Disconnected("closed by server (code 1001)")]
+            conn.abort()
+            assert conn.join(2.0)
+        finally:
+            owner.stop()
+
+
+def test_a_refused_connect_is_reported_and_leaves_nothing() -> None:
+    with scripted_server(hold) as url:
+        pass  # the port is free again: nothing listens there
+    with no_leaks(3.0):
+        owner = Owner.start()
+        try:
+            conn = Connection(url, owner=owner, decode=bytes.decode, window=1,
+                              connect_timeout=2.0)
+            conn.start()
+            wait_for(lambda: any(isinstance(m, ConnectFailed) for m in owner.ask("get")), 5,
+                     "the refusal")
+            assert conn.join(2.0)
+            assert _Reactor.running() == 0
+        finally:
+            owner.stop()
+
+
+def test_sessions_run_on_four_actor_threads_each_plus_two_shared() -> None:
+    with LocalSimulator(seed=9, slots=100) as sim, no_leaks(FAST.graceful_close + 2):
+        first, _ = sim.available_range()
+        before = threading.active_count()
+        sessions = [start(sim, first, first + 20) for _ in range(5)]
+        try:
+            for session in sessions:
+                session.subscribe_transactions(sim.addresses[:2])
+                session.subscribe_account_diffs(sim.addresses[:2])
+            wait_for(lambda: all(all(isinstance(s, Up) for s in session.status().values())
+                                 and len(session.status()) == 3 for session in sessions),
+                     10, "every link up")
+            wait_for(lambda: not any(t.name.startswith("connect-")
+                                     for t in threading.enumerate()), 5,
+                     "the connect threads to end")
+            # Supervisor, control, two subscriptions per session; one reader and one
+            # timer thread for the process.
+            names = [t.name for t in threading.enumerate()]
+            assert threading.active_count() - before == 4 * len(sessions) + 2, names
+        finally:
+            for session in sessions:
+                session.shutdown()
