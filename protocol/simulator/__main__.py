@@ -19,6 +19,7 @@ from .server import (
     LOCAL_KEEPALIVE_DEADLINE,
     LOCAL_KEEPALIVE_INTERVAL,
     LOCAL_STALL_TIMEOUT,
+    ServerLimits,
     ServerLiveness,
 )
 
@@ -69,6 +70,12 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
         "--stall-timeout", type=_seconds, default=LOCAL_STALL_TIMEOUT, metavar="SECONDS",
         help="close a reader that is alive but does not drain what it is sent for this "
              f"long; its session waits for it until then (default {LOCAL_STALL_TIMEOUT:g})")
+    parser.add_argument(
+        "--max-connections-per-client", type=int,
+        default=ServerLimits().max_connections_per_client, metavar="N",
+        help="live WebSocket connections one client address may hold; more are answered "
+             "HTTP 429 (default %(default)s; a benchmark of hundreds of sessions from one "
+             "process needs three per session)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,8 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    limits = ServerLimits(max_connections_per_client=args.max_connections_per_client)
     with LocalSimulator(args.api_key, args.seed, args.slots, args.host, args.port,
-                        txs_per_slot=args.txs_per_slot, liveness=liveness) as sim:
+                        txs_per_slot=args.txs_per_slot, liveness=liveness,
+                        limits=limits) as sim:
         first, last = sim.available_range()
         logging.getLogger("protocol.simulator").info(
             "serving %s (slots %d..=%d, seed %d, keepalive %gs/%gs); Ctrl-C to stop", sim.url,

@@ -18,12 +18,15 @@ from . import DEFAULT_API_KEY
 
 @contextmanager
 def simulator_process(*, seed: int = 0, slots: int = 2000, txs_per_slot: int = 4,
-                      api_key: str = DEFAULT_API_KEY, startup_timeout: float = 30.0
-                      ) -> Iterator[str]:
+                      api_key: str = DEFAULT_API_KEY, startup_timeout: float = 30.0,
+                      max_connections_per_client: int | None = None) -> Iterator[str]:
     """Run ``python -m protocol.simulator --port 0``; yield its control URL."""
+    limit = ([] if max_connections_per_client is None
+             else ["--max-connections-per-client", str(max_connections_per_client)])
     proc = subprocess.Popen(
         [sys.executable, "-m", "protocol.simulator", "--port", "0", "--seed", str(seed),
-         "--slots", str(slots), "--txs-per-slot", str(txs_per_slot), "--api-key", api_key],
+         "--slots", str(slots), "--txs-per-slot", str(txs_per_slot), "--api-key", api_key,
+         *limit],
         stderr=subprocess.PIPE, text=True)
     found: list[str] = []
     stderr = proc.stderr
