@@ -9,13 +9,13 @@ read first), so its reply waits here until then, or until the session ends.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import pykka
 
 from .children import Children
 from .events import Closed, Connecting, ConnectionChanged, ManagedSessionError
 from .gate import ContinueGate
+from .link import CloseLink
 from .outbox import Outbox, fail_reply
 from .requests import SubscribeStream, UnsubscribeStream
 
@@ -63,11 +63,11 @@ class Streams:
         if shutting_down or self._gate.completed_event is not None:
             raise ManagedSessionError("closed", "session is over")
 
-    def close_finished(self, close_link: Any) -> None:
+    def close_finished(self) -> None:
         """Close the streams whose unsubscribe the gate completed (every executed
         block's items were read): stop the link, forget the stream, answer."""
         for name in self._gate.streams_closed():
-            self._children.tell(name, close_link)
+            self._children.tell(name, CloseLink())
             self._children.remove(name)
             self._outbox.remove_stream(name)
             self._outbox.put(None, ConnectionChanged(name, Closed()))

@@ -177,7 +177,7 @@ class SessionSupervisor(FailSafeActor):
             self._fail("closed", reason="the listener actor is gone")
         for name, credits in self._outbox.take_grants():
             self._children.tell(name, Grant(credits))
-        self._streams.close_finished(CloseLink())
+        self._streams.close_finished()
 
     # --- children ------
 
