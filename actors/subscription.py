@@ -96,7 +96,7 @@ class _Outstanding:
     resends: int = 0
 
 
-def _account_keys(transaction: Any) -> set[str]:
+def _account_keys(transaction: Any) -> list[Any]:
     """The account keys of a JSON-encoded transaction (``message.accountKeys``, plain
     strings or ``jsonParsed`` objects with a ``pubkey``); empty for other encodings."""
     if isinstance(transaction, dict) and isinstance(transaction.get("transaction"), dict):
@@ -104,14 +104,23 @@ def _account_keys(transaction: Any) -> set[str]:
     message = transaction.get("message") if isinstance(transaction, dict) else None
     keys = message.get("accountKeys") if isinstance(message, dict) else None
     if not isinstance(keys, list):
-        return set()
-    found: set[str] = set()
-    for key in keys:
-        if isinstance(key, dict):
-            key = key.get("pubkey")
-        if isinstance(key, str):
-            found.add(key)
-    return found
+        return []
+    if keys and not isinstance(keys[0], str):  # jsonParsed: {"pubkey": ..., ...}
+        return [k.get("pubkey") if isinstance(k, dict) else k for k in keys]
+    return keys
+
+
+def _matched(transaction: Any, address: str, subscribed: tuple[str, ...]) -> tuple[str, ...]:
+    """The subscribed addresses a transaction mentions, in subscription order.
+
+    On the hot path (every notification): one address needs no look, and
+    otherwise each subscribed address is looked up in the key list (in C)
+    rather than building a set of every key.
+    """
+    if len(subscribed) == 1:
+        return subscribed
+    keys = _account_keys(transaction)
+    return tuple(a for a in subscribed if a == address or a in keys)
 
 
 def _to_event(item: TransactionNotification | AccountDiffNotification, address: str,
@@ -120,11 +129,8 @@ def _to_event(item: TransactionNotification | AccountDiffNotification, address: 
     subscribed address it mentions (computed from its content, so the same
     transaction gets the same ``matched`` whichever notification came first)."""
     if isinstance(item, TransactionNotification):
-        mentioned = _account_keys(item.transaction)
-        mentioned.add(address)
-        matched = tuple(a for a in subscribed if a in mentioned)
         return Transaction(item.slot, item.signature, item.transaction, item.meta, item.index,
-                           matched)
+                           _matched(item.transaction, address, subscribed))
     return AccountDiff(item.slot, item.account, item.signature, item.pre, item.post,
                        item.write_index)
 
