@@ -7,6 +7,7 @@ told.
 
 from __future__ import annotations
 
+import ast
 import json
 import random
 import select
@@ -131,7 +132,11 @@ def test_a_second_process_watches_a_session_through_subscription_handles(
         assert watcher.returncode == 0, errors
         stats = session.stats()
     check_exact(events, expected)
-    assert stats["reconnects"]["transactions"] == stats["reconnects"]["account_diffs"] == 2
+    # Two resets of every PubSub connection, both processes' (exact at the proxy); a
+    # keepalive deadline tripped on a saturated machine may add a reconnect.
+    assert proxy.counts()["reset"] == 4 + 4 + 1  # connections: two PubSub resets, one control
+    assert stats["reconnects"]["transactions"] >= 2
+    assert stats["reconnects"]["account_diffs"] >= 2
     watched = [json.loads(line) for line in out.read_text().splitlines() if line]
     signatures = [w["signature"] for w in watched if w["type"] == "Transaction"]
     diff_keys = [(w["signature"], w["account"]) for w in watched if w["type"] == "AccountDiff"]
@@ -141,7 +146,9 @@ def test_a_second_process_watches_a_session_through_subscription_handles(
     for kind in ("Transaction", "AccountDiff"):
         slots = [w["slot"] for w in watched if w["type"] == kind]
         assert slots == sorted(slots), f"{kind}: out of slot order in the watcher"
-    assert "reconnects [{'transactions': 2" in output, output
+    watcher_reconnects = ast.literal_eval(output.split("reconnects ", 1)[1].strip())
+    assert watcher_reconnects[0]["transactions"] >= 2, output
+    assert watcher_reconnects[1]["account_diffs"] >= 2, output
 
 
 def test_subscription_handle_refuses_bad_input_before_connecting() -> None:
