@@ -143,6 +143,7 @@ def test_refused_connects_follow_the_policy_delays(sim: LocalSimulator) -> None:
     try:
         wait_ready(session)
         sim.faults.refuse(0.5)
+        dropped_at = time.monotonic()
         sim.faults.drop("control")
         seen: list[tuple[float, ConnectionChanged]] = []
         while True:
@@ -158,8 +159,11 @@ def test_refused_connects_follow_the_policy_delays(sim: LocalSimulator) -> None:
     assert [s.delay for _, s in retries] == [reference.delay(n) for n in
                                              range(1, len(retries) + 1)]
     assert [s.attempt for _, s in retries] == list(range(1, len(retries) + 1))
-    for (t0, s0), (t1, _) in zip(retries, retries[1:], strict=False):
-        assert t1 - t0 >= s0.delay  # the next attempt waited its delay
+    # The attempts waited their delays: Up came after all of them. (Events are
+    # handed over in batches, so the gaps between two of them as the application
+    # sees them say nothing; the drop-to-Up span is a sound lower bound.)
+    up_at = seen[-1][0]
+    assert up_at - dropped_at >= sum(s.delay for _, s in retries)
     assert all("Refused" in s.reason or "refused" in s.reason for _, s in retries[1:])
 
 
