@@ -322,7 +322,7 @@ def test_two_consumer_threads_share_the_events_exactly_once(sim: LocalSimulator)
                 return
             mine.append(event)
             if isinstance(event, ReadyForContinue):
-                session.send_continue(timeout=5)
+                session.send_continue(timeout=30)
             elif isinstance(event, Completed):
                 done.set()
 
@@ -332,7 +332,7 @@ def test_two_consumer_threads_share_the_events_exactly_once(sim: LocalSimulator)
         for thread in threads:
             thread.start()
         for thread in threads:
-            thread.join(20)
+            thread.join(60)
         assert done.is_set()
     finally:
         session.shutdown()
