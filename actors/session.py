@@ -655,11 +655,13 @@ class ManagedBacktestSession:
         before it, and so does any later continue's "before" (several may be
         refused in any order: asyncio tasks, a timed-out wait).
         """
-        for handed in list(self._handed):
+        waiting: list[_Handed] = []
+        for handed in self._handed:
             try:
                 handed.reply.get(timeout=0)
             except pykka.Timeout:
-                continue  # not answered yet
+                waiting.append(handed)  # not answered yet
+                continue
             except ManagedSessionError as exc:
                 if exc.kind in ("continue_outstanding", "closed"):
                     for other in self._handed:
@@ -669,7 +671,9 @@ class ManagedBacktestSession:
                         self._tracker.pending = handed.before
             except Exception:  # noqa: BLE001 - another failure: the session's, raised elsewhere
                 pass
-            self._handed.remove(handed)
+        # Rebuilt, not removed from: a second consumer thread settling at the same
+        # time must not make this raise.
+        self._handed = waiting
 
     # --- shutdown ------
 
