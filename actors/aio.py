@@ -41,14 +41,14 @@ import pykka
 from protocol import ContinueParams, CreateSession
 
 from .config import TAKE_BATCH
-from .cursor import Cursor
+from .cursor import Cursor, check_cursor
 from .events import (
     Completed,
     ConnectionStatus,
     ManagedEvent,
     SessionInfo,
 )
-from .requests import SubscribeStream, TakeEvents
+from .requests import TakeEvents
 from .session import ManagedBacktestSession, _check_timeout, _start_error, _with_deltas
 from .stats import SessionStats
 
@@ -163,14 +163,10 @@ class AsyncBacktestSession:
         """Resume a session from a cursor (see ``ManagedBacktestSession.attach``).
         Cancelling the call detaches: the session stays resumable."""
         _no_listener(options)
-        if not isinstance(cursor, Cursor):
-            raise TypeError(f"cursor: expected Cursor, got {type(cursor).__name__}")
+        cursor = check_cursor(cursor)
         session = await cls._started(url, api_key, cursor.create, cursor, **options)
         try:
-            for name, stream in cursor.streams.items():
-                message = SubscribeStream(name, stream.addresses)  # type: ignore[arg-type]
-                session._ask(message)
-                session._tracker.subscribed(message.kind, message.addresses)
+            session._subscribe_streams(cursor)
         except BaseException:
             await _off_loop(session.detach)
             raise

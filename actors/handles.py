@@ -69,11 +69,7 @@ class _Handle:
 
     def __iter__(self) -> Iterator[ManagedEvent]:
         """Events as they come, until ``Completed`` (included) or the session's error."""
-        while True:
-            event = self._session.next_event()
-            yield event
-            if type(event).__name__ == "Completed":
-                return
+        return iter(self._session)
 
     def status(self) -> dict[str, ConnectionStatus]:
         """Each connection's status, by name."""

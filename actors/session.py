@@ -264,18 +264,20 @@ class ManagedBacktestSession:
     def _resume(cls, url: str, api_key: str, cursor: Cursor,
                 **options: Any) -> ManagedBacktestSession:
         """Launch from a cursor and subscribe its streams (with replay)."""
-        # Checked before connecting (addresses are validated on construction).
-        subscribes = [SubscribeStream(cast(StreamKind, name), stream.addresses)
-                      for name, stream in cursor.streams.items()]
         session = cls._launch(url, api_key, cursor.create, cursor, **options)
         try:
-            for message in subscribes:
-                session._ask(message)
-                session._tracker.subscribed(message.kind, message.addresses)
+            session._subscribe_streams(cursor)
         except BaseException:
             session.detach()  # the session stays on the server: the cursor still resumes it
             raise
         return session
+
+    def _subscribe_streams(self, cursor: Cursor) -> None:
+        """Subscribe each stream of the cursor again (its replay slots were seeded)."""
+        for name, stream in cursor.streams.items():
+            message = SubscribeStream(cast(StreamKind, name), stream.addresses)
+            self._ask(message)
+            self._tracker.subscribed(message.kind, message.addresses)
 
     @classmethod
     def _launch(cls, url: str, api_key: str, create: CreateSession, resume: Cursor | None,

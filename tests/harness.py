@@ -22,14 +22,46 @@ from actors import (
     Transaction,
 )
 from protocol import ContinueParams, CreateSession, ReconnectPolicy, Timing
-from protocol.simulator import DEFAULT_API_KEY, LocalSimulator
+from protocol.simulator import DEFAULT_API_KEY, LocalSimulator, ServerLiveness
 from protocol.simulator.chain import Expected
+from protocol.simulator.proxy import FaultProxy
 
 FAST = Timing(connect=2.0, handshake=2.0, keepalive_interval=0.05, keepalive_deadline=0.25,
               graceful_close=1.0)
 QUICK_RETRY = ReconnectPolicy(initial=0.01, multiplier=2.0, max_delay=0.1, jitter=0.2,
                               max_attempts=20, max_total=20.0, uptime_reset=5.0,
                               rng=random.Random(0))
+# Faults through the TCP proxy: the server finds a dead peer in 0.5 s (its own
+# keepalive; a re-attach meets sessionOwnershipBusy until then), and the client's
+# retry budget outlives that.
+FAULT_SERVER = ServerLiveness(keepalive_interval=0.1, keepalive_deadline=0.4)
+FAULT_POLICY = ReconnectPolicy(initial=0.01, multiplier=2.0, max_delay=0.1, jitter=0.2,
+                               max_attempts=60, max_total=20.0, uptime_reset=5.0,
+                               rng=random.Random(0))
+
+
+@contextmanager
+def proxied(seed: int, slots: int) -> Iterator[tuple[LocalSimulator, FaultProxy]]:
+    """A simulator with FAULT_SERVER liveness and a fault proxy in front of it."""
+    with LocalSimulator(seed=seed, slots=slots, liveness=FAULT_SERVER) as sim, \
+            FaultProxy("127.0.0.1", sim.port) as proxy:
+        yield sim, proxy
+
+
+class Recorder(pykka.ThreadingActor):
+    """Stands in for an actor something tells: records every message; ask "get"."""
+
+    use_daemon_thread = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[Any] = []
+
+    def on_receive(self, message: Any) -> Any:
+        if message == "get":
+            return list(self.seen)
+        self.seen.append(message)
+        return None
 
 
 def start(sim: LocalSimulator, start_slot: int, end_slot: int, **kwargs: Any

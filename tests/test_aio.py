@@ -12,22 +12,16 @@ import pytest
 
 from actors import Completed, ManagedEvent, ReadyForContinue
 from actors.aio import AsyncBacktestSession
-from protocol import ContinueParams, CreateSession, ReconnectPolicy
-from protocol.simulator import DEFAULT_API_KEY, LocalSimulator, ServerLiveness
+from protocol import ContinueParams, CreateSession
+from protocol.simulator import DEFAULT_API_KEY, LocalSimulator
 from protocol.simulator.proxy import FaultProxy
-from tests.harness import FAST, check_exact, no_leaks, wait_for
-
-SERVER = ServerLiveness(keepalive_interval=0.1, keepalive_deadline=0.4)
-POLICY = ReconnectPolicy(initial=0.01, multiplier=2.0, max_delay=0.1, jitter=0.2,
-                         max_attempts=60, max_total=20.0, uptime_reset=5.0,
-                         rng=random.Random(0))
+from tests.harness import FAST, FAULT_POLICY, check_exact, no_leaks, proxied, wait_for
 
 
 @pytest.fixture
 def net() -> tuple[LocalSimulator, FaultProxy]:
-    with LocalSimulator(seed=47, slots=200, liveness=SERVER) as sim, \
-            FaultProxy("127.0.0.1", sim.port) as proxy:
-        yield sim, proxy  # type: ignore[misc]
+    with proxied(seed=47, slots=200) as pair:
+        yield pair  # type: ignore[misc]
 
 
 def test_a_full_session_with_drops_under_asyncio_run(
@@ -43,7 +37,7 @@ def test_a_full_session_with_drops_under_asyncio_run(
     async def main() -> dict[str, object]:
         async with await AsyncBacktestSession.start(
                 proxy.url_for(sim.url), DEFAULT_API_KEY, CreateSession(first, end),
-                timing=FAST, policy=POLICY) as session:
+                timing=FAST, policy=FAULT_POLICY) as session:
             session.subscribe_transactions(tx)
             session.subscribe_account_diffs(diffs)
             running = threading.active_count()
@@ -94,7 +88,7 @@ def test_cancelled_waits_lose_nothing_and_shutdown_leaves_nothing(seed: int) -> 
         async def main() -> int:
             session = await AsyncBacktestSession.start(sim.url, DEFAULT_API_KEY,
                                                        CreateSession(first, end),
-                                                       timing=FAST, policy=POLICY)
+                                                       timing=FAST, policy=FAULT_POLICY)
             session.subscribe_transactions(tx)
             session.subscribe_account_diffs(diffs)
             cancels = 0
@@ -125,7 +119,7 @@ def test_a_cancelled_async_for_mid_run_then_shutdown_leaves_nothing() -> None:
         async def main() -> None:
             session = await AsyncBacktestSession.start(sim.url, DEFAULT_API_KEY,
                                                        CreateSession(first, first + 100),
-                                                       timing=FAST, policy=POLICY)
+                                                       timing=FAST, policy=FAULT_POLICY)
             session.subscribe_transactions(sim.addresses[:2])
 
             async def consume() -> None:

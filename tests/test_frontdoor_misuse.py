@@ -29,14 +29,10 @@ from actors import (
 from actors.aio import AsyncBacktestSession
 from actors.handles import ControlHandle, spawn_control, spawn_transaction_subscription
 from protocol import ContinueParams, CreateSession, ReconnectPolicy, Timing
-from protocol.simulator import DEFAULT_API_KEY, LocalSimulator, ServerLiveness
+from protocol.simulator import DEFAULT_API_KEY, LocalSimulator
 from protocol.simulator.proxy import FaultProxy
-from tests.harness import FAST, no_leaks, wait_for
+from tests.harness import FAST, FAULT_POLICY, FAULT_SERVER, no_leaks, proxied, wait_for
 
-SERVER = ServerLiveness(keepalive_interval=0.1, keepalive_deadline=0.4)
-POLICY = ReconnectPolicy(initial=0.01, multiplier=2.0, max_delay=0.1, jitter=0.2,
-                         max_attempts=60, max_total=20.0, uptime_reset=5.0,
-                         rng=random.Random(0))
 # A watcher that tolerates a slow path (proxy latency) or notices a blackhole late.
 PATIENT = Timing(connect=2.0, handshake=2.0, keepalive_interval=0.5, keepalive_deadline=2.0,
                  graceful_close=1.0)
@@ -45,14 +41,13 @@ LEAK_GRACE = FAST.graceful_close + 2
 
 @pytest.fixture
 def net() -> Iterator[tuple[LocalSimulator, FaultProxy]]:
-    with LocalSimulator(seed=61, slots=200, liveness=SERVER) as sim, \
-            FaultProxy("127.0.0.1", sim.port) as proxy:
-        yield sim, proxy
+    with proxied(seed=61, slots=200) as pair:
+        yield pair
 
 
 @pytest.fixture
 def sim() -> Iterator[LocalSimulator]:
-    with LocalSimulator(seed=61, slots=200, liveness=SERVER) as simulator:
+    with LocalSimulator(seed=61, slots=200, liveness=FAULT_SERVER) as simulator:
         yield simulator
 
 
@@ -87,7 +82,7 @@ def test_aio_next_event_after_shutdown_raises_closed_every_time(sim: LocalSimula
     async def main() -> None:
         session = await AsyncBacktestSession.start(sim.url, DEFAULT_API_KEY,
                                                    CreateSession(first, first + 10),
-                                                   timing=FAST, policy=POLICY)
+                                                   timing=FAST, policy=FAULT_POLICY)
         await _drain_to_ready(session)
         await session.shutdown()
         for _ in range(2):
@@ -114,7 +109,7 @@ def test_aio_two_concurrent_next_event_tasks_get_no_assertion_error(sim: LocalSi
     async def main() -> None:
         async with await AsyncBacktestSession.start(
                 sim.url, DEFAULT_API_KEY, CreateSession(first, first + 10), timing=FAST,
-                policy=POLICY) as session:
+                policy=FAULT_POLICY) as session:
             await _drain_to_ready(session)
             one = asyncio.create_task(session.next_event(timeout=5))
             two = asyncio.create_task(session.next_event(timeout=5))
@@ -143,7 +138,7 @@ def test_aio_session_used_from_a_second_event_loop_is_answered_or_refused(
     with no_leaks(LEAK_GRACE):
         session = asyncio.run(AsyncBacktestSession.start(sim.url, DEFAULT_API_KEY,
                                                          CreateSession(first, first + 10),
-                                                         timing=FAST, policy=POLICY))
+                                                         timing=FAST, policy=FAULT_POLICY))
 
         async def use() -> None:
             try:
@@ -242,12 +237,12 @@ def test_live_subscription_handle_gets_every_event_after_spawn_returns(
     tx = list(sim.addresses[:3])
     with no_leaks(LEAK_GRACE):
         with spawn_control(sim.url, DEFAULT_API_KEY, CreateSession(first, first + 40),
-                           timing=FAST, policy=POLICY) as control:
+                           timing=FAST, policy=FAULT_POLICY) as control:
             now = _to_ready(control)
             proxy.latency(150, which="pubsub")
             with spawn_transaction_subscription(
                     proxy.url_for(control.session_info.rpc_endpoint), tx, timing=PATIENT,
-                    policy=POLICY) as watcher:
+                    policy=FAULT_POLICY) as watcher:
                 end = _to_ready(control, advance=5)  # the caller continues right away
                 expected = sim.expected(now, end, transactions=tx).signatures
                 assert expected, "pick addresses with transactions in these slots"
@@ -276,12 +271,12 @@ def test_live_subscription_handle_dropped_before_its_first_item_replays_no_histo
     tx = list(sim.addresses[:3])
     with no_leaks(LEAK_GRACE):
         with spawn_control(sim.url, DEFAULT_API_KEY, CreateSession(first, first + 60),
-                           timing=FAST, policy=POLICY) as control:
+                           timing=FAST, policy=FAULT_POLICY) as control:
             _to_ready(control)  # the Ready the session starts with
             subscribed_at = _to_ready(control, advance=30)
             with spawn_transaction_subscription(
                     proxy.url_for(control.session_info.rpc_endpoint), tx, timing=FAST,
-                    policy=POLICY) as watcher:
+                    policy=FAULT_POLICY) as watcher:
                 wait_for(lambda: watcher.status()["transactions"] == Up(), 5, "watcher up")
                 assert proxy.reset("pubsub") == 1
                 wait_for(lambda: watcher.stats()["reconnects"]["transactions"] == 1
@@ -317,11 +312,11 @@ def test_watcher_within_the_replay_margin_gets_the_tail_of_a_session_a_control_h
     ended: list[BaseException] = []
     with no_leaks(LEAK_GRACE):
         control = spawn_control(sim.url, DEFAULT_API_KEY, CreateSession(first, end),
-                                timing=FAST, policy=POLICY)
+                                timing=FAST, policy=FAULT_POLICY)
         sid = control.session_info.session_id
         with control, spawn_transaction_subscription(
                 proxy.url_for(control.session_info.rpc_endpoint), tx, replay_from_slot=first,
-                timing=PATIENT, policy=POLICY) as watcher:
+                timing=PATIENT, policy=FAULT_POLICY) as watcher:
             wait_for(lambda: watcher.status()["transactions"] == Up(), 5, "watcher up")
             _to_ready(control)  # the Ready the session starts with
             _to_ready(control, advance=10)
@@ -363,7 +358,7 @@ def test_subscription_handle_refuses_a_bad_endpoint_before_connecting(
     with no_leaks(LEAK_GRACE):
         try:
             handle = spawn_transaction_subscription(target, address, timing=FAST,
-                                                    policy=POLICY)
+                                                    policy=FAULT_POLICY)
         except ValueError as exc:
             assert "rpc_endpoint" in str(exc)
         else:
@@ -381,7 +376,7 @@ def test_handle_waits_accept_any_finite_timeout(sim: LocalSimulator) -> None:
     first, _ = sim.available_range()
     with no_leaks(LEAK_GRACE):
         with spawn_control(sim.url, DEFAULT_API_KEY, CreateSession(first, first + 10),
-                           timing=FAST, policy=POLICY) as control:
+                           timing=FAST, policy=FAULT_POLICY) as control:
             _to_ready(control)
             control.send_continue(ContinueParams(advance_count=1), timeout=1e13)
             assert control.next_event(timeout=1e13) is not None
@@ -404,7 +399,7 @@ def test_fault_proxy_with_lose_pongs_still_forwards_a_refused_upgrade(
         # spawn itself, at once, with the 404.
         with pytest.raises(ManagedSessionError, match="HTTP 404"):
             spawn_transaction_subscription(endpoint, sim.addresses[:1], timing=FAST,
-                                           policy=POLICY)
+                                           policy=FAULT_POLICY)
 
 
 def test_aio_a_cancelled_continue_refused_later_reports_nothing_to_the_loop(
@@ -424,7 +419,7 @@ def test_aio_a_cancelled_continue_refused_later_reports_nothing_to_the_loop(
             lambda _loop, context: reported.append(str(context.get("message"))))
         async with await AsyncBacktestSession.start(
                 proxy.url_for(sim.url), DEFAULT_API_KEY, CreateSession(first, first + 60),
-                timing=FAST, policy=POLICY) as session:
+                timing=FAST, policy=FAULT_POLICY) as session:
             await _drain_to_ready(session)
             await session.send_continue(ContinueParams(advance_count=30), timeout=5)
             # Its answer cannot come back meanwhile, however fast the server runs.
@@ -475,7 +470,7 @@ def test_aio_two_refused_concurrent_continues_leave_the_cursor_on_the_outstandin
     async def main() -> tuple[Any, Any, int]:
         async with await AsyncBacktestSession.start(
                 proxy.url_for(sim.url), DEFAULT_API_KEY, CreateSession(first, first + 100),
-                timing=FAST, policy=POLICY) as session:
+                timing=FAST, policy=FAULT_POLICY) as session:
             await _drain_to_ready(session)
             await session.send_continue(ContinueParams(advance_count=60), timeout=5)
             # Its answer cannot come back meanwhile, however fast the server runs.

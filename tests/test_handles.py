@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ast
 import json
-import random
 import select
 import subprocess
 import sys
@@ -32,23 +31,18 @@ from actors.handles import (
     spawn_control,
     spawn_transaction_subscription,
 )
-from protocol import ContinueParams, CreateSession, ReconnectPolicy
-from protocol.simulator import DEFAULT_API_KEY, LocalSimulator, ServerLiveness
+from protocol import ContinueParams, CreateSession
+from protocol.simulator import DEFAULT_API_KEY, LocalSimulator
 from protocol.simulator.proxy import FaultProxy
-from tests.harness import FAST, check_exact, no_leaks, wait_for
+from tests.harness import FAST, FAULT_POLICY, check_exact, no_leaks, proxied, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVER = ServerLiveness(keepalive_interval=0.1, keepalive_deadline=0.4)
-POLICY = ReconnectPolicy(initial=0.01, multiplier=2.0, max_delay=0.1, jitter=0.2,
-                         max_attempts=60, max_total=20.0, uptime_reset=5.0,
-                         rng=random.Random(0))
 
 
 @pytest.fixture
 def net() -> tuple[LocalSimulator, FaultProxy]:
-    with LocalSimulator(seed=43, slots=200, liveness=SERVER) as sim, \
-            FaultProxy("127.0.0.1", sim.port) as proxy:
-        yield sim, proxy  # type: ignore[misc]
+    with proxied(seed=43, slots=200) as pair:
+        yield pair  # type: ignore[misc]
 
 
 def test_control_handle_alone_drives_a_session_to_completed_through_drops(
@@ -60,7 +54,7 @@ def test_control_handle_alone_drives_a_session_to_completed_through_drops(
     events: list[ManagedEvent] = []
     with no_leaks(FAST.graceful_close + 2):
         with spawn_control(proxy.url_for(sim.url), DEFAULT_API_KEY, CreateSession(first, end),
-                           timing=FAST, policy=POLICY) as control:
+                           timing=FAST, policy=FAULT_POLICY) as control:
             written = 0
             for event in control:
                 events.append(event)
@@ -98,7 +92,7 @@ def test_a_second_process_watches_a_session_through_subscription_handles(
     events: list[ManagedEvent] = []
     with ManagedBacktestSession.start(proxy.url_for(sim.url), DEFAULT_API_KEY,
                                       CreateSession(first, end), timing=FAST,
-                                      policy=POLICY) as session:
+                                      policy=FAULT_POLICY) as session:
         session.subscribe_transactions(tx)
         session.subscribe_account_diffs(diffs)
         watcher = subprocess.Popen(
@@ -171,9 +165,9 @@ def test_a_subscription_handle_cannot_continue(net: tuple[LocalSimulator, FaultP
     first, _ = sim.available_range()
     with no_leaks(FAST.graceful_close + 2):
         with spawn_control(sim.url, DEFAULT_API_KEY, CreateSession(first, first + 5),
-                           timing=FAST, policy=POLICY) as control, \
+                           timing=FAST, policy=FAULT_POLICY) as control, \
                 spawn_transaction_subscription(control.session_info, sim.addresses[:1],
-                                               timing=FAST, policy=POLICY) as watcher:
+                                               timing=FAST, policy=FAULT_POLICY) as watcher:
             reply: pykka.ThreadingFuture[None] = pykka.ThreadingFuture()
             watcher.supervisor.tell(SendContinue(ContinueParams(), reply))
             with pytest.raises(ManagedSessionError, match="no control connection"):

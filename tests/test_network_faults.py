@@ -25,14 +25,8 @@ from actors import (
 from protocol import ContinueParams, CreateSession, ReconnectPolicy, Timing
 from protocol.simulator import DEFAULT_API_KEY, LocalSimulator, ServerLiveness
 from protocol.simulator.proxy import FaultProxy, Which
-from tests.harness import FAST, check_exact, no_leaks, wait_for
+from tests.harness import FAST, FAULT_POLICY, check_exact, no_leaks, proxied, wait_for
 
-# The server finds a dead peer in 0.5 s; the client's budget outlives that
-# (a re-attach meets sessionOwnershipBusy until then).
-SERVER = ServerLiveness(keepalive_interval=0.1, keepalive_deadline=0.4)
-POLICY = ReconnectPolicy(initial=0.01, multiplier=2.0, max_delay=0.1, jitter=0.2,
-                         max_attempts=60, max_total=20.0, uptime_reset=5.0,
-                         rng=random.Random(0))
 SLOTS = 120
 # The client's default policy (0.5 s doubling, 10 attempts), seeded.
 DEFAULT_POLICY = ReconnectPolicy(rng=random.Random(0))
@@ -40,14 +34,13 @@ DEFAULT_POLICY = ReconnectPolicy(rng=random.Random(0))
 
 @pytest.fixture
 def net() -> Iterator[tuple[LocalSimulator, FaultProxy]]:
-    with LocalSimulator(seed=41, slots=SLOTS + 50, liveness=SERVER) as sim, \
-            FaultProxy("127.0.0.1", sim.port) as proxy:
-        yield sim, proxy
+    with proxied(seed=41, slots=SLOTS + 50) as pair:
+        yield pair
 
 
 def run_through(sim: LocalSimulator, proxy: FaultProxy,
                 fault: Callable[[int, ManagedBacktestSession], object], *, advance: int = 2,
-                timing: Timing = FAST, policy: ReconnectPolicy = POLICY,
+                timing: Timing = FAST, policy: ReconnectPolicy = FAULT_POLICY,
                 before_write: Callable[[int], object] = lambda n: None,
                 ) -> tuple[list[ManagedEvent], dict[str, object], str]:
     """Drive a session with both streams; ``before_write(n)`` runs before the n-th

@@ -20,26 +20,10 @@ from actors.connection import (
 )
 from actors.events import Up
 from protocol.simulator import LocalSimulator
-from tests.harness import FAST, no_leaks, start, wait_for
+from tests.harness import FAST, Recorder, no_leaks, start, wait_for
 from tests.scripted import hold, scripted_server
 
 FRAMES = 200
-
-
-class Owner(pykka.ThreadingActor):
-    """Stands in for a link actor: records what its connection tells it."""
-
-    use_daemon_thread = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[Any] = []
-
-    def on_receive(self, message: Any) -> Any:
-        if message == "get":
-            return list(self.seen)
-        self.seen.append(message)
-        return None
 
 
 def _items(seen: list[Any]) -> list[Any]:
@@ -62,7 +46,7 @@ def _connect(url: str, owner: pykka.ActorRef[Any], window: int) -> Connection:
 
 def test_credits_are_exact_and_a_paused_connection_is_resumed_by_grants() -> None:
     with scripted_server(_flood) as url, no_leaks(3.0):
-        owner = Owner.start()
+        owner = Recorder.start()
         try:
             conn = _connect(url, owner, window=7)
             wait_for(lambda: ReaderPaused() in owner.ask("get"), 5, "the reader to pause")
@@ -84,7 +68,7 @@ def test_credits_are_exact_and_a_paused_connection_is_resumed_by_grants() -> Non
 
 def test_connections_share_one_reader_thread_and_the_last_one_ends_it() -> None:
     with scripted_server(_flood) as url, no_leaks(3.0):
-        owners = [Owner.start() for _ in range(6)]
+        owners = [Recorder.start() for _ in range(6)]
         try:
             conns = [_connect(url, owner, window=FRAMES) for owner in owners]
             wait_for(lambda: all(len(_items(o.ask("get"))) == FRAMES for o in owners), 5,
@@ -112,7 +96,7 @@ def test_a_peer_that_closes_is_reported_once_after_its_frames() -> None:
         ws.close(1001)
 
     with scripted_server(script) as url, no_leaks(3.0):
-        owner = Owner.start()
+        owner = Recorder.start()
         try:
             conn = _connect(url, owner, window=10)
             wait_for(lambda: any(isinstance(m, Disconnected) for m in owner.ask("get")), 5,
@@ -131,7 +115,7 @@ def test_a_refused_connect_is_reported_and_leaves_nothing() -> None:
     with scripted_server(hold) as url:
         pass  # the port is free again: nothing listens there
     with no_leaks(3.0):
-        owner = Owner.start()
+        owner = Recorder.start()
         try:
             conn = Connection(url, owner=owner, decode=bytes.decode, window=1,
                               connect_timeout=2.0)

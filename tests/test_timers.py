@@ -3,28 +3,11 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
-
-import pykka
 
 from actors import timers
 from actors.timers import Scheduler, timer_threads
 from protocol.simulator import LocalSimulator
-from tests.harness import no_leaks, start, wait_for
-
-
-class Recorder(pykka.ThreadingActor):
-    use_daemon_thread = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[Any] = []
-
-    def on_receive(self, message: Any) -> Any:
-        if message == "get":
-            return list(self.seen)
-        self.seen.append(message)
-        return None
+from tests.harness import Recorder, no_leaks, start, wait_for
 
 
 def _timer_thread_names() -> list[str]:
