@@ -164,9 +164,10 @@ class AsyncBacktestSession:
         Cancelling the call detaches: the session stays resumable."""
         _no_listener(options)
         cursor = check_cursor(cursor)
+        subscribes = ManagedBacktestSession._stream_requests(cursor)  # before connecting
         session = await cls._started(url, api_key, cursor.create, cursor, **options)
         try:
-            session._subscribe_streams(cursor)
+            session._subscribe(subscribes)
         except BaseException:
             await _off_loop(session.detach)
             raise

@@ -264,18 +264,24 @@ class ManagedBacktestSession:
     def _resume(cls, url: str, api_key: str, cursor: Cursor,
                 **options: Any) -> ManagedBacktestSession:
         """Launch from a cursor and subscribe its streams (with replay)."""
+        subscribes = cls._stream_requests(cursor)  # checked before connecting
         session = cls._launch(url, api_key, cursor.create, cursor, **options)
         try:
-            session._subscribe_streams(cursor)
+            session._subscribe(subscribes)
         except BaseException:
             session.detach()  # the session stays on the server: the cursor still resumes it
             raise
         return session
 
-    def _subscribe_streams(self, cursor: Cursor) -> None:
-        """Subscribe each stream of the cursor again (its replay slots were seeded)."""
-        for name, stream in cursor.streams.items():
-            message = SubscribeStream(cast(StreamKind, name), stream.addresses)
+    @staticmethod
+    def _stream_requests(cursor: Cursor) -> list[SubscribeStream]:
+        """A cursor's streams as subscribe requests (addresses checked on construction)."""
+        return [SubscribeStream(cast(StreamKind, name), stream.addresses)
+                for name, stream in cursor.streams.items()]
+
+    def _subscribe(self, requests: list[SubscribeStream]) -> None:
+        """Subscribe again after an attach (the replay slots were seeded from the cursor)."""
+        for message in requests:
             self._ask(message)
             self._tracker.subscribed(message.kind, message.addresses)
 
