@@ -60,3 +60,25 @@ def test_readme_names_the_defaults_of_scripts_run() -> None:
     for address in addresses[:4]:
         assert f"`{address}`" in section
     assert "`SendContinue(params, reply=future)`" in README and "max_frame_size" in README
+
+
+def _scripts_run_lines() -> list[list[str]]:
+    """The README's ``scripts/run`` commands that need no network, key or file."""
+    text = "\n".join(re.findall(r"```bash\n(.*?)```", README, re.S)).replace("\\\n", " ")
+    commands = []
+    for line in text.splitlines():
+        words = line.split("#", 1)[0].split()
+        if words[:1] == ["scripts/run"] and not any(
+                w.startswith(("--url", "--resume", "--out", "--chaos")) for w in words):
+            commands.append(words[1:])
+    return commands
+
+
+@pytest.mark.parametrize("args", _scripts_run_lines(), ids=" ".join)
+def test_readme_scripts_run_commands_work_as_written(args: list[str]) -> None:
+    result = subprocess.run([sys.executable, "-m", "actors.cli", "run", *args],
+                            capture_output=True, text=True, timeout=60,
+                            cwd=Path(__file__).resolve().parent.parent)
+    assert result.returncode == 0, result.stderr
+    if "--json" in args:
+        assert result.stderr == "" and result.stdout.startswith("{")
