@@ -421,9 +421,10 @@ def test_aio_a_cancelled_continue_refused_later_reports_nothing_to_the_loop(
                 proxy.url_for(sim.url), DEFAULT_API_KEY, CreateSession(first, first + 60),
                 timing=FAST, policy=FAULT_POLICY) as session:
             await _drain_to_ready(session)
-            await session.send_continue(ContinueParams(advance_count=30), timeout=5)
-            # Its answer cannot come back meanwhile, however fast the server runs.
+            # Held in the proxy: the server never gets it, so it stays outstanding
+            # (its answer cannot race the next continue, however fast the server runs).
             proxy.blackhole("control")
+            await session.send_continue(ContinueParams(advance_count=30), timeout=5)
             # Handed over before its first await; refused: the first is outstanding.
             second = asyncio.create_task(session.send_continue(ContinueParams(advance_count=1)))
             await asyncio.sleep(0)
@@ -472,9 +473,10 @@ def test_aio_two_refused_concurrent_continues_leave_the_cursor_on_the_outstandin
                 proxy.url_for(sim.url), DEFAULT_API_KEY, CreateSession(first, first + 100),
                 timing=FAST, policy=FAULT_POLICY) as session:
             await _drain_to_ready(session)
-            await session.send_continue(ContinueParams(advance_count=60), timeout=5)
-            # Its answer cannot come back meanwhile, however fast the server runs.
+            # Held in the proxy: the server never gets it, so it stays outstanding
+            # (its answer cannot race the next continue, however fast the server runs).
             proxy.blackhole("control")
+            await session.send_continue(ContinueParams(advance_count=60), timeout=5)
             results = await asyncio.gather(
                 session.send_continue(ContinueParams(advance_count=1), timeout=5),
                 session.send_continue(ContinueParams(advance_count=2), timeout=5),
