@@ -33,7 +33,7 @@ from actors import (
 from actors.cursor import PendingContinue, StreamCursor
 from protocol import ContinueParams, CreateSession
 from protocol.simulator import DEFAULT_API_KEY, LocalSimulator
-from tests.harness import FAST, QUICK_RETRY, check_exact, drive
+from tests.harness import FAST, QUICK_RETRY, check_exact, drive, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 OTHER_KEY = "another-key"
@@ -159,6 +159,9 @@ def test_attach_with_another_key_is_a_typed_error(sim: LocalSimulator) -> None:
                                            timing=FAST, policy=QUICK_RETRY)
     try:
         session.subscribe_transactions(list(sim.addresses[:1]))
+        # Up: acknowledged, so the server counts this session's own subscriber.
+        wait_for(lambda: type(session.status()["transactions"]).__name__ == "Up", 10,
+                 "the session's own subscription up")
         cursor = session.cursor()
         sid = session.session_info.session_id
         with pytest.raises(ManagedSessionError) as raised:
