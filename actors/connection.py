@@ -10,8 +10,9 @@ The reactor is one thread for every connection of the process (a sweep runs
 hundreds of sessions; a reader thread per connection cost three threads per
 session). It waits on all sockets with :mod:`selectors`, reads what a ready
 socket has (one ``recv`` of up to 64 KiB per turn, so no connection starves
-another), feeds the bytes to websocket-client's own frame parser from a buffer
-(only once a whole frame is there, so the parser never waits), decodes each
+another), feeds the bytes to the connection's sans-I/O
+:class:`~protocol.frames.FrameReader` (websocket-client does the upgrade and
+writes frames; its reader was the client's largest cost), decodes each
 frame once with the codec it was given and only ``tell``s the connection's
 actor: ``Opened``, ``ConnectFailed``, ``Received`` (a batch),
 ``ReaderPaused``/``ReaderResumed``, ``Disconnected``. It never blocks: sockets
@@ -46,6 +47,14 @@ import pykka
 import websocket
 
 from protocol import ProtocolError
+from protocol.frames import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    FrameReader,
+)
 
 # Frames drained from a socket into one message: one hop per batch, not per frame.
 MAX_BATCH = 512
@@ -94,10 +103,6 @@ class Disconnected:
     reason: str
 
 
-class FrameTooLarge(websocket.WebSocketException):
-    pass
-
-
 class _PeerClosed(Exception):
     """Internal: the frame just parsed ends the connection (close frame)."""
 
@@ -125,10 +130,7 @@ class Connection:
         # validator is about 5x faster per frame (DESIGN.md §5).
         self._ws = websocket.WebSocket(skip_utf8_validation=True, enable_multithread=True,
                                        sslopt=sslopt)
-        # The frame parser reads from this connection's buffer, never from the socket.
-        setattr(self._ws.frame_buffer, "recv", self._take)  # noqa: B010 - this parser only
-        self._data = b""  # bytes read and not yet parsed (reactor only)
-        self._pos = 0
+        self._frames = FrameReader(max_frame_size)  # bytes read, not yet parsed (reactor)
         self._eof = False  # the peer's FIN was read (reactor only)
         # Guards the flags and credits below (actor thread, connect thread, reactor).
         self._lock = threading.Lock()
@@ -311,36 +313,6 @@ class Connection:
 
     # --- the reactor thread ------
 
-    def _take(self, size: int) -> bytes:
-        """websocket-client's parser reads here; a whole frame is always buffered first."""
-        chunk = self._data[self._pos:self._pos + size]
-        self._pos += len(chunk)
-        return chunk
-
-    def _frame_ready(self) -> bool:
-        """A whole frame is buffered; ``FrameTooLarge`` as soon as its header says so."""
-        data, pos = self._data, self._pos
-        available = len(data) - pos
-        if available < 2:
-            return False
-        second = data[pos + 1]
-        length, header = second & 0x7F, 2
-        if length == 126:
-            if available < 4:
-                return False
-            length, header = int.from_bytes(data[pos + 2:pos + 4], "big"), 4
-        elif length == 127:
-            if available < 10:
-                return False
-            length, header = int.from_bytes(data[pos + 2:pos + 10], "big"), 10
-        if second & 0x80:
-            header += 4
-        if length > self._max_frame_size:
-            # Refused by its header, before its payload is read into memory.
-            raise FrameTooLarge(f"frame of {length} bytes exceeds max_frame_size "
-                                f"{self._max_frame_size}")
-        return available >= header + length
-
     def _service(self, reactor: _Reactor) -> bool:
         """One turn: read once, parse, tell one batch. True when more is ready at once."""
         # Credits and the paused flag change together, under the lock that grant()
@@ -372,16 +344,23 @@ class Connection:
         data_frames = 0
         ended: str | None = None
         try:
-            if not self._eof and not self._frame_ready():
+            if not self._eof and not self._frames.ready():
                 self._read_socket()
             allowance = min(credits, MAX_BATCH)
-            while data_frames < allowance and len(batch) < MAX_BATCH and self._frame_ready():
-                item = self._parse_frame()
-                if item is None:
-                    continue  # a fragment of a longer message
-                batch.append(item[0])
-                data_frames += item[1]
-            if self._eof and not self._frame_ready():
+            while data_frames < allowance and len(batch) < MAX_BATCH:
+                message = self._frames.next()
+                if message is None:
+                    break
+                opcode, payload = message
+                if opcode == OP_TEXT or opcode == OP_BINARY:
+                    try:
+                        batch.append(self._decode(payload))
+                    except ProtocolError as exc:
+                        batch.append(exc)
+                    data_frames += 1
+                else:
+                    batch.append(self._control(opcode, payload))
+            if self._eof and not self._frames.ready():
                 ended = _CLOSED_BY_PEER
         except _PeerClosed as closed:
             ended = str(closed) or None
@@ -399,7 +378,7 @@ class Connection:
                 self._tell(Disconnected(ended))
             reactor.drop(self)
             return False
-        if self._frame_ready():
+        if self._frames.ready():
             return True  # left for the next turn (batch full), or waiting for credits
         sock = self._sock
         pending = getattr(sock, "pending", None)  # TLS may hold decrypted bytes
@@ -416,48 +395,28 @@ class Connection:
         if not chunk:
             self._eof = True
             return
-        if self._pos >= len(self._data):
-            self._data, self._pos = chunk, 0
-        else:
-            self._data, self._pos = self._data[self._pos:] + chunk, 0
+        self._frames.feed(chunk)
 
-    def _parse_frame(self) -> tuple[Any, bool] | None:
-        """One buffered frame as (item, is data frame); None for a fragment."""
-        ws = self._ws
-        frame = ws.frame_buffer.recv_frame()
-        opcode = frame.opcode
-        if opcode in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY,
-                      websocket.ABNF.OPCODE_CONT):
-            ws.cont_frame.validate(frame)
-            ws.cont_frame.add(frame)
-            if not ws.cont_frame.is_fire(frame):
-                return None
-            _, frame = ws.cont_frame.extract(frame)
+    def _control(self, opcode: int, payload: bytes) -> Pong:
+        """A control frame: a pong (or a ping, answered here: proof of life too),
+        or the server's close (answered, then ``_PeerClosed``)."""
+        if opcode == OP_PONG:
+            return Pong(payload)
+        if opcode == OP_PING:
             try:
-                return self._decode(frame.data), True
-            except ProtocolError as exc:
-                return exc, True
-        if opcode == websocket.ABNF.OPCODE_PONG:
-            return Pong(_payload(frame)), False
-        if opcode == websocket.ABNF.OPCODE_PING:
-            if len(frame.data) >= 126:
-                raise websocket.WebSocketProtocolException("Ping message is too long")
-            try:
-                self._write(websocket.ABNF.create_frame(frame.data,
+                self._write(websocket.ABNF.create_frame(payload,
                                                         websocket.ABNF.OPCODE_PONG).format())
             except (OSError, websocket.WebSocketException):
                 pass  # the read side reports the broken socket
-            return Pong(b""), False  # a ping: proof of life
-        if opcode == websocket.ABNF.OPCODE_CLOSE:
-            self.send_close()
-            with self._lock:
-                closing = self._closing
-            if closing:
-                raise _PeerClosed("")
-            data = _payload(frame)
-            code = int.from_bytes(data[:2], "big") if len(data) >= 2 else None
-            raise _PeerClosed(f"closed by server (code {code})")
-        return Pong(b""), False
+            return Pong(b"")
+        assert opcode == OP_CLOSE  # the reader hands out no other control opcode
+        self.send_close()
+        with self._lock:
+            closing = self._closing
+        if closing:
+            raise _PeerClosed("")
+        code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
+        raise _PeerClosed(f"closed by server (code {code})")
 
     def _flush(self, batch: list[Any], data_frames: int) -> None:
         with self._lock:
@@ -471,11 +430,6 @@ class Connection:
             self._sock = None
             self._out.clear()
         self._ws.shutdown()
-
-
-def _payload(frame: websocket.ABNF) -> bytes:
-    data = frame.data
-    return data if isinstance(data, bytes) else data.encode("utf-8")
 
 
 class _Reactor:

@@ -35,7 +35,7 @@ full count. Replay reaches back only as far as the server's 100-slot buffer.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import attrs
 
@@ -79,9 +79,13 @@ class SeqDelta:
     seq: int
 
 
-@attrs.frozen
-class ItemDelta:
-    """A subscription item matched on ``address`` at ``slot`` reached the application."""
+class ItemDelta(NamedTuple):
+    """A subscription item matched on ``address`` at ``slot`` reached the application.
+
+    A named tuple, not an attrs class: one is made per item on the hot path, and
+    a tuple of strings and ints is cheap to build and left alone by the
+    garbage collector.
+    """
 
     stream: str
     address: str

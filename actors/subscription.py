@@ -110,27 +110,44 @@ def _account_keys(transaction: Any) -> list[Any]:
     return keys
 
 
-def _matched(transaction: Any, address: str, subscribed: tuple[str, ...]) -> tuple[str, ...]:
+class _Matcher:
     """The subscribed addresses a transaction mentions, in subscription order.
 
-    On the hot path (every notification): one address needs no look, and
-    otherwise each subscribed address is looked up in the key list (in C)
-    rather than building a set of every key.
+    On the hot path (every notification): the transaction's keys (usually a
+    handful) are intersected with the subscribed set in C, and only a
+    transaction that mentions more than the notified address is put in
+    subscription order. (Each subscribed address looked up in the key list
+    took 8 % of the client's time on a stream with 6 addresses.)
     """
-    if len(subscribed) == 1:
-        return subscribed
-    keys = _account_keys(transaction)
-    return tuple(a for a in subscribed if a == address or a in keys)
+
+    __slots__ = ("_subscribed", "_set")
+
+    def __init__(self, subscribed: tuple[str, ...]) -> None:
+        self._subscribed = subscribed
+        self._set = frozenset(subscribed)
+
+    def __call__(self, transaction: Any, address: str) -> tuple[str, ...]:
+        if len(self._subscribed) == 1:
+            return self._subscribed
+        keys = _account_keys(transaction)
+        try:
+            hits = self._set.intersection(keys)
+        except TypeError:  # an unhashable key (a malformed payload): compare one by one
+            return tuple(a for a in self._subscribed if a == address or a in keys)
+        if not hits or (len(hits) == 1 and address in hits):
+            return (address,)
+        hits |= {address}
+        return tuple(a for a in self._subscribed if a in hits)
 
 
 def _to_event(item: TransactionNotification | AccountDiffNotification, address: str,
-              subscribed: tuple[str, ...]) -> Transaction | AccountDiff:
+              matched: _Matcher) -> Transaction | AccountDiff:
     """The event of a notification for ``address``; a transaction names every
     subscribed address it mentions (computed from its content, so the same
     transaction gets the same ``matched`` whichever notification came first)."""
     if isinstance(item, TransactionNotification):
         return Transaction(item.slot, item.signature, item.transaction, item.meta, item.index,
-                           _matched(item.transaction, address, subscribed))
+                           matched(item.transaction, address))
     return AccountDiff(item.slot, item.account, item.signature, item.pre, item.post,
                        item.write_index)
 
@@ -147,6 +164,7 @@ class SubscriptionActor(LinkActor):
         super().__init__(name=kind, **kwargs)
         self._kind = kind
         self._addresses = addresses
+        self._matched = _Matcher(addresses)
         self._replay_from = replay_from
         self._by_subscription: dict[int, str] = {}
         self._by_request: dict[int, str] = {}
@@ -180,7 +198,7 @@ class SubscriptionActor(LinkActor):
                 if address is None:
                     consumed += 1  # a subscription this link did not make
                 else:
-                    out.append((address, _to_event(item, address, self._addresses)))
+                    out.append((address, _to_event(item, address, self._matched)))
             elif isinstance(item, Pong):
                 if item.payload and item.payload == self._resume_token:
                     self._release_held(out)

@@ -297,6 +297,7 @@ def test_every_kind_counted_and_nothing_left_behind(sim: LocalSimulator) -> None
         clients.append(create(sim, first, first + 10, url=url)[0])
         p.refuse(0.01)
         p.lose_pongs(1)
+        p.corrupt_frames(1)
         counts = p.counts()
         assert set(counts) == set(FAULT_KINDS)
         assert all(counts[kind] >= 1 for kind in FAULT_KINDS), counts

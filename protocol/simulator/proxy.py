@@ -25,6 +25,10 @@ to live connections, with Toxiproxy's fault kinds as the model:
   server keeps only its latest unsent pong (tungstenite does) or a middlebox
   eats control frames. It applies to connections opened after the call: the
   proxy must follow frame boundaries from the first byte of the response.
+* ``corrupt_frames``: the next N data frames from the server get a reserved bit
+  set (RSV1, with no extension negotiated), as a broken middlebox would send
+  them; the client must fail that connection and resume. Like ``lose_pongs``
+  it applies to connections opened after the call.
 
 Faults apply to all connections or to those carrying one kind of traffic: the
 proxy reads the HTTP upgrade request line of each connection as it passes and
@@ -64,8 +68,10 @@ QUEUE_CHUNKS = 8  # per direction: at most QUEUE_CHUNKS * CHUNK bytes held per d
 REQUEST_LINE_MAX = 4096  # bytes read to classify a connection
 ROLES = ("control", "pubsub", "other")
 FAULT_KINDS = ("reset", "half_open", "blackhole", "latency", "slicer", "bandwidth", "refuse",
-               "lose_pongs")
+               "lose_pongs", "corrupt_frames")
 OPCODE_PONG = 0xA
+DATA_OPCODES = (0x1, 0x2)
+RSV1 = 0x40
 
 
 @attrs.define
@@ -79,19 +85,24 @@ class Toxics:
     bandwidth: float | None = None  # bytes per second, per direction and connection
     pongs_to_lose: int = 0  # the next pongs (of new connections) to remove
     pong_prefix: bytes = b""
+    frames_to_corrupt: int = 0  # the next data frames (of new connections) to corrupt
+    frames_to_pass: int = 0  # ... once this many more have passed untouched
 
 
-class _PongFilter:
-    """Follows the server's side of one connection and cuts matching pongs out.
+class _FrameFilter:
+    """Follows the server's side of one connection: cuts matching pongs out, sets
+    a reserved bit on data frames to corrupt.
 
     Server frames are unmasked (RFC 6455 5.1), so a frame's length is in its
     header. Bytes pass through as soon as the frames they belong to are
     complete; only the HTTP response head and whole frames are forwarded.
     """
 
-    def __init__(self, toxics: Toxics, lost: Callable[[], None]) -> None:
+    def __init__(self, toxics: Toxics, lost: Callable[[], None],
+                 corrupted: Callable[[], None]) -> None:
         self._toxics = toxics
         self._lost = lost
+        self._corrupted = corrupted
         self._buffer = bytearray()
         self._in_head = True
         self._passthrough = False
@@ -123,6 +134,12 @@ class _PongFilter:
                 self._toxics.pongs_to_lose -= 1
                 self._lost()
                 continue
+            if opcode in DATA_OPCODES and self._toxics.frames_to_pass > 0:
+                self._toxics.frames_to_pass -= 1
+            elif opcode in DATA_OPCODES and self._toxics.frames_to_corrupt > 0:
+                self._toxics.frames_to_corrupt -= 1
+                self._corrupted()
+                frame = bytes([frame[0] | RSV1]) + frame[1:]
             out += frame
         return bytes(out)
 
@@ -158,7 +175,7 @@ class _Conn:
         self.flowing.set()
         self.pumps: list[asyncio.Task[None]] = []
         self.eof = 0  # directions finished with an orderly EOF
-        self.pongs: _PongFilter | None = None  # set at open when pongs are to be lost
+        self.frames: _FrameFilter | None = None  # set at open for frame-level toxics
 
     def matches(self, which: Which, session_id: str | None) -> bool:
         if self.state not in ("open", "blackhole"):
@@ -226,6 +243,7 @@ class FaultProxy:
         self._forwarded = {"up": 0, "down": 0}
         self._slices = 0
         self._pongs_lost = 0
+        self._frames_corrupted = 0
         self._accepted = 0
         self._numbers = 0
         self._listener: socket.socket | None = None
@@ -332,6 +350,18 @@ class FaultProxy:
 
         self._set_toxic(which, "lose_pongs", apply)
 
+    def corrupt_frames(self, count: int, which: Which = "pubsub", *, after: int = 0) -> None:
+        """Set RSV1 on ``count`` server data frames of connections of this kind
+        opened from now on, once ``after`` more have passed (0: stop): a framing
+        error the client must survive."""
+        if count < 0 or after < 0:
+            raise ValueError(f"count, after: expected >= 0, got {count}, {after}")
+
+        def apply(t: Toxics) -> None:
+            t.frames_to_corrupt, t.frames_to_pass = count, after
+
+        self._set_toxic(which, "corrupt_frames", apply)
+
     def clear_toxics(self, which: Which = "all") -> None:
         """No latency, slicing or bandwidth cap any more."""
         def clear() -> None:
@@ -358,11 +388,11 @@ class FaultProxy:
 
     def stats(self) -> dict[str, int]:
         """Bytes forwarded each way, segments written by the slicer, pongs removed,
-        connections accepted."""
+        frames corrupted, connections accepted."""
         return dict(self._call(lambda: {
             "accepted": self._accepted, "bytes_up": self._forwarded["up"],
             "bytes_down": self._forwarded["down"], "slices": self._slices,
-            "pongs_lost": self._pongs_lost,
+            "pongs_lost": self._pongs_lost, "frames_corrupted": self._frames_corrupted,
             "forgotten_sockets": len(self._forgotten)}))
 
     # --- loop side ---------------------------------------------------------------------
@@ -486,10 +516,12 @@ class FaultProxy:
                 if up and not conn.classified and data:
                     conn.sniff(data)
                     toxics = self._toxics[conn.role]
-                    if conn.classified and toxics.pongs_to_lose:
-                        conn.pongs = _PongFilter(toxics, self._pong_lost)
-                if not up and conn.pongs is not None and data:
-                    data = conn.pongs.feed(data)
+                    if conn.classified and (toxics.pongs_to_lose
+                                            or toxics.frames_to_corrupt):
+                        conn.frames = _FrameFilter(toxics, self._pong_lost,
+                                                   self._frame_corrupted)
+                if not up and conn.frames is not None and data:
+                    data = conn.frames.feed(data)
                     if not data:
                         continue  # an incomplete frame: more must be read first
                 await queue.put((self._loop.time(), data))
@@ -557,6 +589,9 @@ class FaultProxy:
 
     def _pong_lost(self) -> None:
         self._pongs_lost += 1
+
+    def _frame_corrupted(self) -> None:
+        self._frames_corrupted += 1
 
     async def _stop_pumps(self, conn: _Conn) -> None:
         current = asyncio.current_task()
