@@ -300,6 +300,9 @@ class CursorTracker:
 
     def returned(self, event: ManagedEvent, delta: Delta | None) -> None:
         """``event`` reached the application."""
+        if type(delta) is ItemDelta:  # a subscription item (nearly every event)
+            self._item(delta)
+            return
         self.apply(delta)
         if isinstance(event, ReadyForContinue | Completed | Error) or (
                 isinstance(event, ContinueLost) and not event.resent):
@@ -309,15 +312,19 @@ class CursorTracker:
         if isinstance(delta, SeqDelta):
             self.last_seq = delta.seq
         elif isinstance(delta, ItemDelta):
-            stream = self._streams.get(delta.stream)
-            if stream is None and delta.stream in self._removed:
+            self._item(delta)
+
+    def _item(self, delta: ItemDelta) -> None:
+        stream_name, _, slot, key = delta
+        stream = self._streams.get(stream_name)
+        if stream is None:
+            if stream_name in self._removed:
                 return
-            if stream is None:
-                stream = self._streams[delta.stream] = _StreamTrack((delta.address,))
-            if delta.slot > stream.slot:
-                stream.slot, stream.keys = delta.slot, {delta.key}
-            elif delta.slot == stream.slot:
-                stream.keys.add(delta.key)
+            stream = self._streams[stream_name] = _StreamTrack((delta.address,))
+        if slot > stream.slot:
+            stream.slot, stream.keys = slot, {key}
+        elif slot == stream.slot:
+            stream.keys.add(key)
 
     def cursor(self, info: SessionInfo, pending: PendingContinue | None = None) -> Cursor:
         """The cursor now; ``pending`` overrides the tracked continue (a listener's

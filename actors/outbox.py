@@ -336,18 +336,21 @@ class Outbox:
             fail_reply(reply, head.error)
             return
         batch = Batch()
-        batch.deltas = []
+        deltas: list[Delta | None] = []
+        batch.deltas = deltas
         returned: dict[str, int] = {}
-        while self._queue and len(batch) < limit:
-            source, event, delta = self._queue[0]
+        queue = self._queue
+        for _ in range(min(limit, len(queue))):
+            source, event, delta = queue.popleft()
             if isinstance(event, _FailureMarker):
+                queue.appendleft((source, event, delta))
                 break  # the next take gets the error, after these events
-            self._queue.popleft()
             batch.append(event)
-            batch.deltas.append(delta)
+            deltas.append(delta)
             if source is not None:
-                self._held[source] -= 1
                 returned[source] = returned.get(source, 0) + 1
+        for source, count in returned.items():
+            self._held[source] -= count
         reply.set(batch)
         self.stats["events_delivered"] += len(batch)
         for source, count in returned.items():

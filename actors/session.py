@@ -71,7 +71,9 @@ def _check_timeout(timeout: object) -> float | None:
     """
     if timeout is None:
         return None
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+    # Exact types first: this runs once per event.
+    if type(timeout) is not float and type(timeout) is not int and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float)):
         raise TypeError(f"timeout: expected seconds (int or float) or None, got "
                         f"{type(timeout).__name__}")
     if math.isnan(timeout) or timeout < 0:
@@ -176,9 +178,10 @@ class ManagedBacktestSession:
           ``sim.timing``: a dead connection is then found in a second.
         * ``listener=None``: an actor ref told every event (and
           ``ListenerAttached`` first) instead of :meth:`next_event`.
-        * ``max_queue=4096``: events held for a slow consumer; at the bound the
+        * ``max_queue=1024``: events held for a slow consumer; at the bound the
           readers stop reading and TCP slows the server. Memory: about
-          ``max_queue`` events.
+          ``max_queue`` events. Larger absorbs longer pauses of the consumer,
+          at the cost of memory and of garbage-collector time.
         * ``sslopt=None``: websocket-client's TLS options for ``wss://`` (e.g.
           ``{"ca_certs": path}``); certificates are verified by default.
         * ``max_frame_size=8388608`` (8 MiB): a larger frame is refused by its
