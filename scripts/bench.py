@@ -50,7 +50,12 @@ from protocol import (  # noqa: E402
     encode_request,
     encode_subscribe,
 )
-from protocol.simulator import DEFAULT_API_KEY, LocalSimulator, ServerLiveness  # noqa: E402
+from protocol.simulator import (  # noqa: E402
+    DEFAULT_API_KEY,
+    REAL_SERVER_LIVENESS,
+    LocalSimulator,
+    ServerLiveness,
+)
 from protocol.simulator.chain import Chain  # noqa: E402
 from protocol.simulator.process import simulator_process  # noqa: E402
 
@@ -168,30 +173,43 @@ def bench_codec(runs: int) -> list[list[str]]:
     data = [f.encode() for f in frames]  # as the reader hands them over: bytes
     number = 5  # a pass takes a few ms: the minimum of many is the machine's quiet moment
 
-    def per_frame(decode: Callable[[bytes], Any]) -> float:
-        return min(timeit.repeat(lambda: [decode(d) for d in data], number=number,
-                                 repeat=runs)) / (number * len(data))
+    # Two ways, both reported. "Batch kept": a pass keeps every result in a list,
+    # as the reader holds a batch of decoded frames for its actor; the garbage
+    # collector's young collections then weigh on every decoder alike. "Each
+    # dropped": a result is freed at once, so the figure is the call alone.
+    def batch_kept(decode: Callable[[bytes], Any]) -> Callable[[], object]:
+        return lambda: [decode(d) for d in data]
 
-    # Interleaved rounds, ratios taken within a round (pairwise), so a change in the
-    # machine's load between rounds hits every decoder alike.
-    loads, oloads, decode = [], [], []
-    for _ in range(5):
-        loads.append(per_frame(json.loads))
-        oloads.append(per_frame(orjson.loads))
-        decode.append(per_frame(decode_pubsub))
-    vs_json = statistics.median(d / j for d, j in zip(decode, loads, strict=True))
-    vs_orjson = statistics.median(d / o for d, o in zip(decode, oloads, strict=True))
-    orjson_vs_json = statistics.median(o / j for o, j in zip(oloads, loads, strict=True))
+    def each_dropped(decode: Callable[[bytes], Any]) -> Callable[[], object]:
+        def run() -> None:
+            for d in data:
+                decode(d)
+        return run
+
+    rows = []
+    for label, method in (("batch kept", batch_kept), ("each dropped", each_dropped)):
+        # Interleaved rounds, ratios taken within a round (pairwise), so a change in
+        # the machine's load between rounds hits every decoder alike.
+        loads, oloads, decode = [], [], []
+        for _ in range(5):
+            for decoder, out in ((json.loads, loads), (orjson.loads, oloads),
+                                 (decode_pubsub, decode)):
+                gc.collect()  # every decoder starts from the same collector state
+                out.append(min(timeit.repeat(method(decoder), number=number, repeat=runs))
+                           / (number * len(data)))
+        vs_json = statistics.median(d / j for d, j in zip(decode, loads, strict=True))
+        vs_orjson = statistics.median(d / o for d, o in zip(decode, oloads, strict=True))
+        orjson_vs_json = statistics.median(o / j for o, j in zip(oloads, loads, strict=True))
+        rows += [
+            [f"json.loads (stdlib), {label}", f"{statistics.median(loads) * 1e6:.2f}", "1.00",
+             f"{1 / orjson_vs_json:.2f}"],
+            [f"orjson.loads, {label}", f"{statistics.median(oloads) * 1e6:.2f}",
+             f"{orjson_vs_json:.2f}", "1.00"],
+            [f"protocol.decode_pubsub (typed, checked), {label}",
+             f"{statistics.median(decode) * 1e6:.2f}", f"{vs_json:.2f}", f"{vs_orjson:.2f}"],
+        ]
     size = statistics.mean(len(d) for d in data)
-    return [
-        ["json.loads (stdlib)", f"{statistics.median(loads) * 1e6:.2f}", "1.00",
-         f"{1 / orjson_vs_json:.2f}"],
-        ["orjson.loads", f"{statistics.median(oloads) * 1e6:.2f}", f"{orjson_vs_json:.2f}",
-         "1.00"],
-        ["protocol.decode_pubsub (typed, checked)", f"{statistics.median(decode) * 1e6:.2f}",
-         f"{vs_json:.2f}", f"{vs_orjson:.2f}"],
-        ["frames", f"{len(data)} (mean {size:.0f} bytes)", "", ""],
-    ]
+    return [*rows, ["frames", f"{len(data)} (mean {size:.0f} bytes)", "", ""]]
 
 
 # --- 3. recovery ---------------------------------------------------------------------------
@@ -273,8 +291,11 @@ def bench_scale(counts: list[int], slots: int) -> list[list[str]]:
     totals_per_count: dict[int, float] = {}
     process = psutil.Process()
     # Three connections per session from one address: above the simulator's default limit.
-    with simulator_process(seed=4, slots=4000,
-                           max_connections_per_client=3 * max(counts) + 16) as url:
+    # The sessions keep alive on the client's default Timing (15 s / 45 s), so the server
+    # finds dead peers on the same timing, as a real one does; with the local 1 s / 3 s,
+    # 400 sessions in one process answered some pings too late and restarted by thousands.
+    with simulator_process(seed=4, slots=4000, max_connections_per_client=3 * max(counts) + 16,
+                           liveness=REAL_SERVER_LIVENESS) as url:
         chain = Chain(4, 4000)
         first, _ = chain.available_range()
         for count in counts:
@@ -426,12 +447,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.sweep_only:
         part(f"Machine: {psutil.cpu_count()} cores, Python {sys.version.split()[0]}; "
              f"`python scripts/bench.py{' --quick' if args.quick else ''}`\n")
-        part(table("Throughput (notifications/s through the client)",
-                   ["path", "median", "range"],
-                   bench_throughput(runs, 30 if args.quick else 60, 2000)))
+        # The codec first, in a process no session has run in yet: what the
+        # throughput runs leave to the garbage collector shifted its ratios.
         part(table("Codec (µs per frame)",
                    ["decoder", "µs/frame", "× json.loads", "× orjson.loads"],
                    bench_codec(runs)))
+        part(table("Throughput (notifications/s through the client)",
+                   ["path", "median", "range"],
+                   bench_throughput(runs, 30 if args.quick else 60, 2000)))
         part(table("Recovery (ms)", ["what", "median", "range", "goal"],
                    bench_recovery(runs)))
         part(table("Scale (sessions in one process, both subscriptions each)",
@@ -439,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
                     "RSS MiB/session", "events/s total", "× 100 sessions"],
                    bench_scale(args.scale or ([1, 10, 100, 500] if args.quick
                                               else [1, 10, 50, 100, 500]),
-                               40 if args.quick else 80)))
+                               80)))
     # Last: the sweep on Ray starts Ray's driver threads in this process, and they
     # stay; run before the other tables, they took a third off the managed figures.
     sweep_table = table(

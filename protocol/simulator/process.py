@@ -13,16 +13,23 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from . import DEFAULT_API_KEY
+from . import DEFAULT_API_KEY, ServerLiveness
 
 
 @contextmanager
 def simulator_process(*, seed: int = 0, slots: int = 2000, txs_per_slot: int = 4,
                       api_key: str = DEFAULT_API_KEY, startup_timeout: float = 30.0,
-                      max_connections_per_client: int | None = None) -> Iterator[str]:
-    """Run ``python -m protocol.simulator --port 0``; yield its control URL."""
+                      max_connections_per_client: int | None = None,
+                      liveness: ServerLiveness | None = None) -> Iterator[str]:
+    """Run ``python -m protocol.simulator --port 0``; yield its control URL.
+
+    ``liveness``: how the server finds dead peers (its keepalive interval and
+    deadline; the local defaults when None)."""
     limit = ([] if max_connections_per_client is None
              else ["--max-connections-per-client", str(max_connections_per_client)])
+    if liveness is not None:
+        limit += ["--keepalive-interval", str(liveness.keepalive_interval),
+                  "--keepalive-deadline", str(liveness.keepalive_deadline)]
     proc = subprocess.Popen(
         [sys.executable, "-m", "protocol.simulator", "--port", "0", "--seed", str(seed),
          "--slots", str(slots), "--txs-per-slot", str(txs_per_slot), "--api-key", api_key,
