@@ -77,19 +77,22 @@ SEEDED = -1  # the "came for" mask of a key seeded from a cursor: every address
 
 
 class _Stream:
-    __slots__ = ("addresses", "bits", "last_slot", "seen", "max_slot", "pruned_below",
-                 "resumed")
+    __slots__ = ("addresses", "bits", "last_slot", "seen", "by_slot", "max_slot",
+                 "pruned_below", "resumed")
 
     def __init__(self, addresses: tuple[str, ...]) -> None:
         self.resumed = False  # seeded from a cursor: the first subscribe replays
         self.addresses = addresses
         self.bits = {a: 1 << i for i, a in enumerate(addresses)}
         self.last_slot: dict[str, int] = {}  # per address: the resume cursor
-        # delivered key -> (slot, a bit mask of the addresses it came for). Ints,
-        # not a set per key: a stream remembers up to 100 slots of keys (tens of
+        # delivered key -> a bit mask of the addresses it came for. An int, not
+        # a set per key: a stream remembers up to 100 slots of keys (tens of
         # thousands on a dense stream), and containers the garbage collector
         # tracks made its full collections cost a third of the client's time.
-        self.seen: dict[Any, tuple[int, int]] = {}
+        self.seen: dict[Any, int] = {}
+        # slot -> the keys first delivered at it: pruning drops whole slots,
+        # never walks the keys it keeps.
+        self.by_slot: dict[int, list[Any]] = {}
         self.max_slot = -1
         self.pruned_below = -1
 
@@ -98,6 +101,13 @@ class _Stream:
         if bit is None:  # not subscribed on this stream: still told apart
             bit = self.bits[address] = 1 << len(self.bits)
         return bit
+
+    def prune(self, horizon: int) -> None:
+        """Forget the keys of slots below ``horizon``: no replay reaches them."""
+        for slot in [s for s in self.by_slot if s < horizon]:
+            for key in self.by_slot.pop(slot):
+                self.seen.pop(key, None)
+        self.pruned_below = horizon
 
 
 class _FailureMarker:
@@ -195,7 +205,8 @@ class Outbox:
         if seed is not None:
             stream.resumed = True
             stream.last_slot = {a: s for a, s in seed.replay_slots.items() if a in addresses}
-            stream.seen = {k: (seed.boundary_slot, SEEDED) for k in seed.boundary_keys}
+            stream.seen = dict.fromkeys(seed.boundary_keys, SEEDED)
+            stream.by_slot = {seed.boundary_slot: list(seed.boundary_keys)}
             stream.max_slot = seed.boundary_slot
 
     def remove_stream(self, name: str) -> None:
@@ -227,6 +238,7 @@ class Outbox:
         """Queue each item not delivered before; ``current``: from the live connection."""
         stream = self._streams[name]
         seen_keys, last_slot, bits = stream.seen, stream.last_slot, stream.bits
+        by_slot = stream.by_slot
         # The hot path (every notification): an item nobody waits for goes
         # straight to the queue; held and peak are counted once per batch.
         queue, queued = self._queue, 0
@@ -238,15 +250,20 @@ class Outbox:
                 last_slot[address] = slot
             key = item_key(event)
             bit = bits.get(address) or stream.bit(address)
-            seen = seen_keys.get(key)
-            if seen is not None:
+            came_for = seen_keys.get(key)
+            if came_for is not None:
                 dropped += 1
-                if seen[1] & bit:
+                if came_for & bit:
                     replays += 1  # the same item for the same address again: a replay
                 else:  # notified once per matching address
-                    seen_keys[key] = (seen[0], seen[1] | bit)
+                    seen_keys[key] = came_for | bit
                 continue
-            seen_keys[key] = (slot, bit)
+            seen_keys[key] = bit
+            keys = by_slot.get(slot)
+            if keys is None:
+                by_slot[slot] = [key]
+            else:
+                keys.append(key)
             if slot > stream.max_slot:
                 stream.max_slot = slot
             delta = ItemDelta(name, address, slot, key)
@@ -263,8 +280,7 @@ class Outbox:
         self.stats["address_repeats_dropped"] += dropped - replays
         horizon = stream.max_slot - PUBSUB_BUFFER_SLOTS - 1
         if horizon >= stream.pruned_below + PRUNE_EVERY_SLOTS:
-            stream.seen = {k: v for k, v in stream.seen.items() if v[0] >= horizon}
-            stream.pruned_below = horizon
+            stream.prune(horizon)
         if current:
             self.consumed(name, dropped)
 

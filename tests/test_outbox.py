@@ -163,3 +163,30 @@ def test_a_seeded_outbox_drops_what_the_cursor_says_was_delivered() -> None:
     outbox.stream_items("transactions", [("a", tx(5, "s5")), ("a", tx(5, "s5b")),
                                          ("a", tx(6, "s6"))], True)
     assert take(outbox) == [tx(5, "s5b"), tx(6, "s6")]
+
+
+def test_keys_are_remembered_for_the_replay_buffer_and_then_forgotten() -> None:
+    """Within the server's 100-slot replay buffer a key comes back as a replay and
+    is dropped; far older ones are forgotten (no replay reaches them), so the
+    dedup memory stays bounded however long the session runs."""
+    from protocol.pubsub import PUBSUB_BUFFER_SLOTS
+
+    outbox = Outbox(window=10**6, log=LOG)
+    outbox.add_stream("transactions", ("a", "b"))
+    last = 400
+    for slot in range(1, last + 1):
+        outbox.stream_items("transactions", [("a", tx(slot, f"s{slot}")),
+                                             ("b", tx(slot, f"s{slot}"))], True)
+    assert len(take(outbox, 10**6)) == last
+    assert outbox.stats["address_repeats_dropped"] == last
+    recent = last - PUBSUB_BUFFER_SLOTS  # inside the buffer: still remembered
+    outbox.stream_items("transactions", [("a", tx(recent, f"s{recent}"))], True)
+    assert take_none(outbox)
+    assert outbox.stats["replays_dropped"] == 1
+    old = 100  # 300 slots back: forgotten, so a (hypothetical) replay is new again
+    outbox.stream_items("transactions", [("a", tx(old, f"s{old}"))], True)
+    assert take(outbox) == [tx(old, f"s{old}")]
+
+
+def take_none(outbox: Outbox) -> bool:
+    return outbox.queued == 0
