@@ -343,6 +343,7 @@ class Connection:
         batch: list[Any] = []
         data_frames = 0
         ended: str | None = None
+        more = False  # a whole frame is left in the buffer for the next turn
         try:
             if not self._eof and not self._frames.ready():
                 self._read_socket()
@@ -360,7 +361,10 @@ class Connection:
                     data_frames += 1
                 else:
                     batch.append(self._control(opcode, payload))
-            if self._eof and not self._frames.ready():
+            # Inside the try: the next frame's header is checked here, and a bad
+            # one ends the connection like any framing error.
+            more = self._frames.ready()
+            if self._eof and not more:
                 ended = _CLOSED_BY_PEER
         except _PeerClosed as closed:
             ended = str(closed) or None
@@ -378,7 +382,7 @@ class Connection:
                 self._tell(Disconnected(ended))
             reactor.drop(self)
             return False
-        if self._frames.ready():
+        if more:
             return True  # left for the next turn (batch full), or waiting for credits
         sock = self._sock
         pending = getattr(sock, "pending", None)  # TLS may hold decrypted bytes

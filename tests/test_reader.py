@@ -6,6 +6,7 @@ import threading
 from typing import Any
 
 import pykka
+import pytest
 from websockets.sync.server import ServerConnection
 
 from actors.connection import (
@@ -150,3 +151,32 @@ def test_sessions_run_on_four_actor_threads_each_plus_two_shared() -> None:
         finally:
             for session in sessions:
                 session.shutdown()
+
+
+def _good_frames_then_a_corrupt_one(ws: ServerConnection) -> None:
+    # Written as raw bytes in one send, so the client reads them in one chunk: the
+    # corrupt frame (RSV1 set) waits in its buffer behind frames it has no credit for.
+    good = b"".join(bytes([0x81, len(p)]) + p for p in (b"one", b"two", b"three"))
+    ws.socket.sendall(good + bytes([0x81 | 0x40, 3]) + b"bad")
+    hold(ws)
+
+
+def test_a_corrupt_frame_behind_the_credit_limit_ends_the_connection_naming_it(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The reader stops at its credits with a bad frame next in its buffer: the bad
+    header is found when the reader looks ahead, and the connection ends with the
+    framing error, as for any other bad frame (not as a crash of the reader)."""
+    with scripted_server(_good_frames_then_a_corrupt_one) as url, no_leaks(3.0):
+        owner = Recorder.start()
+        try:
+            conn = _connect(url, owner, window=3)
+            wait_for(lambda: any(isinstance(m, Disconnected) for m in owner.ask("get")), 5,
+                     "the connection to end")
+            seen = owner.ask("get")
+            assert _items(seen) == ["one", "two", "three"]
+            assert [m for m in seen if isinstance(m, Disconnected)] == [Disconnected(
+                "FramingError: reserved bits set (0x40) with no extension negotiated")]
+            assert conn.join(2.0)
+        finally:
+            owner.stop()
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
