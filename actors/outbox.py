@@ -73,34 +73,36 @@ class Batch(list[ManagedEvent]):
     deltas: list[Delta | None]
 
 
-SEEDED = -1  # the "came for" mask of a key seeded from a cursor: every address
+SEEDED = -1  # the "came for" of a key seeded from a cursor: every address
 
 
 class _Stream:
-    __slots__ = ("addresses", "bits", "last_slot", "seen", "by_slot", "max_slot",
+    __slots__ = ("addresses", "indexes", "last_slot", "seen", "by_slot", "max_slot",
                  "pruned_below", "resumed")
 
     def __init__(self, addresses: tuple[str, ...]) -> None:
         self.resumed = False  # seeded from a cursor: the first subscribe replays
         self.addresses = addresses
-        self.bits = {a: 1 << i for i, a in enumerate(addresses)}
+        self.indexes = {a: i for i, a in enumerate(addresses)}
         self.last_slot: dict[str, int] = {}  # per address: the resume cursor
-        # delivered key -> a bit mask of the addresses it came for. An int, not
-        # a set per key: a stream remembers up to 100 slots of keys (tens of
-        # thousands on a dense stream), and containers the garbage collector
-        # tracks made its full collections cost a third of the client's time.
-        self.seen: dict[Any, int] = {}
+        # delivered key -> the index of the address it came for, or a tuple of
+        # them once it came for several. Ints and tuples of ints, not a set per
+        # key: a stream remembers up to 100 slots of keys (tens of thousands on
+        # a dense stream), and containers the garbage collector tracks made its
+        # full collections cost a third of the client's time. (Not a bit mask:
+        # with thousands of addresses subscribed, one key's mask took kilobytes.)
+        self.seen: dict[Any, int | tuple[int, ...]] = {}
         # slot -> the keys first delivered at it: pruning drops whole slots,
         # never walks the keys it keeps.
         self.by_slot: dict[int, list[Any]] = {}
         self.max_slot = -1
         self.pruned_below = -1
 
-    def bit(self, address: str) -> int:
-        bit = self.bits.get(address)
-        if bit is None:  # not subscribed on this stream: still told apart
-            bit = self.bits[address] = 1 << len(self.bits)
-        return bit
+    def index(self, address: str) -> int:
+        index = self.indexes.get(address)
+        if index is None:  # not subscribed on this stream: still told apart
+            index = self.indexes[address] = len(self.indexes)
+        return index
 
     def prune(self, horizon: int) -> None:
         """Forget the keys of slots below ``horizon``: no replay reaches them."""
@@ -237,7 +239,7 @@ class Outbox:
                      current: bool) -> None:
         """Queue each item not delivered before; ``current``: from the live connection."""
         stream = self._streams[name]
-        seen_keys, last_slot, bits = stream.seen, stream.last_slot, stream.bits
+        seen_keys, last_slot, indexes = stream.seen, stream.last_slot, stream.indexes
         by_slot = stream.by_slot
         # The hot path (every notification): an item nobody waits for goes
         # straight to the queue; held and peak are counted once per batch.
@@ -249,16 +251,23 @@ class Outbox:
             if slot > last_slot.get(address, -1):
                 last_slot[address] = slot
             key = item_key(event)
-            bit = bits.get(address) or stream.bit(address)
+            index = indexes.get(address)
+            if index is None:
+                index = stream.index(address)
             came_for = seen_keys.get(key)
             if came_for is not None:
                 dropped += 1
-                if came_for & bit:
-                    replays += 1  # the same item for the same address again: a replay
-                else:  # notified once per matching address
-                    seen_keys[key] = came_for | bit
+                if isinstance(came_for, int):
+                    if came_for == index or came_for == SEEDED:
+                        replays += 1  # the same item for the same address again: a replay
+                    else:  # notified once per matching address
+                        seen_keys[key] = (came_for, index)
+                elif index in came_for:
+                    replays += 1
+                else:
+                    seen_keys[key] = (*came_for, index)
                 continue
-            seen_keys[key] = bit
+            seen_keys[key] = index
             keys = by_slot.get(slot)
             if keys is None:
                 by_slot[slot] = [key]

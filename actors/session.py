@@ -12,7 +12,6 @@ future, and the facade waits on that future.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections import deque
@@ -76,7 +75,7 @@ def _check_timeout(timeout: object) -> float | None:
             isinstance(timeout, bool) or not isinstance(timeout, int | float)):
         raise TypeError(f"timeout: expected seconds (int or float) or None, got "
                         f"{type(timeout).__name__}")
-    if math.isnan(timeout) or timeout < 0:
+    if timeout != timeout or timeout < 0:  # NaN; math.isnan overflows on a huge int
         raise ValueError(f"timeout: expected a number of seconds >= 0, got {timeout!r}")
     # Past the platform's longest wait (about 292 years) is "no bound" in practice.
     return None if timeout > threading.TIMEOUT_MAX else float(timeout)

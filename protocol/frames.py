@@ -54,7 +54,7 @@ class FrameReader:
     """
 
     __slots__ = ("_buf", "_pos", "_chunks", "_chunked", "_wanted", "_max_size",
-                 "_fragments", "_fragment_opcode", "_fragment_size")
+                 "_fragments", "_fragment_opcode")
 
     def __init__(self, max_size: int) -> None:
         self._max_size = max_size
@@ -64,9 +64,10 @@ class FrameReader:
         self._chunks: list[bytes] = []
         self._chunked = 0
         self._wanted = 0
-        self._fragments: list[bytes] = []
+        # The open fragmented message, joined as it comes: its memory is its size
+        # (bounded by max_size), however many (even empty) fragments it takes.
+        self._fragments = bytearray()
         self._fragment_opcode = 0
-        self._fragment_size = 0
 
     def feed(self, data: bytes) -> None:
         if self._pos >= len(self._buf):
@@ -133,16 +134,12 @@ class FrameReader:
             self._fragment_opcode = opcode
         elif not self._fragment_opcode:
             raise FramingError("continuation frame with no message open")
-        self._fragment_size += len(payload)
-        if self._fragment_size > self._max_size:
-            raise FrameTooLarge(f"fragmented message of over {self._fragment_size} bytes "
-                                f"exceeds max_frame_size {self._max_size}")
-        self._fragments.append(payload)
+        self._fragments += payload  # its size was checked from its header
         if not fin:
             return None
-        message = (self._fragment_opcode, b"".join(self._fragments))
-        self._fragments.clear()
-        self._fragment_opcode = self._fragment_size = 0
+        message = (self._fragment_opcode, bytes(self._fragments))
+        self._fragments = bytearray()
+        self._fragment_opcode = 0
         return message
 
     def _length_at(self, pos: int) -> int:
@@ -191,6 +188,9 @@ class FrameReader:
         if length > self._max_size:
             raise FrameTooLarge(f"frame of {length} bytes exceeds max_frame_size "
                                 f"{self._max_size}")
+        if opcode == OP_CONTINUATION and len(self._fragments) + length > self._max_size:
+            raise FrameTooLarge(f"fragmented message of {len(self._fragments) + length} "
+                                f"bytes exceeds max_frame_size {self._max_size}")
         end = pos + header + length
         if end > len(buf):
             self._wanted = end - len(buf)
