@@ -279,16 +279,21 @@ def bench_recovery(runs: int) -> list[list[str]]:
 
 # --- 4. scale -------------------------------------------------------------------------------
 
-def bench_scale(counts: list[int], slots: int) -> list[list[str]]:
+def bench_scale(counts: list[int], slots: int, rounds: int = 2) -> list[list[str]]:
     """N sessions at once in this process, both subscriptions each.
 
     Threads are counted once every link is Up and the short-lived connect
     threads have ended: the library's steady state (the bench's own driver
     threads, one per session, start after the count). RSS is measured after
-    the run, while every session is still open.
+    the run, while every session is still open. Every count runs ``rounds``
+    times, the counts taking turns, and events/s is the median of its runs: one
+    run of 100 sessions is two or three seconds, and on the shared machine
+    single runs of the same count differed by a quarter.
     """
-    rows = []
-    totals_per_count: dict[int, float] = {}
+    rates: dict[int, list[float]] = {count: [] for count in counts}
+    # count -> (threads, RSS growth) of its first run: later runs reuse memory freed
+    # by the runs before them, so their growth says less.
+    shape: dict[int, tuple[int, int]] = {}
     process = psutil.Process()
     # Three connections per session from one address: above the simulator's default limit.
     # The sessions keep alive on the client's default Timing (15 s / 45 s), so the server
@@ -298,40 +303,52 @@ def bench_scale(counts: list[int], slots: int) -> list[list[str]]:
                            liveness=REAL_SERVER_LIVENESS) as url:
         chain = Chain(4, 4000)
         first, _ = chain.available_range()
-        for count in counts:
-            gc.collect()
-            threads_before = threading.active_count()
-            rss_before = process.memory_info().rss
-            sessions = [ManagedBacktestSession.start(
-                url, DEFAULT_API_KEY, CreateSession(first + 5 * i, first + 5 * i + slots),
-                timing=Timing(), policy=ReconnectPolicy()) for i in range(count)]
-            for session in sessions:
-                session.subscribe_transactions(list(chain.addresses[:3]))
-                session.subscribe_account_diffs(list(chain.addresses[3:]))
-            _until(functools.partial(_all_up, sessions), 120, "every link up")
-            _until(lambda: not any(t.name.startswith("connect-")
-                                   for t in threading.enumerate()), 30, "connect threads")
-            threads = threading.active_count() - threads_before
-            totals = [0] * count
-            started = time.perf_counter()
-            workers = [threading.Thread(target=_drive, args=(s, totals, i))
-                       for i, s in enumerate(sessions)]
-            for w in workers:
-                w.start()
-            for w in workers:
-                w.join()
-            elapsed = time.perf_counter() - started
-            rss = process.memory_info().rss - rss_before
-            for session in sessions:
-                session.shutdown()
-            rate = sum(totals) / elapsed
-            totals_per_count[count] = rate
-            base = totals_per_count.get(100)
-            rows.append([str(count), str(threads), f"{threads / count:.2f}",
-                         f"{rss / 2**20:.1f}", f"{rss / count / 2**20:.2f}",
-                         f"{rate:,.0f}",
-                         f"{rate / base:.2f}" if base and count >= 100 else ""])
+        for _ in range(rounds):
+            for count in counts:
+                rate, threads, rss = _scale_run(url, chain, first, count, slots, process)
+                rates[count].append(rate)
+                shape.setdefault(count, (threads, rss))
+    rows = []
+    base = statistics.median(rates[100]) if 100 in rates else None
+    for count in counts:
+        threads, rss = shape[count]
+        rate = statistics.median(rates[count])
+        rows.append([str(count), str(threads), f"{threads / count:.2f}",
+                     f"{rss / 2**20:.1f}", f"{rss / count / 2**20:.2f}",
+                     f"{rate:,.0f} ({min(rates[count]):,.0f}–{max(rates[count]):,.0f})",
+                     f"{rate / base:.2f}" if base and count >= 100 else ""])
     return rows
+
+
+def _scale_run(url: str, chain: Chain, first: int, count: int, slots: int,
+               process: psutil.Process) -> tuple[float, int, int]:
+    """One run of ``count`` sessions: (events/s, library threads, RSS growth)."""
+    gc.collect()
+    threads_before = threading.active_count()
+    rss_before = process.memory_info().rss
+    sessions = [ManagedBacktestSession.start(
+        url, DEFAULT_API_KEY, CreateSession(first + 5 * i, first + 5 * i + slots),
+        timing=Timing(), policy=ReconnectPolicy()) for i in range(count)]
+    for session in sessions:
+        session.subscribe_transactions(list(chain.addresses[:3]))
+        session.subscribe_account_diffs(list(chain.addresses[3:]))
+    _until(functools.partial(_all_up, sessions), 120, "every link up")
+    _until(lambda: not any(t.name.startswith("connect-")
+                           for t in threading.enumerate()), 30, "connect threads")
+    threads = threading.active_count() - threads_before
+    totals = [0] * count
+    started = time.perf_counter()
+    workers = [threading.Thread(target=_drive, args=(s, totals, i))
+               for i, s in enumerate(sessions)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    elapsed = time.perf_counter() - started
+    rss = process.memory_info().rss - rss_before
+    for session in sessions:
+        session.shutdown()
+    return sum(totals) / elapsed, threads, rss
 
 
 def _all_up(sessions: list[ManagedBacktestSession]) -> bool:
@@ -459,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
                    bench_recovery(runs)))
         part(table("Scale (sessions in one process, both subscriptions each)",
                    ["sessions", "threads (library)", "threads/session", "RSS MiB after run",
-                    "RSS MiB/session", "events/s total", "× 100 sessions"],
+                    "RSS MiB/session", "events/s total (median, range)", "× 100 sessions"],
                    bench_scale(args.scale or ([1, 10, 100, 500] if args.quick
                                               else [1, 10, 50, 100, 500]),
                                80)))
