@@ -276,7 +276,7 @@ class Outbox:
             if slot > stream.max_slot:
                 stream.max_slot = slot
             delta = ItemDelta(name, address, slot, key)
-            if to_queue and not self._takers:
+            if to_queue:
                 queue.append((name, event, delta))
                 queued += 1
             else:
@@ -284,6 +284,11 @@ class Outbox:
         if queued:
             self._held[name] = self._held.get(name, 0) + queued
             self.stats["peak_held"] = max(self.stats["peak_held"], len(queue))
+            # A waiting take gets the whole batch in one answer (up to its limit),
+            # not its first item: one hand-off per batch, not two.
+            while self._takers and self._queue:
+                reply, limit = self._takers.popleft()
+                self.take(reply, limit, None)
         self.stats["duplicates_dropped"] += dropped
         self.stats["replays_dropped"] += replays
         self.stats["address_repeats_dropped"] += dropped - replays

@@ -190,3 +190,17 @@ def test_keys_are_remembered_for_the_replay_buffer_and_then_forgotten() -> None:
 
 def take_none(outbox: Outbox) -> bool:
     return outbox.queued == 0
+
+
+def test_a_waiting_take_gets_the_whole_batch_in_one_answer() -> None:
+    """A consumer that waits gets a stream batch in one hand-off, up to its limit,
+    not its first item and then a second round trip for the rest."""
+    outbox = Outbox(window=64, log=LOG)
+    outbox.add_stream("transactions", ("a",))
+    reply: pykka.ThreadingFuture[list[ManagedEvent]] = pykka.ThreadingFuture()
+    outbox.take(reply, 2, None)  # nothing queued: the take waits
+    outbox.stream_items("transactions", [("a", tx(1, "s1")), ("a", tx(1, "s2")),
+                                         ("a", tx(2, "s3"))], True)
+    assert reply.get(timeout=0) == [tx(1, "s1"), tx(1, "s2")]
+    assert take(outbox) == [tx(2, "s3")]
+    assert outbox.stats["events_delivered"] == 3
