@@ -84,7 +84,7 @@ class FrameReader:
     def ready(self) -> bool:
         """A whole frame is buffered (:meth:`next` may still return None if it is
         a fragment of a longer message)."""
-        return not self._chunks and self._frame_end() is not None
+        return not self._chunks and self._frame_bounds() is not None
 
     def next(self) -> tuple[int, bytes] | None:
         """The next message or control frame as ``(opcode, payload)``; None when
@@ -106,12 +106,11 @@ class FrameReader:
                         if stop <= len(buf) and length <= self._max_size:
                             self._pos = stop
                             return first & 0x0F, buf[start:stop]
-            end = self._frame_end()
-            if end is None:
+            bounds = self._frame_bounds()
+            if bounds is None:
                 return None
-            buf, pos = self._buf, self._pos
             first = buf[pos]
-            start = end - self._length_at(pos)
+            start, end = bounds
             payload = buf[start:end]
             self._pos = end
             opcode = first & 0x0F
@@ -142,19 +141,10 @@ class FrameReader:
         self._fragment_opcode = 0
         return message
 
-    def _length_at(self, pos: int) -> int:
-        buf = self._buf
-        length = buf[pos + 1] & 0x7F
-        if length == 126:
-            return (buf[pos + 2] << 8) | buf[pos + 3]
-        if length == 127:
-            return int.from_bytes(buf[pos + 2:pos + 10], "big")
-        return length
-
-    def _frame_end(self) -> int | None:
-        """Where the frame at the read position ends, once it is all buffered;
-        its header is checked as soon as it is (so an oversized frame is refused
-        before its payload is read)."""
+    def _frame_bounds(self) -> tuple[int, int] | None:
+        """Where the payload of the frame at the read position starts and ends,
+        once it is all buffered; its header is checked as soon as it is (so an
+        oversized frame is refused before its payload is read)."""
         buf, pos = self._buf, self._pos
         available = len(buf) - pos
         if available < 2:
@@ -170,8 +160,10 @@ class FrameReader:
         if available < header:
             self._wanted = header - available
             return None
-        if length >= 126:
-            length = self._length_at(pos)
+        if length == 126:
+            length = (buf[pos + 2] << 8) | buf[pos + 3]
+        elif length == 127:
+            length = int.from_bytes(buf[pos + 2:pos + 10], "big")
             if length >> 63:
                 raise FramingError("frame length with its most significant bit set")
         if first & 0x70:
@@ -195,4 +187,4 @@ class FrameReader:
         if end > len(buf):
             self._wanted = end - len(buf)
             return None
-        return end
+        return pos + header, end

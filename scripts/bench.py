@@ -130,20 +130,20 @@ def bench_throughput(runs: int, slots: int, txs_per_slot: int) -> list[list[str]
     gc.collect()
     raw, managed, ratios, gated, gated_ratios = [], [], [], [], []
     with simulator_process(seed=1, slots=slots + 1, txs_per_slot=txs_per_slot) as url:
+        def run_raw() -> float:
+            return raw_run(url, first, last, addresses, frames)
+
+        def run_managed() -> float:
+            return managed_run(url, first, last, addresses)
+
+        def run_gated() -> float:
+            # The replay-horizon gate at its most expensive: a chunk and a barrier
+            # round trip every BARRIER_EVERY slots instead of every ~40.
+            return managed_run(url, first, last, addresses, max_run_ahead=BARRIER_EVERY)
+
         for i in range(runs):
-            # The replay-horizon gate at its most expensive (g): a chunk and a barrier
-            # round trip every BARRIER_EVERY slots instead of every ~40. The order
-            # turns each round (raw first, then last), so a drift of the machine's
-            # speed within a round does not always favour the same side.
-            def run_raw() -> float:
-                return raw_run(url, first, last, addresses, frames)
-
-            def run_managed() -> float:
-                return managed_run(url, first, last, addresses)
-
-            def run_gated() -> float:
-                return managed_run(url, first, last, addresses, max_run_ahead=BARRIER_EVERY)
-
+            # The order turns each round (raw first, then last), so a drift of the
+            # machine's speed within a round does not always favour the same side.
             if i % 2 == 0:
                 r, m, g = run_raw(), run_managed(), run_gated()
             else:

@@ -21,6 +21,7 @@ from actors import (
     Slot,
     Transaction,
 )
+from actors.connection import DEFAULT_MAX_FRAME_SIZE, Connection, Disconnected, Opened, Received
 from protocol import ContinueParams, CreateSession, ReconnectPolicy, Timing
 from protocol.simulator import DEFAULT_API_KEY, LocalSimulator, ServerLiveness
 from protocol.simulator.chain import Expected
@@ -62,6 +63,33 @@ class Recorder(pykka.ThreadingActor):
             return list(self.seen)
         self.seen.append(message)
         return None
+
+
+def open_connection(url: str, owner: pykka.ActorRef[Any], *, window: int,
+                    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> Connection:
+    """A real ``Connection`` (text frames decoded to ``str``) telling ``owner`` (a
+    ``Recorder``); returns once it is open."""
+    conn = Connection(url, owner=owner, decode=bytes.decode, window=window,
+                      connect_timeout=2.0, max_frame_size=max_frame_size)
+    conn.start()
+    wait_for(lambda: Opened() in owner.ask("get"), 5, "the connection to open")
+    return conn
+
+
+def received_items(seen: list[Any]) -> list[Any]:
+    """Every item of every ``Received`` batch a connection told, in order."""
+    return [item for m in seen if isinstance(m, Received) for item in m.items]
+
+
+def disconnects(seen: list[Any]) -> list[Disconnected]:
+    return [m for m in seen if isinstance(m, Disconnected)]
+
+
+def until_disconnected(owner: pykka.ActorRef[Any], timeout: float = 5.0) -> list[Any]:
+    """Wait until the connection told ``owner`` it ended; everything it told."""
+    wait_for(lambda: disconnects(owner.ask("get")), timeout, "the connection to end")
+    seen: list[Any] = owner.ask("get")
+    return seen
 
 
 def start(sim: LocalSimulator, start_slot: int, end_slot: int, **kwargs: Any

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
 
-import pykka
 import pytest
 from websockets.sync.server import ServerConnection
 
@@ -13,22 +11,26 @@ from actors.connection import (
     ConnectFailed,
     Connection,
     Disconnected,
-    Opened,
     ReaderPaused,
     ReaderResumed,
-    Received,
     _Reactor,
 )
 from actors.events import Up
 from protocol.simulator import LocalSimulator
-from tests.harness import FAST, Recorder, no_leaks, start, wait_for
+from tests.harness import (
+    FAST,
+    Recorder,
+    disconnects,
+    no_leaks,
+    open_connection,
+    received_items,
+    start,
+    until_disconnected,
+    wait_for,
+)
 from tests.scripted import hold, scripted_server
 
 FRAMES = 200
-
-
-def _items(seen: list[Any]) -> list[Any]:
-    return [item for m in seen if isinstance(m, Received) for item in m.items]
 
 
 def _flood(ws: ServerConnection) -> None:
@@ -37,32 +39,24 @@ def _flood(ws: ServerConnection) -> None:
     hold(ws)
 
 
-def _connect(url: str, owner: pykka.ActorRef[Any], window: int) -> Connection:
-    conn = Connection(url, owner=owner, decode=bytes.decode, window=window,
-                      connect_timeout=2.0)
-    conn.start()
-    wait_for(lambda: Opened() in owner.ask("get"), 5, "the connection to open")
-    return conn
-
-
 def test_credits_are_exact_and_a_paused_connection_is_resumed_by_grants() -> None:
     with scripted_server(_flood) as url, no_leaks(3.0):
         owner = Recorder.start()
         try:
-            conn = _connect(url, owner, window=7)
+            conn = open_connection(url, owner, window=7)
             wait_for(lambda: ReaderPaused() in owner.ask("get"), 5, "the reader to pause")
-            assert _items(owner.ask("get")) == [f"frame-{n}" for n in range(7)]
+            assert received_items(owner.ask("get")) == [f"frame-{n}" for n in range(7)]
             conn.grant(5)
             wait_for(lambda: owner.ask("get").count(ReaderPaused()) == 2, 5, "a second pause")
             seen = owner.ask("get")
             assert seen.count(ReaderResumed()) == 1
-            assert _items(seen) == [f"frame-{n}" for n in range(12)]
+            assert received_items(seen) == [f"frame-{n}" for n in range(12)]
             conn.grant(FRAMES)
-            wait_for(lambda: len(_items(owner.ask("get"))) == FRAMES, 5, "every frame")
-            assert _items(owner.ask("get")) == [f"frame-{n}" for n in range(FRAMES)]
+            wait_for(lambda: len(received_items(owner.ask("get"))) == FRAMES, 5, "every frame")
+            assert received_items(owner.ask("get")) == [f"frame-{n}" for n in range(FRAMES)]
             conn.abort()
             assert conn.join(2.0)
-            assert not any(isinstance(m, Disconnected) for m in owner.ask("get"))
+            assert not disconnects(owner.ask("get"))
         finally:
             owner.stop()
 
@@ -71,8 +65,8 @@ def test_connections_share_one_reader_thread_and_the_last_one_ends_it() -> None:
     with scripted_server(_flood) as url, no_leaks(3.0):
         owners = [Recorder.start() for _ in range(6)]
         try:
-            conns = [_connect(url, owner, window=FRAMES) for owner in owners]
-            wait_for(lambda: all(len(_items(o.ask("get"))) == FRAMES for o in owners), 5,
+            conns = [open_connection(url, owner, window=FRAMES) for owner in owners]
+            wait_for(lambda: all(len(received_items(o.ask("get"))) == FRAMES for o in owners), 5,
                      "every connection's frames")
             # One reader thread for six connections; the connect threads are gone.
             wait_for(lambda: not any(t.name.startswith("connect-")
@@ -81,7 +75,7 @@ def test_connections_share_one_reader_thread_and_the_last_one_ends_it() -> None:
             assert [t.name for t in threading.enumerate()].count("backtest-reader") == 1
             assert _Reactor.running() == 1
             for owner in owners:
-                assert _items(owner.ask("get")) == [f"frame-{n}" for n in range(FRAMES)]
+                assert received_items(owner.ask("get")) == [f"frame-{n}" for n in range(FRAMES)]
             for conn in conns:
                 conn.abort()
             assert all(conn.join(2.0) for conn in conns)
@@ -99,13 +93,10 @@ def test_a_peer_that_closes_is_reported_once_after_its_frames() -> None:
     with scripted_server(script) as url, no_leaks(3.0):
         owner = Recorder.start()
         try:
-            conn = _connect(url, owner, window=10)
-            wait_for(lambda: any(isinstance(m, Disconnected) for m in owner.ask("get")), 5,
-                     "the close to be reported")
-            seen = owner.ask("get")
-            assert _items(seen) == ["last words"]
-            assert [m for m in seen if isinstance(m, Disconnected)] == [
-                Disconnected("closed by server (code 1001)")]
+            conn = open_connection(url, owner, window=10)
+            seen = until_disconnected(owner)
+            assert received_items(seen) == ["last words"]
+            assert disconnects(seen) == [Disconnected("closed by server (code 1001)")]
             conn.abort()
             assert conn.join(2.0)
         finally:
@@ -169,12 +160,10 @@ def test_a_corrupt_frame_behind_the_credit_limit_ends_the_connection_naming_it(
     with scripted_server(_good_frames_then_a_corrupt_one) as url, no_leaks(3.0):
         owner = Recorder.start()
         try:
-            conn = _connect(url, owner, window=3)
-            wait_for(lambda: any(isinstance(m, Disconnected) for m in owner.ask("get")), 5,
-                     "the connection to end")
-            seen = owner.ask("get")
-            assert _items(seen) == ["one", "two", "three"]
-            assert [m for m in seen if isinstance(m, Disconnected)] == [Disconnected(
+            conn = open_connection(url, owner, window=3)
+            seen = until_disconnected(owner)
+            assert received_items(seen) == ["one", "two", "three"]
+            assert disconnects(seen) == [Disconnected(
                 "FramingError: reserved bits set (0x40) with no extension negotiated")]
             assert conn.join(2.0)
         finally:

@@ -1,35 +1,40 @@
 """Review #16: hostile servers and inputs against the new frame reader, the outbox
-dedup masks and the timeout check. Real sockets only: a raw TCP server on
-127.0.0.1 that does the WebSocket upgrade by hand and then writes exactly the
-bytes a test gives it, read by the real client (``Connection``), or the local
-simulator. Each test here failed on the commit it was written against. (The
-review's fifth defect, a framing error right after a full batch, is covered by
-tests/test_reader.py, fixed just before the review came in.)
+dedup memory and the timeout check. Real sockets only: a scripted WebSocket
+server on 127.0.0.1 (``tests.scripted``) that writes exactly the bytes a test
+gives it, past its own framing, read by the real client (``Connection``), or the
+local simulator. Each test here failed on the commit it was written against.
+(The review's fifth defect, a framing error right after a full batch, is
+covered by tests/test_reader.py, fixed just before the review came in.)
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import logging
-import socket
 import sys
 import threading
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pykka
+from websockets.sync.server import ServerConnection
 
-from actors.connection import Connection, Disconnected, Opened, Received
 from actors.events import Transaction
 from actors.outbox import Outbox
 from protocol.frames import OP_CONTINUATION, OP_PING, OP_TEXT
 from protocol.simulator import LocalSimulator
-from tests.harness import Recorder, no_leaks, start, wait_for
-
-_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+from tests.harness import (
+    Recorder,
+    disconnects,
+    no_leaks,
+    open_connection,
+    received_items,
+    start,
+    until_disconnected,
+    wait_for,
+)
+from tests.scripted import scripted_server
 
 
 def frame(opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0,
@@ -47,70 +52,16 @@ def frame(opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0,
 
 
 @contextmanager
-def raw_server(script: Callable[[socket.socket], None]) -> Iterator[str]:
-    """One connection: the upgrade done by hand, then ``script(sock)`` writes raw bytes.
-
-    On exit the listener is closed and the server thread has ended."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-
-    def run() -> None:
-        try:
-            sock, _ = listener.accept()
-        except OSError:
-            return
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with sock:
-            request = b""
-            while b"\r\n\r\n" not in request:
-                chunk = sock.recv(4096)
-                if not chunk:
-                    return
-                request += chunk
-            key = next(line.split(b":", 1)[1].strip() for line in request.split(b"\r\n")
-                       if line.lower().startswith(b"sec-websocket-key:"))
-            accept = base64.b64encode(hashlib.sha1(key + _GUID).digest())
-            sock.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                         b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept
-                         + b"\r\n\r\n")
-            try:
-                script(sock)
-            except OSError:
-                pass  # the client hung up
-
-    thread = threading.Thread(target=run, name="raw-ws-server", daemon=True)
-    thread.start()
-    try:
-        yield f"ws://127.0.0.1:{listener.getsockname()[1]}/"
-    finally:
-        listener.close()
-        thread.join(10)
-
-
-@contextmanager
-def client(url: str, *, window: int = 100, max_frame_size: int = 2**23,
-           decode: Callable[[bytes], Any] = bytes.decode
-           ) -> Iterator[tuple[Connection, pykka.ActorRef[Any]]]:
+def client(url: str, *, max_frame_size: int) -> Iterator[pykka.ActorRef[Any]]:
+    """A real ``Connection`` with a large window, telling the yielded recorder."""
     owner = Recorder.start()
-    conn = Connection(url, owner=owner, decode=decode, window=window, connect_timeout=2.0,
-                      max_frame_size=max_frame_size)
+    conn = open_connection(url, owner, window=100, max_frame_size=max_frame_size)
     try:
-        conn.start()
-        wait_for(lambda: Opened() in owner.ask("get"), 5, "the connection to open")
-        yield conn, owner
+        yield owner
     finally:
         conn.abort()
         conn.join(3.0)
         owner.stop()
-
-
-def disconnects(owner: pykka.ActorRef[Any]) -> list[Disconnected]:
-    return [m for m in owner.ask("get") if isinstance(m, Disconnected)]
-
-
-def items(owner: pykka.ActorRef[Any]) -> list[Any]:
-    return [i for m in owner.ask("get") if isinstance(m, Received) for i in m.items]
 
 
 # --- the frame reader on the read path ------------------------------------------------
@@ -128,15 +79,15 @@ def test_a_fragmented_message_over_the_limit_is_refused_from_the_continuation_he
     done = threading.Event()
     wire = frame(OP_TEXT, b"x" * 600, fin=False) + frame(OP_CONTINUATION, b"", length=600)
 
-    def script(sock: socket.socket) -> None:
-        sock.sendall(wire)
+    def script(ws: ServerConnection) -> None:
+        ws.socket.sendall(wire)  # raw bytes, past the server's own framing
         done.wait(20)
 
-    with no_leaks(5.0), raw_server(script) as url, \
-            client(url, max_frame_size=1000) as (_, owner):
+    with no_leaks(5.0), scripted_server(script) as url, \
+            client(url, max_frame_size=1000) as owner:
         try:
-            wait_for(lambda: disconnects(owner), 3, "the oversized message to be refused")
-            assert [d.reason.split(":")[0] for d in disconnects(owner)] == ["FrameTooLarge"]
+            seen = until_disconnected(owner, 3)
+            assert [d.reason.split(":")[0] for d in disconnects(seen)] == ["FrameTooLarge"]
         finally:
             done.set()
 
@@ -154,23 +105,24 @@ def test_endless_empty_continuation_frames_do_not_grow_memory_without_bound() ->
     wire = (frame(OP_TEXT, b"x", fin=False) + frame(OP_CONTINUATION, b"", fin=False) * count
             + frame(OP_PING, b"mark"))
 
-    def script(sock: socket.socket) -> None:
+    def script(ws: ServerConnection) -> None:
         if go.wait(20):  # once the test has its baseline
-            sock.sendall(wire)
+            ws.socket.sendall(wire)
         done.wait(20)
 
     tracemalloc.start()
     try:
-        with no_leaks(5.0), raw_server(script) as url, \
-                client(url, max_frame_size=1024) as (_, owner):
+        with no_leaks(5.0), scripted_server(script) as url, \
+                client(url, max_frame_size=1024) as owner:
             try:
                 base = tracemalloc.get_traced_memory()[0]
                 go.set()
                 # The ping after the fragments is answered: every byte before it was parsed.
-                wait_for(lambda: any(type(i).__name__ == "Pong" for i in items(owner))
-                         or disconnects(owner), 15, "the ping after the fragments")
+                wait_for(lambda: any(type(i).__name__ == "Pong"
+                                     for i in received_items(owner.ask("get")))
+                         or disconnects(owner.ask("get")), 15, "the ping after the fragments")
                 grown = tracemalloc.get_traced_memory()[0] - base
-                if not disconnects(owner):  # refusing the message is an answer as well
+                if not disconnects(owner.ask("get")):  # refusing the message is an answer as well
                     assert grown < 1 << 20, f"{grown} bytes held for a 1-byte message"
             finally:
                 go.set()
