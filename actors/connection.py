@@ -39,6 +39,7 @@ import socket
 import ssl
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -111,6 +112,10 @@ _WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 _CLOSED_BY_PEER = ("WebSocketConnectionClosedException: Connection to remote host was lost.")
 
 
+def _not_started() -> None:
+    """The connect thread of a connection not started yet: none."""
+
+
 class Connection:
     def __init__(self, url: str, *, owner: pykka.ActorRef[Any],
                  decode: Callable[[bytes], Any], window: int, connect_timeout: float,
@@ -128,8 +133,11 @@ class Connection:
         # UTF-8 is still checked: the codec decodes bytes and maps a bad text
         # frame to a ProtocolError; skipping websocket-client's pure-Python
         # validator is about 5x faster per frame (DESIGN.md §5).
-        self._ws = websocket.WebSocket(skip_utf8_validation=True, enable_multithread=True,
-                                       sslopt=sslopt)
+        # The upgrade's client, dropped once the socket is open (reads are the
+        # reactor's, writes go to the socket): it keeps locks, buffers and the
+        # handshake's headers that every full garbage collection would walk.
+        self._ws: websocket.WebSocket | None = websocket.WebSocket(
+            skip_utf8_validation=True, enable_multithread=True, sslopt=sslopt)
         self._frames = FrameReader(max_frame_size)  # bytes read, not yet parsed (reactor)
         self._eof = False  # the peer's FIN was read (reactor only)
         # Guards the flags and credits below (actor thread, connect thread, reactor).
@@ -146,11 +154,20 @@ class Connection:
         self._reactor: _Reactor | None = None
         self._events = 0  # selector interest (reactor only)
         self._finished = threading.Event()  # the socket is closed and released
-        self._thread = threading.Thread(target=self._connect_run, name=f"connect-{name}",
-                                        daemon=True)
+        # The connect thread, held weakly once started: it ends after the upgrade, and
+        # a Thread kept by each connection of each session (its Event, Condition,
+        # locks) was a tenth of what a full garbage collection walked at 500
+        # sessions. While it runs, threading holds it; after, join() has nothing
+        # to wait for.
+        self._connect_thread: Callable[[], threading.Thread | None] = _not_started
+        self._started = False
 
     def start(self) -> None:
-        self._thread.start()
+        thread = threading.Thread(target=self._connect_run, name=f"connect-{self._name}",
+                                  daemon=True)
+        thread.start()
+        self._connect_thread = weakref.ref(thread)
+        self._started = True
 
     # --- called from the actor thread ------
 
@@ -209,7 +226,8 @@ class Connection:
     def _shutdown_socket(self) -> None:
         # A socket closed meanwhile has fd -1 in its object, so this cannot hit a
         # reused descriptor: it raises OSError, which is moot.
-        sock = self._ws.sock
+        ws = self._ws
+        sock = ws.sock if ws is not None else self._sock
         if sock is not None:
             try:
                 sock.shutdown(socket.SHUT_RDWR)
@@ -220,14 +238,15 @@ class Connection:
         """Wait until the socket is closed and released (and the reactor, if this
         was its last connection, has ended); False if that took longer than ``timeout``."""
         deadline = time.monotonic() + timeout
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
-        if self._thread.ident is not None and not self._thread.is_alive():
+        thread = self._connect_thread()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        if self._started and (thread is None or not thread.is_alive()):
             self._finished.wait(max(0.0, deadline - time.monotonic()))
         reactor = self._reactor
         if reactor is not None and self._finished.is_set():
             reactor.join_if_stopping(max(0.0, deadline - time.monotonic()))
-        return self._finished.is_set() or self._thread.ident is None
+        return self._finished.is_set() or not self._started
 
     # --- writing (actor thread or reactor) ------
 
@@ -285,11 +304,13 @@ class Connection:
             else:
                 self._failed(ConnectFailed(f"{type(exc).__name__}: {exc}"))
             return
+        assert self._ws is not None
         sock = self._ws.sock
         assert sock is not None
         sock.setblocking(False)
         with self._send_lock:
             self._sock = sock
+        self._ws = None  # the socket is the connection's now (_shutdown_socket reads either)
         # Opened goes first: the actor must see it before any Received.
         self._tell(Opened())
         reactor = _Reactor.acquire()
@@ -298,10 +319,12 @@ class Connection:
 
     def _failed(self, message: ConnectFailed) -> None:
         self._tell(message)
+        assert self._ws is not None  # dropped only once open
         self._ws.shutdown()
         self._finished.set()
 
     def _connect(self) -> None:
+        assert self._ws is not None
         self._ws.connect(self._url, header=self._headers, timeout=self._connect_timeout,
                          suppress_origin=True)
         with self._lock:
@@ -431,9 +454,13 @@ class Connection:
     def _close_socket(self) -> None:
         """Reactor: close the socket (the connection is being dropped)."""
         with self._send_lock:
-            self._sock = None
+            sock, self._sock = self._sock, None
             self._out.clear()
-        self._ws.shutdown()
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass  # closed already
 
 
 class _Reactor:

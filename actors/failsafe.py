@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import pykka
+from .inbox import SimpleInboxActor
 
 
-class FailSafeActor(pykka.ThreadingActor):
+class FailSafeActor(SimpleInboxActor):
     use_daemon_thread = True
     _recovered = False
 

@@ -42,6 +42,7 @@ from .connection import (
     ReaderResumed,
     Received,
 )
+from .inbox import SimpleInboxActor
 from .logs import SessionLogger
 from .timers import Scheduler, TimerHandle
 
@@ -136,7 +137,7 @@ class CloseLink:
 Phase = Literal["connecting", "handshake", "up", "closing", "done"]
 
 
-class LinkActor(pykka.ThreadingActor):
+class LinkActor(SimpleInboxActor):
     use_daemon_thread = True
 
     def __init__(self, *, name: str, supervisor: pykka.ActorRef[Any], generation: int,
@@ -162,6 +163,9 @@ class LinkActor(pykka.ThreadingActor):
         self._last_inbound = time.monotonic()
         self._keepalives_sent = 0
         self._timers: list[TimerHandle] = []
+        # The connect or handshake step's deadline, cancelled as the step completes
+        # (its message is still checked for staleness: it may be queued already).
+        self._step_deadline: TimerHandle | None = None
         self._conn: Connection | None = None
 
     # --- hooks for the concrete links ------
@@ -191,7 +195,7 @@ class LinkActor(pykka.ThreadingActor):
                 sslopt=self._sslopt, max_frame_size=self._max_frame_size)
             self._conn.start()
             # One timer bounds the whole connect; the socket timeout only bounds each read.
-            self._schedule(self._timing.connect, ConnectDeadline())
+            self._set_step_deadline(self._timing.connect, ConnectDeadline())
         except Exception as exc:  # noqa: BLE001 - e.g. "can't start new thread"
             # pykka would stop this actor silently (on_failure is not called for
             # on_start): report it like any lost connection, so the supervisor
@@ -208,6 +212,7 @@ class LinkActor(pykka.ThreadingActor):
             self._last_inbound = time.monotonic()
             self.on_items(message.items)
         elif isinstance(message, Opened):
+            self._set_step_deadline(None)
             self._phase = "handshake"
             self._last_inbound = time.monotonic()
             self._schedule(self._timing.keepalive_interval, KeepaliveTick())
@@ -289,11 +294,12 @@ class LinkActor(pykka.ThreadingActor):
     def expect_handshake_answer(self) -> None:
         """Each awaited handshake answer is bounded by ``Timing.handshake``."""
         self._handshake_step += 1
-        self._schedule(self._timing.handshake, HandshakeDeadline(self._handshake_step))
+        self._set_step_deadline(self._timing.handshake, HandshakeDeadline(self._handshake_step))
 
     def mark_up(self) -> None:
         self._phase = "up"
         self._handshake_step += 1  # any pending handshake deadline is now stale
+        self._set_step_deadline(None)
         self.report(ChildUp(self.name, self._generation))
 
     def malformed(self, errors: list[Exception]) -> None:
@@ -342,9 +348,17 @@ class LinkActor(pykka.ThreadingActor):
 
     # --- internals ------
 
-    def _schedule(self, delay: float, message: Any) -> None:
-        self._timers = [t for t in self._timers if not t.cancelled]
-        self._timers.append(self._scheduler.schedule(delay, self.actor_ref, message))
+    def _schedule(self, delay: float, message: Any) -> TimerHandle:
+        self._timers = [t for t in self._timers if t.pending]
+        handle = self._scheduler.schedule(delay, self.actor_ref, message)
+        self._timers.append(handle)
+        return handle
+
+    def _set_step_deadline(self, delay: float | None, message: Any = None) -> None:
+        """Replace the current step's deadline (``None``: the step is done)."""
+        if self._step_deadline is not None:
+            self._step_deadline.cancel()
+        self._step_deadline = None if delay is None else self._schedule(delay, message)
 
     def _keepalive(self) -> None:
         if self._phase not in ("handshake", "up"):

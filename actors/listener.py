@@ -16,10 +16,11 @@ import pykka
 from protocol import ContinueParams
 
 from .events import ManagedEvent, ManagedSessionError, SessionFailed
+from .inbox import SimpleInboxActor
 from .requests import ContinueRefused, ListenerAttached, SendContinue
 
 
-class SessionListener(pykka.ThreadingActor):
+class SessionListener(SimpleInboxActor):
     """Override :meth:`on_event` (and, if you like, :meth:`on_session_failed`).
 
     Every event reaches :meth:`on_event` once, in order, on this actor's
