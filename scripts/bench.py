@@ -224,6 +224,49 @@ def bench_codec(runs: int) -> list[list[str]]:
     return [*rows, ["frames", f"{len(data)} (mean {size:.0f} bytes)", "", ""]]
 
 
+# --- 2b. actor hand-off ---------------------------------------------------------------------
+
+def bench_inbox(runs: int, tells: int = 100_000) -> list[list[str]]:
+    """A flood of tells into one actor: pykka's default inbox against the library's.
+
+    The cost of a hand-off between two threads, which every batch of the
+    managed path pays once per stage (actors/inbox.py says why it differs).
+    """
+    import pykka
+
+    from actors.inbox import SimpleInboxActor
+
+    class Count:
+        def on_receive(self, message: Any) -> Any:
+            return message
+
+    class QueueInbox(Count, pykka.ThreadingActor):
+        pass
+
+    class SimpleInbox(Count, SimpleInboxActor):
+        pass
+
+    def flood(cls: type[pykka.ThreadingActor]) -> tuple[float, float]:
+        ref = cls.start()
+        try:
+            wall, cpu = time.perf_counter(), time.process_time()
+            for i in range(tells):
+                ref.tell(i)
+            ref.ask("done")  # answered after every tell before it
+            return ((time.perf_counter() - wall) / tells * 1e6,
+                    (time.process_time() - cpu) / tells * 1e6)
+        finally:
+            ref.stop()
+
+    results: dict[str, list[tuple[float, float]]] = {"queue.Queue (pykka's default)": [],
+                                                     "queue.SimpleQueue (actors.inbox)": []}
+    for _ in range(runs):
+        for out, cls in zip(results.values(), (QueueInbox, SimpleInbox), strict=True):
+            out.append(flood(cls))
+    return [[label, f"{statistics.median(w for w, _ in out):.2f}",
+             f"{statistics.median(c for _, c in out):.2f}"] for label, out in results.items()]
+
+
 # --- 3. recovery ---------------------------------------------------------------------------
 
 def _events_until(session: ManagedBacktestSession, predicate: Callable[[Any], bool],
@@ -291,21 +334,24 @@ def bench_recovery(runs: int) -> list[list[str]]:
 
 # --- 4. scale -------------------------------------------------------------------------------
 
-def bench_scale(counts: list[int], slots: int, rounds: int = 2) -> list[list[str]]:
+def bench_scale(counts: list[int], slots: int, rounds: int = 3) -> list[list[str]]:
     """N sessions at once in this process, both subscriptions each.
 
     Threads are counted once every link is Up and the short-lived connect
     threads have ended: the library's steady state (the bench's own driver
-    threads, one per session, start after the count). RSS is measured after
-    the run, while every session is still open. Every count runs ``rounds``
-    times, the counts taking turns, and events/s is the median of its runs: one
-    run of 100 sessions is two or three seconds, and on the shared machine
-    single runs of the same count differed by a quarter.
+    threads, one per session, start after the count), and so are the objects
+    the garbage collector tracks, which every full collection walks. RSS is
+    measured after the run, while every session is still open. Every count
+    runs ``rounds`` times, the counts taking turns; events/s is the median of
+    its runs, and "× 100 sessions" the median of the ratios taken within each
+    round: one run of 100 sessions is two or three seconds, and on the shared
+    machine the speed of the same run moved by a quarter from one minute to
+    the next.
     """
     rates: dict[int, list[float]] = {count: [] for count in counts}
-    # count -> (threads, RSS growth) of its first run: later runs reuse memory freed
-    # by the runs before them, so their growth says less.
-    shape: dict[int, tuple[int, int]] = {}
+    # count -> (threads, RSS growth, tracked objects) of its first run: later runs
+    # reuse memory freed by the runs before them, so their growth says less.
+    shape: dict[int, tuple[int, int, int]] = {}
     process = psutil.Process()
     # Three connections per session from one address: above the simulator's default limit.
     # The sessions keep alive on the client's default Timing (15 s / 45 s), so the server
@@ -317,27 +363,31 @@ def bench_scale(counts: list[int], slots: int, rounds: int = 2) -> list[list[str
         first, _ = chain.available_range()
         for _ in range(rounds):
             for count in counts:
-                rate, threads, rss = _scale_run(url, chain, first, count, slots, process)
+                rate, threads, rss, tracked = _scale_run(url, chain, first, count, slots,
+                                                         process)
                 rates[count].append(rate)
-                shape.setdefault(count, (threads, rss))
+                shape.setdefault(count, (threads, rss, tracked))
     rows = []
-    base = statistics.median(rates[100]) if 100 in rates else None
     for count in counts:
-        threads, rss = shape[count]
+        threads, rss, tracked = shape[count]
         rate = statistics.median(rates[count])
+        ratio = ""
+        if 100 in rates and count >= 100:
+            pairs = zip(rates[count], rates[100], strict=True)
+            ratio = f"{statistics.median(r / b for r, b in pairs):.2f}"
         rows.append([str(count), str(threads), f"{threads / count:.2f}",
-                     f"{rss / 2**20:.1f}", f"{rss / count / 2**20:.2f}",
-                     f"{rate:,.0f} ({min(rates[count]):,.0f}–{max(rates[count]):,.0f})",
-                     f"{rate / base:.2f}" if base and count >= 100 else ""])
+                     f"{rss / 2**20:.1f}", f"{rss / count / 2**20:.2f}", f"{tracked / count:.0f}",
+                     f"{rate:,.0f} ({min(rates[count]):,.0f}–{max(rates[count]):,.0f})", ratio])
     return rows
 
 
 def _scale_run(url: str, chain: Chain, first: int, count: int, slots: int,
-               process: psutil.Process) -> tuple[float, int, int]:
-    """One run of ``count`` sessions: (events/s, library threads, RSS growth)."""
+               process: psutil.Process) -> tuple[float, int, int, int]:
+    """One run of ``count`` sessions: (events/s, library threads, RSS growth, tracked objects)."""
     gc.collect()
     threads_before = threading.active_count()
     rss_before = process.memory_info().rss
+    tracked_before = len(gc.get_objects())
     sessions = [ManagedBacktestSession.start(
         url, DEFAULT_API_KEY, CreateSession(first + 5 * i, first + 5 * i + slots),
         timing=Timing(), policy=ReconnectPolicy()) for i in range(count)]
@@ -348,6 +398,8 @@ def _scale_run(url: str, chain: Chain, first: int, count: int, slots: int,
     _until(lambda: not any(t.name.startswith("connect-")
                            for t in threading.enumerate()), 30, "connect threads")
     threads = threading.active_count() - threads_before
+    gc.collect()
+    tracked = len(gc.get_objects()) - tracked_before - 1  # less the list itself
     totals = [0] * count
     started = time.perf_counter()
     workers = [threading.Thread(target=_drive, args=(s, totals, i))
@@ -360,7 +412,7 @@ def _scale_run(url: str, chain: Chain, first: int, count: int, slots: int,
     rss = process.memory_info().rss - rss_before
     for session in sessions:
         session.shutdown()
-    return sum(totals) / elapsed, threads, rss
+    return sum(totals) / elapsed, threads, rss, tracked
 
 
 def _all_up(sessions: list[ManagedBacktestSession]) -> bool:
@@ -484,6 +536,8 @@ def main(argv: list[str] | None = None) -> int:
         part(table("Codec (µs per frame)",
                    ["decoder", "µs/frame", "× json.loads", "× orjson.loads"],
                    bench_codec(runs)))
+        part(table("Actor hand-off (a flood of 100,000 tells into one actor)",
+                   ["inbox", "µs per tell, wall", "µs per tell, CPU"], bench_inbox(runs)))
         part(table("Throughput (notifications/s through the client)",
                    ["path", "median", "range"],
                    bench_throughput(pairs, 30 if args.quick else 60, 2000)))
@@ -491,7 +545,8 @@ def main(argv: list[str] | None = None) -> int:
                    bench_recovery(runs)))
         part(table("Scale (sessions in one process, both subscriptions each)",
                    ["sessions", "threads (library)", "threads/session", "RSS MiB after run",
-                    "RSS MiB/session", "events/s total (median, range)", "× 100 sessions"],
+                    "RSS MiB/session", "GC-tracked objects/session",
+                    "events/s total (median, range)", "× 100 sessions (pairwise median)"],
                    bench_scale(args.scale or ([1, 10, 100, 500] if args.quick
                                               else [1, 10, 50, 100, 500]),
                                80)))
