@@ -186,9 +186,10 @@ def bench_codec(runs: int) -> list[list[str]]:
     number = 5  # a pass takes a few ms: the minimum of many is the machine's quiet moment
 
     # Two ways, both reported. "Batch kept": a pass keeps every result in a list,
-    # as the reader holds a batch of decoded frames for its actor; the garbage
-    # collector's young collections then weigh on every decoder alike. "Each
-    # dropped": a result is freed at once, so the figure is the call alone.
+    # as the reader holds a batch of decoded frames for its actor; each result then
+    # takes fresh memory from the allocator, a cost every decoder pays alike (not
+    # the collector's: timeit turns it off while it times). "Each dropped": a
+    # result is freed at once into memory the next call reuses: the call alone.
     def batch_kept(decode: Callable[[bytes], Any]) -> Callable[[], object]:
         return lambda: [decode(d) for d in data]
 
