@@ -40,7 +40,7 @@ import ssl
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
@@ -112,6 +112,29 @@ _WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 _CLOSED_BY_PEER = ("WebSocketConnectionClosedException: Connection to remote host was lost.")
 
 
+class _UpgradeHeaders(list[str]):
+    """The upgrade's extra headers, and the last check before the upgrade is written.
+
+    An abort, or a connect deadline that passes, while websocket-client resolves
+    the name or waits for the TCP connect has no socket to shut down yet. Once
+    connected, websocket-client sets its socket and builds the upgrade request,
+    iterating these headers: an abort that came before is honored there, before
+    a byte of the upgrade goes out, instead of after a server that never
+    answers has held the thread for whole socket timeouts.
+    """
+
+    def __init__(self, headers: list[str], check: Callable[[], None]) -> None:
+        super().__init__(headers)
+        self._check = check
+
+    def __bool__(self) -> bool:
+        return True  # iterated even when empty (websocket-client skips a falsy header)
+
+    def __iter__(self) -> Iterator[str]:
+        self._check()
+        return super().__iter__()
+
+
 def _not_started() -> None:
     """The connect thread of a connection not started yet: none."""
 
@@ -129,7 +152,8 @@ class Connection:
         self._connect_timeout = connect_timeout
         self._max_frame_size = max_frame_size
         # Never logged: the API key travels in here.
-        self._headers = [f"{k}: {v}" for k, v in (headers or {}).items()]
+        self._headers = _UpgradeHeaders([f"{k}: {v}" for k, v in (headers or {}).items()],
+                                        self._check_still_wanted)
         # UTF-8 is still checked: the codec decodes bytes and maps a bad text
         # frame to a ProtocolError; skipping websocket-client's pure-Python
         # validator is about 5x faster per frame (DESIGN.md §5).
@@ -328,11 +352,15 @@ class Connection:
         self._ws.connect(self._url, header=self._headers, timeout=self._connect_timeout,
                          suppress_origin=True)
         with self._lock:
-            if self._closing:
-                raise ConnectionAbortedError("closed while connecting")
-            if self._connect_expired:
-                raise TimeoutError("connect deadline passed")
+            self._check_still_wanted()
             self._opened = True
+
+    def _check_still_wanted(self) -> None:
+        """Raise if the connection was aborted or its connect deadline passed."""
+        if self._closing:
+            raise ConnectionAbortedError("closed while connecting")
+        if self._connect_expired:
+            raise TimeoutError("connect deadline passed")
 
     # --- the reactor thread ------
 

@@ -699,7 +699,10 @@ class ManagedBacktestSession:
             if self._closed:
                 return
             if self._listener_mode:
-                self.cursor()  # kept: cursor() still answers after the supervisor is gone
+                try:
+                    self.cursor()  # kept: cursor() still answers after the supervisor is gone
+                except Exception:  # noqa: BLE001 - shutdown never raises
+                    pass
             self._closed = True
         deadline = time.monotonic() + self._timing.graceful_close + SHUTDOWN_MARGIN
         try:

@@ -438,8 +438,10 @@ class SessionSupervisor(FailSafeActor):
         SubscribeStream: _on_subscribe,
         UnsubscribeStream: lambda self, m: self._streams.unsubscribe(
             m, self._failure, self._shutdown is not None),
-        GetCursor: lambda self, m: self._outbox.tracker and self._outbox.tracker.cursor(
-            self._info, self._gate.pending_continue(self._outbox.last_seq)),
+        # None until the session is known (a create still pending, or rejected).
+        GetCursor: lambda self, m: self._outbox.tracker and self._info and (
+            self._outbox.tracker.cursor(self._info,
+                                        self._gate.pending_continue(self._outbox.last_seq))),
         Shutdown: _on_shutdown,
         ShutdownDeadline: lambda self, m: self._finish_shutdown(forced=True),
         QuietCheck: _on_quiet_check,

@@ -54,10 +54,11 @@ class TimerHandle:
         return lease is not None and not lease.stopped
 
     def cancel(self) -> None:
-        self.cancelled = True
         lease = self._lease
-        if lease is not None:
-            lease._forget(self)
+        if lease is None:
+            self.cancelled = True  # fired, or never in the heap: nothing to count
+        else:
+            lease._forget(self)  # flags and counts it under the heap's lock
 
 
 _Entry = tuple[float, int, TimerHandle, "Scheduler", "pykka.ActorRef[Any]", Any]
@@ -154,6 +155,10 @@ class Scheduler:
         """``handle`` was cancelled: its entry is dead (see :meth:`TimerHandle.cancel`)."""
         core = self._core
         with core.condition:
+            # Flagged under the lock, with the count: a compaction or the timer
+            # thread seeing the flag first would drop the entry, and counting it
+            # afterwards would count an entry that is gone.
+            handle.cancelled = True
             if handle._lease is None:
                 return  # fired meanwhile, or already forgotten
             handle._lease = None
