@@ -35,6 +35,9 @@ if TYPE_CHECKING:
     from pykka._actor import ActorInbox
 
 
+_simple_put = queue.SimpleQueue.put
+
+
 class _Inbox(queue.SimpleQueue):  # type: ignore[type-arg]
     """A ``SimpleQueue`` that, once closed, answers whatever is put into it."""
 
@@ -45,7 +48,7 @@ class _Inbox(queue.SimpleQueue):  # type: ignore[type-arg]
         self._ended: str | None = None  # the ended actor's name, once closed
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
-        super().put(item)
+        _simple_put(self, item)  # every tell: the C method itself, no super() lookup
         # Put, then read the flag; close() sets the flag, then drains: whichever
         # comes second finds the envelope (the GIL orders the two threads' steps).
         if self._ended is not None:
