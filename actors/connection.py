@@ -135,6 +135,10 @@ class _UpgradeHeaders(list[str]):
         return super().__iter__()
 
 
+# HTTP redirects websocket-client would follow; the connection refuses them instead.
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+
+
 def _not_started() -> None:
     """The connect thread of a connection not started yet: none."""
 
@@ -322,9 +326,14 @@ class Connection:
         except Exception as exc:  # noqa: BLE001 - every connect failure is reported
             with self._lock:
                 expired = self._connect_expired
+            redirect = self._redirect_status()
             if expired:
                 self._failed(ConnectFailed(f"timed out after {self._connect_timeout}s "
                                            "(TCP + TLS + upgrade)"))
+            elif redirect is not None:
+                self._failed(ConnectFailed(
+                    f"upgrade answered HTTP {redirect}, a redirect: not followed (the URL "
+                    "must be the server's own)", redirect))
             else:
                 self._failed(ConnectFailed(f"{type(exc).__name__}: {exc}"))
             return
@@ -341,6 +350,12 @@ class Connection:
         self._reactor = reactor
         reactor.add(self)
 
+    def _redirect_status(self) -> int | None:
+        """The status of a redirect that ended the upgrade (redirect_limit=0), if one did."""
+        response = getattr(self._ws, "handshake_response", None)
+        status = getattr(response, "status", None)
+        return status if status in _REDIRECT_STATUSES else None
+
     def _failed(self, message: ConnectFailed) -> None:
         self._tell(message)
         assert self._ws is not None  # dropped only once open
@@ -349,8 +364,10 @@ class Connection:
 
     def _connect(self) -> None:
         assert self._ws is not None
+        # No redirects: websocket-client would follow one to whatever host the
+        # answer names, with the same headers (the API key), maybe over ws://.
         self._ws.connect(self._url, header=self._headers, timeout=self._connect_timeout,
-                         suppress_origin=True)
+                         suppress_origin=True, redirect_limit=0)
         with self._lock:
             self._check_still_wanted()
             self._opened = True

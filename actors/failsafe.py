@@ -35,7 +35,10 @@ class FailSafeActor(SimpleInboxActor):
         self._recovered = True  # pykka calls on_failure next (for a tell)
         try:
             self.on_internal_error(exc_value)
-        except Exception:  # noqa: BLE001 - failing must not fail; stop as pykka would
+        except BaseException:  # noqa: BLE001 - failing must not fail; stop as pykka would
+            # Even a SystemExit: left to escape here, it would end the thread from
+            # inside pykka's handler for Exception, with the actor still registered
+            # and alive to every ask and stop, which would then wait for ever.
             self._recovered = False
             super()._handle_failure(exc_type, exc_value, traceback)
 
