@@ -1,4 +1,4 @@
-"""Review of cc131aa / 6d9b55f: the closed inbox and the upgrade's header check.
+"""Review of 1a5aa52 / 6d9b55f: the closed inbox and the upgrade's header check.
 
 Real sockets on 127.0.0.1 only; every wait has a deadline."""
 
