@@ -29,6 +29,7 @@ that message is not answered. The library's own handlers never raise one.)
 from __future__ import annotations
 
 import queue
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import pykka
@@ -38,17 +39,22 @@ if TYPE_CHECKING:
     from pykka._actor import ActorInbox
 
 
+def _ignore(message: Any) -> None:
+    """What pykka does with a told message left at the end: nothing."""
+
+
 _simple_put = queue.SimpleQueue.put
 
 
 class _Inbox(queue.SimpleQueue):  # type: ignore[type-arg]
     """A ``SimpleQueue`` that, once closed, answers whatever is put into it."""
 
-    __slots__ = ("_ended",)
+    __slots__ = ("_ended", "_unhandled")
 
     def __init__(self) -> None:
         super().__init__()
         self._ended: str | None = None  # the ended actor's name, once closed
+        self._unhandled: Callable[[Any], None] = _ignore
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         _simple_put(self, item)  # every tell: the C method itself, no super() lookup
@@ -57,7 +63,8 @@ class _Inbox(queue.SimpleQueue):  # type: ignore[type-arg]
         if self._ended is not None:
             self._answer_rest()
 
-    def close(self, actor: str) -> None:
+    def close(self, actor: str, unhandled: Callable[[Any], None] = _ignore) -> None:
+        self._unhandled = unhandled
         self._ended = actor
         self._answer_rest()
 
@@ -70,7 +77,8 @@ class _Inbox(queue.SimpleQueue):  # type: ignore[type-arg]
                 return
             reply = envelope.reply_to
             if reply is None:
-                continue  # a tell: nobody waits for it
+                self._unhandled(envelope.message)  # a tell: the actor says what it leaves
+                continue
             if isinstance(envelope.message, pykka_messages._ActorStop):  # noqa: SLF001
                 reply.set(None)  # a stop request: the actor is stopped
             else:
@@ -80,6 +88,15 @@ class _Inbox(queue.SimpleQueue):  # type: ignore[type-arg]
 
 class SimpleInboxActor(pykka.ThreadingActor):
     """A ``ThreadingActor`` whose inbox is a ``queue.SimpleQueue``, closed at its end."""
+
+    def on_unhandled(self, message: Any) -> None:
+        """A told message left unhandled by this actor's end, or told after it.
+
+        pykka drops those. An actor whose tells can carry their own answer (a
+        future inside the message, waited for by its sender) overrides this to
+        fail that answer, so its sender does not wait for ever. Runs on whichever
+        thread closes or puts: it must touch the message only, never the actor.
+        """
 
     @staticmethod
     def _create_actor_inbox() -> ActorInbox:
@@ -103,4 +120,4 @@ class SimpleInboxActor(pykka.ThreadingActor):
     def _close_inbox(self) -> None:
         inbox = self.actor_inbox
         assert isinstance(inbox, _Inbox)
-        inbox.close(str(self.actor_ref))
+        inbox.close(str(self.actor_ref), self.on_unhandled)

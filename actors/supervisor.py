@@ -153,11 +153,24 @@ class SessionSupervisor(FailSafeActor):
             ref.stop(block=False)
         self.on_stop()
 
+    def on_unhandled(self, message: Any) -> None:
+        """A request left in the inbox at the end, or told after it: its sender
+        waits on the request's ``reply``, answered as a stopped session answers."""
+        reply = getattr(message, "reply", None)
+        if isinstance(reply, pykka.Future):
+            fail_reply(reply, ManagedSessionError("closed", "session shut down"))
+
     def on_stop(self) -> None:
-        """No timer fires and no take waits after the supervisor is gone."""
+        """No timer fires, and no take or continue waits, after the supervisor is gone."""
         self._children.cancel_timers()
         self._permits.close()
-        self._outbox.close_takers(ManagedSessionError("closed", "session shut down"))
+        closed = ManagedSessionError("closed", "session shut down")
+        self._outbox.close_takers(closed)
+        # A continue handed over but not yet written: its sender waits for the
+        # write (stopped from outside, e.g. pykka's stop_all, nothing else answers).
+        if self._gate.reply is not None:
+            fail_reply(self._gate.reply, closed)
+            self._gate.reply = None
 
     def _pump(self) -> None:
         """Carry out what the gate and the outbox decided after each message."""

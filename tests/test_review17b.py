@@ -400,3 +400,28 @@ def test_a_listener_exiting_with_a_base_exception_stops_everything_boundedly() -
             other.shutdown()
             assert time.monotonic() - t0 < 4.0
             consumer.join(5)
+
+
+def test_a_request_told_into_a_stopped_supervisor_is_answered_not_lost() -> None:
+    """The CI run's failure of the test above: ``stop_all`` stopped the other session's
+    supervisor while its consumer's next TakeEvents (a tell carrying its own reply)
+    was on its way; pykka drops a tell left at an actor's end, and the consumer
+    waited out its whole timeout (for ever with ``timeout=None``). A tell that
+    reaches the inbox at or after the end (pykka's alive check passed just before)
+    is now answered as a stopped session answers."""
+    from pykka._envelope import Envelope
+
+    from actors import ManagedSessionError
+    from actors.requests import TakeEvents
+
+    with LocalSimulator(seed=44, slots=50) as sim, no_leaks(5.0):
+        first, _ = sim.available_range()
+        session = start(sim, first, first + 10)
+        supervisor = session.supervisor
+        session.shutdown()
+        assert not supervisor.is_alive()
+        reply: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()
+        supervisor.actor_inbox.put(Envelope(TakeEvents(reply, 10)))
+        with pytest.raises(ManagedSessionError) as failed:
+            reply.get(timeout=2)
+        assert failed.value.kind == "closed"
