@@ -166,10 +166,13 @@ class SessionSupervisor(FailSafeActor):
         self._permits.close()
         closed = ManagedSessionError("closed", "session shut down")
         self._outbox.close_takers(closed)
-        # A continue handed over but not yet written: its sender waits for the
-        # write (stopped from outside, e.g. pykka's stop_all, nothing else answers).
+        # Stopped from outside (pykka's stop_all), nothing else would answer it.
+        self._end_continue_wait(closed)
+
+    def _end_continue_wait(self, error: ManagedSessionError) -> None:
+        """A continue handed over but not written yet: its sender's wait ends with ``error``."""
         if self._gate.reply is not None:
-            fail_reply(self._gate.reply, closed)
+            fail_reply(self._gate.reply, error)
             self._gate.reply = None
 
     def _pump(self) -> None:
@@ -381,8 +384,7 @@ class SessionSupervisor(FailSafeActor):
         if self._started is not None:
             fail_reply(self._started, self._failure)
             self._started = None
-        if self._gate.reply is not None:
-            fail_reply(self._gate.reply, self._failure)
+        self._end_continue_wait(self._failure)
         self._gate.abandon()
         self._streams.fail_pending(self._failure)
         self._outbox.fail(self._failure)

@@ -43,9 +43,9 @@ class TimerHandle:
 
     __slots__ = ("cancelled", "_lease")
 
-    def __init__(self, lease: Scheduler | None = None) -> None:
+    def __init__(self) -> None:
         self.cancelled = False
-        self._lease = lease  # set while its entry waits in the heap, alive
+        self._lease: Scheduler | None = None  # set while its entry waits in the heap
 
     @property
     def pending(self) -> bool:

@@ -65,13 +65,22 @@ class Recorder(pykka.ThreadingActor):
         return None
 
 
+def start_connection(url: str, owner: pykka.ActorRef[Any], *, window: int = 8,
+                     connect_timeout: float = 2.0, headers: dict[str, str] | None = None,
+                     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> Connection:
+    """A real ``Connection`` (text frames decoded to ``str``) telling ``owner`` (a
+    ``Recorder``), started: its connect is under way."""
+    conn = Connection(url, owner=owner, decode=bytes.decode, window=window,
+                      connect_timeout=connect_timeout, headers=headers,
+                      max_frame_size=max_frame_size)
+    conn.start()
+    return conn
+
+
 def open_connection(url: str, owner: pykka.ActorRef[Any], *, window: int,
                     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> Connection:
-    """A real ``Connection`` (text frames decoded to ``str``) telling ``owner`` (a
-    ``Recorder``); returns once it is open."""
-    conn = Connection(url, owner=owner, decode=bytes.decode, window=window,
-                      connect_timeout=2.0, max_frame_size=max_frame_size)
-    conn.start()
+    """:func:`start_connection`, returning once the connection is open."""
+    conn = start_connection(url, owner, window=window, max_frame_size=max_frame_size)
     wait_for(lambda: Opened() in owner.ask("get"), 5, "the connection to open")
     return conn
 

@@ -16,13 +16,14 @@ import pykka
 import pytest
 
 from actors import ManagedBacktestSession, SessionListener, timers
-from actors.connection import ConnectFailed, Connection, Opened
+from actors.connection import ConnectFailed, Opened
 from actors.inbox import SimpleInboxActor
 from actors.timers import Scheduler
 from protocol import ContinueParams, CreateSession, ReconnectPolicy, Timing
 from protocol.simulator import DEFAULT_API_KEY, LocalSimulator
 from protocol.simulator.proxy import FaultProxy
-from tests.harness import Recorder, no_leaks, start, wait_for
+from tests.harness import Recorder, no_leaks, start, start_connection, wait_for
+from tests.scripted import RawUpgradeServer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -132,51 +133,16 @@ def test_a_cancel_never_lets_a_far_timer_fire() -> None:
 # --- connections: hostile servers --------------------------------------------------------
 
 
-class _SilentServer:
-    """Accepts TCP, reads the upgrade request and never answers (or answers with
-    ``reply`` after ``delay_event`` is set)."""
-
-    def __init__(self) -> None:
-        self._listener = socket.socket()
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(64)
-        self.port = self._listener.getsockname()[1]
-        self.conns: list[socket.socket] = []
-        self.answer = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        self._listener.settimeout(0.02)
-        while not self._stop.is_set():
-            try:
-                c, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.conns.append(c)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self._listener.close()
-        for c in self.conns:
-            c.close()
-
-
 def test_abort_while_the_upgrade_hangs_ends_at_once_and_leaks_nothing() -> None:
-    server = _SilentServer()
+    server = RawUpgradeServer(lambda request: None)  # reads the upgrade, never answers
     owner = Recorder.start()
     try:
         fds = _fds()
         with no_leaks(3.0):
             for _ in range(20):
-                conn = Connection(f"ws://127.0.0.1:{server.port}/", owner=owner,
-                                  decode=bytes.decode, window=8, connect_timeout=30.0)
                 n = len(server.conns)
-                conn.start()
+                conn = start_connection(f"ws://127.0.0.1:{server.port}/", owner,
+                                        connect_timeout=30.0)
                 wait_for(lambda n=n: len(server.conns) > n, 3, "accepted")
                 t0 = time.monotonic()
                 conn.abort()
@@ -207,11 +173,9 @@ def test_abort_during_the_tcp_connect_ends_the_connect_thread() -> None:
         f.connect_ex(("127.0.0.1", port))
         fillers.append(f)
     owner = Recorder.start()
-    conn = Connection(f"ws://127.0.0.1:{port}/", owner=owner, decode=bytes.decode,
-                      window=8, connect_timeout=10.0)
     accepted: list[socket.socket] = []
     try:
-        conn.start()
+        conn = start_connection(f"ws://127.0.0.1:{port}/", owner, connect_timeout=10.0)
         wait_for(lambda: any(t.name == "connect-ws" for t in threading.enumerate()), 2,
                  "the connect thread")
         assert conn.expire_connect()  # "cut": the deadline passed
@@ -244,10 +208,9 @@ def test_expire_connect_racing_a_successful_upgrade() -> None:
             rng = random.Random(7)
             for i in range(60):
                 owner = Recorder.start()
-                conn = Connection(sim.url.rstrip("/") + "/backtest", owner=owner,
-                                  decode=bytes.decode, window=8, connect_timeout=5.0,
-                                  headers={"X-API-Key": DEFAULT_API_KEY})
-                conn.start()
+                conn = start_connection(sim.url.rstrip("/") + "/backtest", owner,
+                                        connect_timeout=5.0,
+                                        headers={"X-API-Key": DEFAULT_API_KEY})
                 delay = rng.random() * 0.004
                 t_end = time.monotonic() + delay
                 while time.monotonic() < t_end:

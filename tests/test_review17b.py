@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import socket
 import threading
 import time
 from typing import Any
@@ -14,10 +13,14 @@ from typing import Any
 import pykka
 import pytest
 
-from actors.connection import ConnectFailed, Connection, Opened
+from actors import ManagedBacktestSession, ManagedSessionError, SessionListener
+from actors.connection import ConnectFailed, Opened
 from actors.failsafe import FailSafeActor
 from actors.inbox import SimpleInboxActor, _Inbox
-from tests.harness import Recorder, no_leaks, wait_for
+from protocol import ContinueParams
+from protocol.simulator import LocalSimulator
+from tests.harness import Recorder, no_leaks, start, start_connection, wait_for
+from tests.scripted import RawUpgradeServer
 
 # SystemExit raised on purpose inside actor threads ends those threads: expected here.
 pytestmark = [pytest.mark.timeout(60),
@@ -177,56 +180,6 @@ def _accept_key(key: str) -> str:
     return base64.b64encode(digest).decode()
 
 
-class _RawUpgrade:
-    """Records each upgrade request; answers ``answer(request) -> bytes``."""
-
-    def __init__(self, answer: Any) -> None:
-        self._answer = answer
-        self.requests: list[str] = []
-        self._listener = socket.socket()
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(8)
-        self._listener.settimeout(0.05)
-        self.port = self._listener.getsockname()[1]
-        self._conns: list[socket.socket] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                c, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self._conns.append(c)
-            c.settimeout(5)
-            data = b""
-            try:
-                while b"\r\n\r\n" not in data:
-                    chunk = c.recv(4096)
-                    if not chunk:
-                        break
-                    data += chunk
-            except OSError:
-                continue
-            request = data.decode("latin-1")
-            self.requests.append(request)
-            try:
-                c.sendall(self._answer(request))
-            except OSError:
-                pass
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self._listener.close()
-        for c in self._conns:
-            c.close()
-
-
 def _switch(request: str) -> bytes:
     key = next(line.split(":", 1)[1].strip() for line in request.split("\r\n")
                if line.lower().startswith("sec-websocket-key:"))
@@ -240,15 +193,13 @@ def _headers_of(request: str) -> list[str]:
 
 
 def test_the_key_goes_out_once_and_an_empty_header_list_still_upgrades() -> None:
-    server = _RawUpgrade(_switch)
+    server = RawUpgradeServer(_switch)
     owner = Recorder.start()
     try:
         with no_leaks(3.0):
             for headers in ({"X-API-Key": KEY}, None, {}):
-                conn = Connection(f"ws://127.0.0.1:{server.port}/", owner=owner,
-                                  decode=bytes.decode, window=8, connect_timeout=5.0,
-                                  headers=headers)
-                conn.start()
+                conn = start_connection(f"ws://127.0.0.1:{server.port}/", owner,
+                                        connect_timeout=5.0, headers=headers)
                 wait_for(lambda o=owner: Opened() in o.ask("get"), 5, "opened")
                 request = server.requests[-1]
                 lines = _headers_of(request)
@@ -269,16 +220,14 @@ def test_a_redirect_does_not_carry_the_api_key_to_another_host() -> None:
     same header list again for the new target: the X-API-Key goes to whatever host
     the Location names (here localhost:<other port>; equally a ws:// downgrade of a
     wss:// URL, in clear text)."""
-    other = _RawUpgrade(_switch)
-    first = _RawUpgrade(lambda request: (
+    other = RawUpgradeServer(_switch)
+    first = RawUpgradeServer(lambda request: (
         f"HTTP/1.1 302 Found\r\nLocation: ws://localhost:{other.port}/elsewhere\r\n"
         f"Content-Length: 0\r\n\r\n").encode())
     owner = Recorder.start()
     try:
-        conn = Connection(f"ws://127.0.0.1:{first.port}/backtest", owner=owner,
-                          decode=bytes.decode, window=8, connect_timeout=5.0,
-                          headers={"X-API-Key": KEY})
-        conn.start()
+        conn = start_connection(f"ws://127.0.0.1:{first.port}/backtest", owner,
+                                connect_timeout=5.0, headers={"X-API-Key": KEY})
         wait_for(lambda: owner.ask("get"), 5, "an outcome")
         conn.abort()
         conn.join(3.0)
@@ -301,20 +250,18 @@ def test_an_abort_during_the_redirect_hop_is_honoured() -> None:
     """The abort comes while the first hop's answer is awaited; the redirect's
     second upgrade is not written."""
     proceed = threading.Event()
-    other = _RawUpgrade(_switch)
+    other = RawUpgradeServer(_switch)
 
     def slow_redirect(request: str) -> bytes:
         proceed.wait(5)
         return (f"HTTP/1.1 301 Moved\r\nLocation: ws://127.0.0.1:{other.port}/\r\n"
                 f"Content-Length: 0\r\n\r\n").encode()
 
-    first = _RawUpgrade(slow_redirect)
+    first = RawUpgradeServer(slow_redirect)
     owner = Recorder.start()
     try:
-        conn = Connection(f"ws://127.0.0.1:{first.port}/", owner=owner,
-                          decode=bytes.decode, window=8, connect_timeout=5.0,
-                          headers={"X-API-Key": KEY})
-        conn.start()
+        conn = start_connection(f"ws://127.0.0.1:{first.port}/", owner,
+                                connect_timeout=5.0, headers={"X-API-Key": KEY})
         wait_for(lambda: first.requests, 5, "the first upgrade")
         conn.abort()
         proceed.set()
@@ -358,12 +305,6 @@ def test_a_put_never_raises_into_the_telling_thread() -> None:
 
 
 # --- an application actor that crashes with a BaseException: pykka's stop_all ----------
-
-from actors import ManagedBacktestSession, ManagedSessionError, SessionListener  # noqa: E402
-from protocol import ContinueParams  # noqa: E402
-from protocol.simulator import LocalSimulator  # noqa: E402
-from tests.harness import start  # noqa: E402
-
 
 class _Exiting(SessionListener):
     def on_event(self, event: Any) -> None:
@@ -411,7 +352,6 @@ def test_a_request_told_into_a_stopped_supervisor_is_answered_not_lost() -> None
     is now answered as a stopped session answers."""
     from pykka._envelope import Envelope
 
-    from actors import ManagedSessionError
     from actors.requests import TakeEvents
 
     with LocalSimulator(seed=44, slots=50) as sim, no_leaks(5.0):
