@@ -19,8 +19,7 @@ Two names are type aliases, not classes:
 
 import logging
 
-from .aio import AsyncBacktestSession
-from .cursor import Cursor, CursorError
+from .decisions.cursor import Cursor, CursorError
 from .events import (
     AccountDiff,
     Closed,
@@ -43,14 +42,16 @@ from .events import (
     Transaction,
     Up,
 )
-from .handles import (
+from .frontdoors.aio import AsyncBacktestSession
+from .frontdoors.blocking import ManagedBacktestSession
+from .frontdoors.handles import (
     ControlHandle,
     SubscriptionHandle,
     spawn_account_diff_subscription,
     spawn_control,
     spawn_transaction_subscription,
 )
-from .listener import SessionListener
+from .frontdoors.listener import SessionListener
 from .requests import (
     ContinueRefused,
     GetCursor,
@@ -61,9 +62,8 @@ from .requests import (
     SubscribeStream,
     UnsubscribeStream,
 )
-from .session import ManagedBacktestSession
 from .stats import SessionStats
-from .supervisor import SessionSupervisor
+from .supervision.supervisor import SessionSupervisor
 
 # A library logs; the application decides where records go (and at what level).
 logging.getLogger("backtest_actors").addHandler(logging.NullHandler())

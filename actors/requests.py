@@ -1,6 +1,6 @@
 """What application actors (and the blocking facade) tell or ask a session's supervisor.
 
-These are the public half of :class:`~actors.supervisor.SessionSupervisor`'s
+These are the public half of :class:`~actors.supervision.supervisor.SessionSupervisor`'s
 messages, kept apart so that an application imports them without the actor;
 the supervisor's private timer messages stay beside it.
 """
@@ -53,7 +53,7 @@ class GetStats:
 
 @attrs.frozen
 class GetCursor:
-    """``ask`` it (listener sessions): the :class:`~actors.cursor.Cursor` after the last
+    """``ask`` it (listener sessions): the :class:`~actors.decisions.cursor.Cursor` after the last
     event told to the listener (None for a session whose events are taken)."""
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from .gate import ContinueState
+from .decisions.pacer import ContinueState
 
 
 @attrs.frozen

@@ -84,7 +84,7 @@ class TransactionNotification:
 
     A replay after a reconnect comes address after address; the position is
     what puts the items of one slot back in execution order (see
-    :mod:`actors.subscription`). Optional on the wire (``"index"``).
+    :mod:`actors.supervision.subscription`). Optional on the wire (``"index"``).
     """
 
     subscription: int

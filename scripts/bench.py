@@ -37,7 +37,7 @@ from actors import (  # noqa: E402
     Transaction,
     Up,
 )
-from actors.gate import DEFAULT_MAX_RUN_AHEAD  # noqa: E402
+from actors.decisions.pacer import DEFAULT_MAX_RUN_AHEAD  # noqa: E402
 from protocol import (  # noqa: E402
     ContinueParams,
     CreateSession,
@@ -235,7 +235,7 @@ def bench_inbox(runs: int, tells: int = 100_000) -> list[list[str]]:
     """
     import pykka
 
-    from actors.inbox import SimpleInboxActor
+    from actors.runtime.inbox import SimpleInboxActor
 
     class Count:
         def on_receive(self, message: Any) -> Any:
@@ -260,7 +260,7 @@ def bench_inbox(runs: int, tells: int = 100_000) -> list[list[str]]:
             ref.stop()
 
     results: dict[str, list[tuple[float, float]]] = {"queue.Queue (pykka's default)": [],
-                                                     "queue.SimpleQueue (actors.inbox)": []}
+                                                     "queue.SimpleQueue (actors.runtime.inbox)": []}
     for _ in range(runs):
         for out, cls in zip(results.values(), (QueueInbox, SimpleInbox), strict=True):
             out.append(flood(cls))
@@ -445,9 +445,9 @@ def bench_sweep(counts: list[int], slots: int) -> list[list[str]]:
     import os
     import tempfile
 
-    from actors.sweep import Sweep, SweepConfig, SweepPlan
-    from actors.sweep.driver import LOOPBACK_RAY_ENV, ray_available
-    from actors.sweep.plan import RangeRule, SweepFile, resolve
+    from actors.cli.sweep import Sweep, SweepConfig, SweepPlan
+    from actors.cli.sweep.driver import LOOPBACK_RAY_ENV, ray_available
+    from actors.cli.sweep.plan import RangeRule, SweepFile, resolve
 
     has_ray = ray_available()
     if has_ray:

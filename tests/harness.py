@@ -21,7 +21,13 @@ from actors import (
     Slot,
     Transaction,
 )
-from actors.connection import DEFAULT_MAX_FRAME_SIZE, Connection, Disconnected, Opened, Received
+from actors.runtime.connection import (
+    DEFAULT_MAX_FRAME_SIZE,
+    Connection,
+    Disconnected,
+    Opened,
+    Received,
+)
 from protocol import ContinueParams, CreateSession, ReconnectPolicy, Timing
 from protocol.simulator import DEFAULT_API_KEY, LocalSimulator, ServerLiveness
 from protocol.simulator.chain import Expected

@@ -11,7 +11,7 @@ import pykka
 import pytest
 
 from actors import Completed, ManagedEvent, ReadyForContinue
-from actors.aio import AsyncBacktestSession
+from actors.frontdoors.aio import AsyncBacktestSession
 from protocol import ContinueParams, CreateSession
 from protocol.simulator import DEFAULT_API_KEY, LocalSimulator
 from protocol.simulator.proxy import FaultProxy

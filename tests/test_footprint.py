@@ -16,9 +16,9 @@ from typing import Any
 
 import websocket
 
-from actors import timers
-from actors.link import ConnectDeadline, HandshakeDeadline
-from actors.timers import Scheduler
+from actors.runtime import timers
+from actors.runtime.timers import Scheduler
+from actors.supervision.link_actor import ConnectDeadline, HandshakeDeadline
 from protocol import Timing
 from protocol.simulator import LocalSimulator
 from tests.harness import Recorder, no_leaks, start, wait_for

@@ -26,8 +26,8 @@ from actors import (
     Transaction,
     Up,
 )
-from actors.aio import AsyncBacktestSession
-from actors.handles import ControlHandle, spawn_control, spawn_transaction_subscription
+from actors.frontdoors.aio import AsyncBacktestSession
+from actors.frontdoors.handles import ControlHandle, spawn_control, spawn_transaction_subscription
 from protocol import ContinueParams, CreateSession, ReconnectPolicy, Timing
 from protocol.simulator import DEFAULT_API_KEY, LocalSimulator
 from protocol.simulator.proxy import FaultProxy

@@ -26,7 +26,7 @@ from actors import (
     SendContinue,
     Slot,
 )
-from actors.handles import (
+from actors.frontdoors.handles import (
     spawn_account_diff_subscription,
     spawn_control,
     spawn_transaction_subscription,

@@ -36,9 +36,9 @@ from actors import (
     Slot,
     Transaction,
 )
-from actors.cli import main as cli_main
-from actors.supervisor import CancelTake, Shutdown, TakeEvents
-from actors.timers import Scheduler
+from actors.cli.run import main as cli_main
+from actors.runtime.timers import Scheduler
+from actors.supervision.supervisor import CancelTake, Shutdown, TakeEvents
 from protocol import ContinueParams, CreateSession, ReconnectPolicy, Timing
 from protocol.simulator import DEFAULT_API_KEY, LocalSimulator
 from tests.harness import FAST, QUICK_RETRY, check_exact, drive, no_leaks, start, wait_for

@@ -7,6 +7,7 @@ import logging
 import pykka
 import pytest
 
+from actors.decisions.outbox import Outbox
 from actors.events import (
     AccountDiff,
     ManagedEvent,
@@ -15,7 +16,6 @@ from actors.events import (
     Slot,
     Transaction,
 )
-from actors.outbox import Outbox
 
 LOG = logging.LoggerAdapter(logging.getLogger("test.outbox"), {})
 
@@ -135,7 +135,7 @@ def test_a_listener_that_is_gone_is_noticed_and_not_told_again() -> None:
 
 def test_each_taken_event_carries_its_cursor_delta() -> None:
     """The facade moves the cursor by what it returns: each event's delta comes with it."""
-    from actors.cursor import ItemDelta, SeqDelta
+    from actors.decisions.cursor import ItemDelta, SeqDelta
 
     outbox = Outbox(window=64, log=LOG)
     outbox.add_stream("transactions", ("a",))
@@ -150,7 +150,7 @@ def test_each_taken_event_carries_its_cursor_delta() -> None:
 
 
 def test_a_seeded_outbox_drops_what_the_cursor_says_was_delivered() -> None:
-    from actors.cursor import Cursor, StreamCursor
+    from actors.decisions.cursor import Cursor, StreamCursor
 
     outbox = Outbox(window=64, log=LOG)
     outbox.seed(Cursor("ws://h/backtest", "s", "http://h", 1, 20, last_seq=7,

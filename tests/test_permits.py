@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from actors.permits import RestartPermits
-from actors.ticks import RestartChild
+from actors.decisions.permits import RestartPermits
+from actors.supervision.reminders import RestartChild
 from protocol import ReconnectPolicy
 
 

@@ -7,7 +7,8 @@ import threading
 import pytest
 from websockets.sync.server import ServerConnection
 
-from actors.connection import (
+from actors.events import Up
+from actors.runtime.connection import (
     ConnectFailed,
     Connection,
     Disconnected,
@@ -15,7 +16,6 @@ from actors.connection import (
     ReaderResumed,
     _Reactor,
 )
-from actors.events import Up
 from protocol.simulator import LocalSimulator
 from tests.harness import (
     FAST,

@@ -30,7 +30,7 @@ from actors import (
     Slot,
     Transaction,
 )
-from actors.cursor import PendingContinue, StreamCursor
+from actors.decisions.cursor import PendingContinue, StreamCursor
 from protocol import ContinueParams, CreateSession
 from protocol.simulator import DEFAULT_API_KEY, LocalSimulator
 from tests.harness import FAST, QUICK_RETRY, check_exact, drive, wait_for
@@ -257,7 +257,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 
 
 def header_line(url: str, session_id: str, first: int, embedded: bool = False) -> str:
-    from actors.journal import JournalHeader
+    from actors.cli.journal import JournalHeader
 
     return JournalHeader(url, session_id, "http://127.0.0.1:1/rpc", first, first + 10,
                          ("H8mmx6sRhWyq2X89MiYgVwxDXHMSTkRDeXqqhZuUMJUW",), (), 1,
@@ -323,7 +323,7 @@ def test_cli_resume_of_an_embedded_run_says_it_cannot(tmp_path: Path) -> None:
 
 
 def test_a_torn_last_line_is_ignored_and_cut_off(tmp_path: Path) -> None:
-    from actors.journal import read_journal
+    from actors.cli.journal import read_journal
 
     journal = tmp_path / "j.jsonl"
     journal.write_text(header_line("ws://127.0.0.1:1/backtest", "s", 1)

@@ -20,8 +20,8 @@ from typing import Any
 import pykka
 from websockets.sync.server import ServerConnection
 
+from actors.decisions.outbox import Outbox
 from actors.events import Transaction
-from actors.outbox import Outbox
 from protocol.frames import OP_CONTINUATION, OP_PING, OP_TEXT
 from protocol.simulator import LocalSimulator
 from tests.harness import (

@@ -15,10 +15,11 @@ from typing import Any
 import pykka
 import pytest
 
-from actors import ManagedBacktestSession, SessionListener, timers
-from actors.connection import ConnectFailed, Opened
-from actors.inbox import SimpleInboxActor
-from actors.timers import Scheduler
+from actors import ManagedBacktestSession, SessionListener
+from actors.runtime import timers
+from actors.runtime.connection import ConnectFailed, Opened
+from actors.runtime.inbox import SimpleInboxActor
+from actors.runtime.timers import Scheduler
 from protocol import ContinueParams, CreateSession, ReconnectPolicy, Timing
 from protocol.simulator import DEFAULT_API_KEY, LocalSimulator
 from protocol.simulator.proxy import FaultProxy

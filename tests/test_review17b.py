@@ -14,9 +14,9 @@ import pykka
 import pytest
 
 from actors import ManagedBacktestSession, ManagedSessionError, SessionListener
-from actors.connection import ConnectFailed, Opened
-from actors.failsafe import FailSafeActor
-from actors.inbox import SimpleInboxActor, _Inbox
+from actors.runtime.connection import ConnectFailed, Opened
+from actors.runtime.failsafe import FailSafeActor
+from actors.runtime.inbox import SimpleInboxActor, _Inbox
 from protocol import ContinueParams
 from protocol.simulator import LocalSimulator
 from tests.harness import Recorder, no_leaks, start, start_connection, wait_for

@@ -333,7 +333,9 @@ def test_shutdown_from_any_state_leaves_nothing(sim: LocalSimulator, state: str)
 
 def test_design_no_json_in_actors_and_no_retry_loop_in_links() -> None:
     root = Path(__file__).resolve().parent.parent / "actors"
-    for path in root.glob("*.py"):
+    for path in root.rglob("*.py"):
+        if "sweep" in path.parts:
+            continue  # the sweep's plan and summary are its own JSON files, not wire frames
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
@@ -341,7 +343,8 @@ def test_design_no_json_in_actors_and_no_retry_loop_in_links() -> None:
             if isinstance(node, ast.ImportFrom):
                 assert node.module != "json", path
         assert "json." not in path.read_text(), path
-    for name in ("control.py", "subscription.py", "link.py"):
+    for name in ("supervision/control.py", "supervision/subscription.py",
+                 "supervision/link_actor.py"):
         tree = ast.parse((root / name).read_text())
         assert not any(isinstance(n, ast.While) for n in ast.walk(tree)), name
         assert "sleep" not in (root / name).read_text(), name

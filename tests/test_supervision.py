@@ -27,7 +27,7 @@ from actors import (
     SubscribeStream,
     Transaction,
 )
-from actors.connection import Connection
+from actors.runtime.connection import Connection
 from protocol import ContinueParams, CreateSession, ReconnectPolicy
 from protocol.simulator import LocalSimulator
 from tests.harness import FAST, drive, no_leaks, start, wait_for

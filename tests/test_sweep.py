@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from actors.storm import LocalReconnectGate
-from actors.sweep.plan import PlanError, read_sweep_file, resolve
+from actors.cli.sweep.plan import PlanError, read_sweep_file, resolve
+from actors.runtime.reconnect_gate import LocalReconnectGate
 from protocol import RECONNECT_UNGATED_ATTEMPTS, ReconnectPolicy
 from protocol.simulator import DEFAULT_API_KEY
 from protocol.simulator.chain import Chain
@@ -257,8 +257,8 @@ def test_sessions_whose_reconnect_budget_is_spent_resume_from_their_journals(
         tmp_path: Path) -> None:
     """The in-process backend, the same supervision: an outage longer than the sessions'
     reconnect budget fails them (retryable), and the driver resumes each from its journal."""
-    from actors.sweep import Sweep, SweepConfig, SweepPlan
-    from actors.sweep.plan import RangeRule, SweepFile
+    from actors.cli.sweep import Sweep, SweepConfig, SweepPlan
+    from actors.cli.sweep.plan import RangeRule, SweepFile
     from protocol import Timing
     from protocol.simulator import LocalSimulator, ServerLiveness
     from protocol.simulator.proxy import FaultProxy

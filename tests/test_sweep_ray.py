@@ -2,7 +2,7 @@
 
 One embedded local Ray serves the module (it takes seconds to start); it runs
 on the loopback interface, like the simulator and the fault proxy. The
-sweeps run through the Python API (:class:`actors.sweep.Sweep`) so the tests
+sweeps run through the Python API (:class:`actors.cli.sweep.Sweep`) so the tests
 can reach a worker to kill it and pass short timings as config objects.
 """
 
@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from actors.sweep import Sweep, SweepConfig, SweepPlan
-from actors.sweep.driver import LOOPBACK_RAY_ENV
-from actors.sweep.plan import RangeRule, SweepFile, resolve
+from actors.cli.sweep import Sweep, SweepConfig, SweepPlan
+from actors.cli.sweep.driver import LOOPBACK_RAY_ENV
+from actors.cli.sweep.plan import RangeRule, SweepFile, resolve
 from protocol import ReconnectPolicy, Timing
 from protocol.simulator import DEFAULT_API_KEY, LocalSimulator, ServerLiveness
 from protocol.simulator.proxy import FaultProxy

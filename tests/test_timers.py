@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import threading
 
-from actors import timers
-from actors.timers import Scheduler, timer_threads
+from actors.runtime import timers
+from actors.runtime.timers import Scheduler, timer_threads
 from protocol.simulator import LocalSimulator
 from tests.harness import Recorder, no_leaks, start, wait_for
 

@@ -15,7 +15,7 @@ import threading
 from typing import Any
 
 from actors import AccountDiff, ConnectionChanged, Transaction, Up
-from actors.handles import (
+from actors.frontdoors.handles import (
     SubscriptionHandle,
     spawn_account_diff_subscription,
     spawn_transaction_subscription,

@@ -1,0 +1,345 @@
+"""Cursor: everything needed to resume a session from outside the process (DESIGN §6).
+
+A session lives on the server for ``disconnectTimeoutSecs`` after its control
+connection drops, replays control responses after a ``seqId`` and PubSub items
+from a slot. A :class:`Cursor` names that point *as the application saw it*:
+
+* the control URL (never the key), the session id, its rpc endpoint and range;
+* ``last_seq``: the ``seqId`` of the last control event *returned to the
+  application* (an attach replays everything after it);
+* per stream, the subscribed addresses and per address the replay slot. A
+  stream delivers in slot order (one connection writes in execution order, a
+  resume's replay is sorted), so every slot before the newest delivered one is
+  complete for every address: each address replays from that newest slot
+  (inclusive: it may be partial). ``boundary_keys`` are the keys already
+  delivered at that slot, so its replay does not deliver them twice;
+* the continue state: idle, or a continue the application sent and that was not
+  answered yet, with ``write_seq`` (the last ``seqId`` delivered when it was
+  sent). After an attach the :class:`~actors.decisions.pacer.ContinuePacer` treats it as
+  written at ``write_seq`` on an older connection, so the lost-continue rule
+  applies: answered in the replay, or judged lost after the quiet window.
+
+**"A cursor taken after event E resumes right after E."** The supervisor's own
+view runs ahead of the application (events queued, a batch taken by the facade
+but not yet returned), so the cursor is not read from the supervisor: the
+outbox tags each event with the :data:`Delta` it carries and the
+:class:`CursorTracker` of whoever hands events to the application (the blocking
+facade, as each event is *returned*; the outbox for a listener, as each event
+is *told*) applies it.
+
+Limits: a continue split into chunks (``advance_count`` above
+``max_run_ahead``) that is interrupted by a crash resumes as the chunk the
+server was running: the application may see ``ReadyForContinue`` before the
+full count. Replay reaches back only as far as the server's 100-slot buffer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, NamedTuple
+
+import attrs
+
+from protocol import ContinueParams, CreateSession
+from protocol.codec import dump_document, load_document, request_document, request_from_document
+
+from ..events import (
+    AccountDiff,
+    Completed,
+    ContinueLost,
+    Error,
+    ManagedEvent,
+    ReadyForContinue,
+    SessionInfo,
+    Transaction,
+)
+
+CURSOR_FORMAT = "backtest-actors-cursor"
+CURSOR_VERSION = 1
+StreamName = Literal["transactions", "account_diffs"]
+STREAMS: tuple[StreamName, ...] = ("transactions", "account_diffs")
+ItemKey = str | tuple[str, str]  # a transaction's signature; a diff's (signature, account)
+
+
+class CursorError(ValueError):
+    """A cursor document that is corrupt or not a cursor; ``field`` names what is wrong."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"cursor: {field}: {problem}")
+
+
+# --- what each delivered event moves ---------------------------------------------------
+
+
+@attrs.frozen
+class SeqDelta:
+    """A control event with this ``seqId`` reached the application."""
+
+    seq: int
+
+
+class ItemDelta(NamedTuple):
+    """A subscription item matched on ``address`` at ``slot`` reached the application.
+
+    A named tuple, not an attrs class: one is made per item on the hot path, and
+    a tuple of strings and ints is cheap to build and left alone by the
+    garbage collector.
+    """
+
+    stream: str
+    address: str
+    slot: int
+    key: ItemKey
+
+
+Delta = SeqDelta | ItemDelta
+
+
+def item_key(event: Transaction | AccountDiff) -> ItemKey:
+    return event.signature if isinstance(event, Transaction) else event.key
+
+
+# --- the cursor -------------------------------------------------------------------------
+
+
+@attrs.frozen
+class StreamCursor:
+    addresses: tuple[str, ...]
+    replay_slots: dict[str, int]  # per address: replayFromSlot (inclusive)
+    boundary_slot: int  # the newest slot delivered on this stream, -1 if none
+    boundary_keys: frozenset[ItemKey] = frozenset()
+
+
+@attrs.frozen
+class PendingContinue:
+    """A continue the application sent that no delivered event answered yet."""
+
+    params: ContinueParams
+    write_seq: int | None
+
+
+@attrs.frozen
+class Cursor:
+    """Where to resume a session; see the module docstring. JSON: :meth:`to_json`."""
+
+    url: str
+    session_id: str
+    rpc_endpoint: str
+    start_slot: int
+    end_slot: int
+    last_seq: int | None = None
+    streams: dict[str, StreamCursor] = attrs.field(factory=dict)
+    pending_continue: PendingContinue | None = None
+
+    @property
+    def create(self) -> CreateSession:
+        """The session's range as a ``CreateSession`` (what a resume runs to)."""
+        return CreateSession(self.start_slot, self.end_slot)
+
+    @property
+    def info(self) -> SessionInfo:
+        """The session's identity as a ``SessionInfo``."""
+        return SessionInfo(self.session_id, self.rpc_endpoint)
+
+    def to_json(self) -> str:
+        """The cursor as a JSON document (never the key): persist it, resume with
+        :meth:`from_json` and ``ManagedBacktestSession.attach``."""
+        streams = {
+            name: {"addresses": list(s.addresses), "replaySlots": dict(s.replay_slots),
+                   "boundarySlot": s.boundary_slot,
+                   "boundaryKeys": sorted((list(k) if isinstance(k, tuple) else k
+                                           for k in s.boundary_keys), key=str)}
+            for name, s in self.streams.items()}
+        pending = None
+        if self.pending_continue is not None:
+            pending = {"params": request_document(self.pending_continue.params),
+                       "writeSeq": self.pending_continue.write_seq}
+        return dump_document({
+            "format": CURSOR_FORMAT, "version": CURSOR_VERSION, "url": self.url,
+            "sessionId": self.session_id, "rpcEndpoint": self.rpc_endpoint,
+            "startSlot": self.start_slot, "endSlot": self.end_slot,
+            "lastSeq": self.last_seq, "streams": streams, "continue": pending})
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Cursor:
+        """Parse :meth:`to_json`'s output; :class:`CursorError` names the bad field."""
+        try:
+            doc = load_document(text)
+        except ValueError as exc:
+            raise CursorError("document", str(exc)) from None
+        return cls.from_dict(doc)
+
+    @classmethod
+    def from_dict(cls, doc: Any) -> Cursor:
+        """The cursor of a parsed JSON document; :class:`CursorError` names the bad field."""
+        if not isinstance(doc, dict) or doc.get("format") != CURSOR_FORMAT:
+            raise CursorError("format", f"expected {CURSOR_FORMAT!r}: not a cursor")
+        if doc.get("version") != CURSOR_VERSION:
+            raise CursorError("version", f"expected {CURSOR_VERSION}, got "
+                              f"{doc.get('version')!r}")
+        streams: dict[str, StreamCursor] = {}
+        raw_streams = _get(doc, "streams", dict)
+        for name, raw in raw_streams.items():
+            path = f"streams.{name}"
+            if name not in STREAMS:
+                raise CursorError(path, f"unknown stream (expected one of {STREAMS})")
+            if not isinstance(raw, dict):
+                raise CursorError(path, "expected an object")
+            addresses = _get(raw, "addresses", list, path)
+            if not addresses or not all(isinstance(a, str) for a in addresses):
+                raise CursorError(f"{path}.addresses", "expected a non-empty list of strings")
+            replay = _get(raw, "replaySlots", dict, path)
+            if set(replay) != set(addresses) or not all(_is_int(v) for v in replay.values()):
+                raise CursorError(f"{path}.replaySlots",
+                                  "expected a slot for each subscribed address")
+            keys: set[ItemKey] = set()
+            for key in _get(raw, "boundaryKeys", list, path):
+                if name == "transactions" and isinstance(key, str):
+                    keys.add(key)
+                elif (name == "account_diffs" and isinstance(key, list) and len(key) == 2
+                      and all(isinstance(k, str) for k in key)):
+                    keys.add((key[0], key[1]))
+                else:
+                    raise CursorError(f"{path}.boundaryKeys", f"bad key {key!r}")
+            streams[name] = StreamCursor(tuple(addresses), dict(replay),
+                                         _get(raw, "boundarySlot", int, path), frozenset(keys))
+        pending = None
+        raw_pending = doc.get("continue")
+        if raw_pending is not None:
+            if not isinstance(raw_pending, dict):
+                raise CursorError("continue", "expected an object or null")
+            try:
+                params = request_from_document(raw_pending.get("params"))
+            except Exception as exc:  # noqa: BLE001 - ProtocolError or a validator's
+                raise CursorError("continue.params", str(exc)) from None
+            if not isinstance(params, ContinueParams):
+                raise CursorError("continue.params", "not a continue request")
+            pending = PendingContinue(params, _get(raw_pending, "writeSeq", int, "continue",
+                                                   optional=True))
+        try:
+            return cls(url=_get(doc, "url", str), session_id=_get(doc, "sessionId", str),
+                       rpc_endpoint=_get(doc, "rpcEndpoint", str),
+                       start_slot=_get(doc, "startSlot", int),
+                       end_slot=_get(doc, "endSlot", int),
+                       last_seq=_get(doc, "lastSeq", int, optional=True),
+                       streams=streams, pending_continue=pending)
+        except CursorError:
+            raise
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _get(obj: dict[str, Any], name: str, kind: type, path: str = "", *,
+         optional: bool = False) -> Any:
+    field = f"{path}.{name}" if path else name
+    if name not in obj:
+        raise CursorError(field, "missing")
+    value = obj[name]
+    if value is None and optional:
+        return None
+    ok = _is_int(value) if kind is int else isinstance(value, kind)
+    if not ok:
+        raise CursorError(field, f"expected {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+# --- the tracker -------------------------------------------------------------------------
+
+
+class _StreamTrack:
+    __slots__ = ("addresses", "slot", "keys")
+
+    def __init__(self, addresses: tuple[str, ...], slot: int = -1,
+                 keys: frozenset[ItemKey] = frozenset()) -> None:
+        self.addresses = addresses
+        self.slot = slot
+        self.keys: set[ItemKey] = set(keys)
+
+
+class CursorTracker:
+    """The cursor as the application has seen it: fed every returned event's delta.
+
+    Plain class, not thread-safe: it lives with whoever hands events out (the
+    facade's consumer thread, or the supervisor for a listener).
+    """
+
+    def __init__(self, url: str, create: CreateSession,
+                 resumed: Cursor | None = None) -> None:
+        self.url = url
+        self.start_slot, self.end_slot = create.start_slot, create.end_slot
+        self.last_seq: int | None = None
+        self.pending: PendingContinue | None = None
+        self._streams: dict[str, _StreamTrack] = {}
+        self._removed: set[str] = set()  # unsubscribed: its late items move nothing
+        if resumed is not None:
+            self.last_seq, self.pending = resumed.last_seq, resumed.pending_continue
+            for name, s in resumed.streams.items():
+                self._streams[name] = _StreamTrack(s.addresses, s.boundary_slot,
+                                                   s.boundary_keys)
+
+    def subscribed(self, stream: str, addresses: tuple[str, ...]) -> None:
+        self._removed.discard(stream)
+        if stream not in self._streams:
+            self._streams[stream] = _StreamTrack(addresses)
+
+    def unsubscribed(self, stream: str) -> None:
+        """The stream was closed: a resume does not subscribe it again."""
+        self._streams.pop(stream, None)
+        self._removed.add(stream)
+
+    def continue_sent(self, params: ContinueParams) -> None:
+        """Recorded before the continue is handed over (write-ahead: a crash between
+        the two leaves a pending continue, which the lost-continue rule settles)."""
+        self.pending = PendingContinue(params, self.last_seq)
+
+    def continue_refused(self) -> None:
+        self.pending = None
+
+    def returned(self, event: ManagedEvent, delta: Delta | None) -> None:
+        """``event`` reached the application."""
+        if type(delta) is ItemDelta:  # a subscription item (nearly every event)
+            self._item(delta)
+            return
+        self.apply(delta)
+        if isinstance(event, ReadyForContinue | Completed | Error) or (
+                isinstance(event, ContinueLost) and not event.resent):
+            self.pending = None  # the continue was answered (or handed back)
+
+    def apply(self, delta: Delta | None) -> None:
+        if isinstance(delta, SeqDelta):
+            self.last_seq = delta.seq
+        elif isinstance(delta, ItemDelta):
+            self._item(delta)
+
+    def _item(self, delta: ItemDelta) -> None:
+        stream_name, _, slot, key = delta
+        stream = self._streams.get(stream_name)
+        if stream is None:
+            if stream_name in self._removed:
+                return
+            stream = self._streams[stream_name] = _StreamTrack((delta.address,))
+        if slot > stream.slot:
+            stream.slot, stream.keys = slot, {key}
+        elif slot == stream.slot:
+            stream.keys.add(key)
+
+    def cursor(self, info: SessionInfo, pending: PendingContinue | None = None) -> Cursor:
+        """The cursor now; ``pending`` overrides the tracked continue (a listener's
+        comes from the pacer, which sees each answer as it is told)."""
+        pending = pending or self.pending
+        streams = {}
+        for name, s in self._streams.items():
+            replay = s.slot if s.slot >= 0 else self.start_slot
+            streams[name] = StreamCursor(s.addresses, dict.fromkeys(s.addresses, replay),
+                                         s.slot, frozenset(s.keys))
+        return Cursor(self.url, info.session_id, info.rpc_endpoint,
+                      self.start_slot, self.end_slot, self.last_seq, streams, pending)
+
+
+def check_cursor(value: object) -> Cursor:
+    if not isinstance(value, Cursor):
+        raise TypeError(f"cursor: expected Cursor, got {type(value).__name__}")
+    return value
