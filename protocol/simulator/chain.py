@@ -96,6 +96,7 @@ class Chain:
             s for s in range(first_slot, self.last_slot + 1)
             if s == first_slot or rng.random() >= SKIP_RATE
         ]
+        self.produced_set = frozenset(self.produced)
 
     def available_range(self) -> tuple[int, int]:
         """``(first, last)`` slot of the chain."""

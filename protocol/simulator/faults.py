@@ -4,6 +4,15 @@ Every method may be called from any thread; it is handed to the server's event
 loop. A *target* picks the connections: ``"control"``, ``"transactions"``,
 ``"account_diffs"``, ``"subscriptions"`` (both streams) or ``"all"``; an optional
 ``session_id`` narrows it to one session.
+
+A connection fault fires now, or is *aimed* at a moment a test can name:
+``at_slot=S`` (the session executes slot S: take S from ``expected().slots[1:]``),
+``at_block=N`` (the session executes its Nth block, 1-based) or ``at_continue=N``
+(the server accepts the session's Nth continue, before it answers it). An aim
+that can never be reached is refused when it is set, with a ``ValueError`` that
+names it: a slot with no block, a slot outside the chain, a moment the named
+session has already passed or will never reach. A fault that silently never
+fires would let a harness pass without testing anything.
 """
 
 from __future__ import annotations
@@ -28,15 +37,20 @@ def check_target(target: str) -> None:
         raise ValueError(f"target: expected one of {TARGETS}, got {target!r}")
 
 
+Moment = Literal["slot", "block", "continue"]
+
+
 @attrs.define
-class SlotTrigger:
-    """A connection fault armed for the moment a session reaches ``slot``."""
+class Trigger:
+    """A connection fault, applied now (``moment`` None) or armed for the moment a
+    session reaches ``number`` (a slot, its Nth block, its Nth continue)."""
 
     kind: FaultKind
     target: Target
-    slot: int
     session_id: str | None
     frame: str | bytes = DEFAULT_MALFORMED_FRAME
+    moment: Moment | None = None
+    number: int = 0
 
 
 @attrs.define
@@ -73,11 +87,14 @@ class Faults:
         self._server.call_soon(fn)
 
     def drop(self, target: Target = "control", *, at_slot: int | None = None,
+             at_block: int | None = None, at_continue: int | None = None,
              session_id: str | None = None) -> None:
-        """Abrupt close (TCP reset, no close frame), now or when ``at_slot`` is reached."""
-        self._connection_fault("drop", target, at_slot, session_id)
+        """Abrupt close (TCP reset, no close frame), now or at the aimed moment."""
+        self._connection_fault("drop", target, session_id, DEFAULT_MALFORMED_FRAME,
+                               at_slot=at_slot, at_block=at_block, at_continue=at_continue)
 
     def blackhole(self, target: Target = "control", *, at_slot: int | None = None,
+                  at_block: int | None = None, at_continue: int | None = None,
                   session_id: str | None = None) -> None:
         """Keep the TCP connection open but carry nothing, both ways.
 
@@ -87,13 +104,16 @@ class Faults:
         after ``keepalive_deadline`` like any silent peer (a dead owner then loses
         its session) and closes it; that close does reach the peer.
         """
-        self._connection_fault("blackhole", target, at_slot, session_id)
+        self._connection_fault("blackhole", target, session_id, DEFAULT_MALFORMED_FRAME,
+                               at_slot=at_slot, at_block=at_block, at_continue=at_continue)
 
     def malformed(self, target: Target = "control", *, frame: str | bytes | None = None,
-                  at_slot: int | None = None, session_id: str | None = None) -> None:
+                  at_slot: int | None = None, at_block: int | None = None,
+                  at_continue: int | None = None, session_id: str | None = None) -> None:
         """Send one frame that is not a valid message (bytes go as a binary frame)."""
-        self._connection_fault("malformed", target, at_slot, session_id,
-                               DEFAULT_MALFORMED_FRAME if frame is None else frame)
+        self._connection_fault("malformed", target, session_id,
+                               DEFAULT_MALFORMED_FRAME if frame is None else frame,
+                               at_slot=at_slot, at_block=at_block, at_continue=at_continue)
 
     def refuse(self, seconds: float) -> None:
         """Stop listening for ``seconds``: new connects are refused by the OS."""
@@ -124,13 +144,26 @@ class Faults:
         """
         self._call(lambda: self._server.lose_continue.append(session_id))
 
-    def _connection_fault(self, kind: FaultKind, target: Target, at_slot: int | None,
-                          session_id: str | None,
-                          frame: str | bytes = DEFAULT_MALFORMED_FRAME) -> None:
+    def _connection_fault(self, kind: FaultKind, target: Target, session_id: str | None,
+                          frame: str | bytes, *, at_slot: int | None, at_block: int | None,
+                          at_continue: int | None) -> None:
         check_target(target)
-        trigger = SlotTrigger(kind, target, -1 if at_slot is None else at_slot, session_id,
-                              frame)
-        if at_slot is None:
-            self._call(lambda: self._server.apply_fault(trigger))
-        else:
-            self._call(lambda: self._server.slot_triggers.append(trigger))
+        given: list[tuple[Moment, int | None]] = [
+            ("slot", at_slot), ("block", at_block), ("continue", at_continue)]
+        aims = [(moment, number) for moment, number in given if number is not None]
+        if len(aims) > 1:
+            raise ValueError("at_slot, at_block, at_continue: give at most one of them, got "
+                             + ", ".join(f"at_{m}={n}" for m, n in aims))
+        if not aims:
+            now = Trigger(kind, target, session_id, frame)
+            self._call(lambda: self._server.apply_fault(now))
+            return
+        moment, number = aims[0]
+        if type(number) is not int:
+            raise ValueError(f"at_{moment}: expected an integer, got {number!r}")
+        trigger = Trigger(kind, target, session_id, frame, moment, number)
+        # Checked and armed in one step on the server's loop, so that the session
+        # cannot pass the moment between the check and the arming.
+        problem = self._server.call(lambda: self._server.arm(trigger))
+        if problem is not None:
+            raise ValueError(problem)

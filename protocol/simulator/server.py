@@ -53,6 +53,7 @@ How the server treats its peers, as a real server must:
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 import logging
 import socket
@@ -102,7 +103,7 @@ from ..pubsub import (
 )
 from .chain import Chain
 from .engine import ExecutedSlot, PeerLiveness, Session, SlotStep, Step, error_frame, refusal_frame
-from .faults import CountedFault, FaultCounters, SlotTrigger
+from .faults import CountedFault, FaultCounters, Trigger
 from .handshakes import ResumeHandshakes
 
 log = logging.getLogger("protocol.simulator")
@@ -495,7 +496,7 @@ class SimulatorServer:
         # Finished sessions: counters only, the last STATS_HISTORY of them.
         self.retired: OrderedDict[str, SessionStats] = OrderedDict()
         self.peers: set[Peer] = set()
-        self.slot_triggers: list[SlotTrigger] = []
+        self.triggers: list[Trigger] = []  # connection faults aimed at a moment
         self.handshake_delays: list[CountedFault] = []
         self.http_faults: list[CountedFault] = []
         self.lose_continue: list[str | None] = []
@@ -690,7 +691,7 @@ class SimulatorServer:
 
     # --- faults -------------------------------------------------------------------
 
-    def apply_fault(self, trigger: SlotTrigger) -> None:
+    def apply_fault(self, trigger: Trigger) -> None:
         for peer in [p for p in self.peers if p.matches(trigger.target, trigger.session_id)]:
             log.info("fault %s on %s connection (session %s)", trigger.kind, peer.role,
                      peer.session_id)
@@ -713,11 +714,60 @@ class SimulatorServer:
                 return True
         return False
 
-    def _fire_slot_triggers(self, session_id: str, slot: int) -> None:
-        due = [t for t in self.slot_triggers
-               if t.slot == slot and t.session_id in (None, session_id)]
+    def arm(self, trigger: Trigger) -> str | None:
+        """Arm an aimed fault, or say why its moment can never come (nothing armed)."""
+        problem = self._unreachable(trigger)
+        if problem is None:
+            self.triggers.append(trigger)
+        return problem
+
+    def _unreachable(self, trigger: Trigger) -> str | None:
+        moment, number = trigger.moment, trigger.number
+        produced = self.chain.produced
+        if moment == "slot":
+            first, last = self.chain.available_range()
+            if not first <= number <= last:
+                return (f"at_slot: slot {number} is outside the chain's range "
+                        f"{first}..={last}; the fault would never fire")
+            if number not in self.chain.produced_set:
+                index = bisect.bisect_left(produced, number)
+                near = produced[max(0, index - 1):index + 1]
+                return (f"at_slot: slot {number} has no block (a skipped slot), so no "
+                        f"session executes it and the fault would never fire; produced "
+                        f"slots around it: {', '.join(map(str, near))}")
+        elif number < 1:
+            return f"at_{moment}: expected a number >= 1 (the first is 1), got {number}"
+        elif number > len(produced) - 1:
+            return (f"at_{moment}: {number} is more than the {len(produced) - 1} blocks a "
+                    f"session on this chain can execute; the fault would never fire")
+        if trigger.session_id is None:
+            return None
+        state = self.sessions.get(trigger.session_id)
+        if state is None:
+            return (f"session_id: no session {trigger.session_id!r} on this simulator "
+                    f"(the fault would never fire)")
+        session = state.session
+        if moment == "slot":
+            if number not in session.pending_slots:
+                return (f"at_slot: session {session.id} will not execute slot {number} "
+                        f"(its range is {session.create.start_slot}..="
+                        f"{session.create.end_slot}, the start slot is not executed, "
+                        f"and {len(session.pending_slots)} blocks are left to run)")
+            return None
+        done = session.blocks_executed if moment == "block" else session.continues_received
+        # Each continue executes at least one block, so both are bounded by the blocks left.
+        reachable = done + len(session.pending_slots)
+        if not done < number <= reachable:
+            what = "blocks executed" if moment == "block" else "continues received"
+            return (f"at_{moment}: session {session.id} can never reach {moment} {number} "
+                    f"({done} {what} so far, at most {reachable} in its range)")
+        return None
+
+    def _fire_triggers(self, session_id: str, moment: str, number: int) -> None:
+        due = [t for t in self.triggers if t.moment == moment and t.number == number
+               and t.session_id in (None, session_id)]
         for trigger in due:
-            self.slot_triggers.remove(trigger)
+            self.triggers.remove(trigger)
             self.apply_fault(attrs.evolve(trigger, session_id=session_id))
 
     async def _handshake_delay(self, role: str, kind: str | None, session_id: str | None
@@ -868,6 +918,8 @@ class SimulatorServer:
                 peer.write_frame(error_frame(session, refusal))
             else:
                 self._spawn(self._run(state, session.run_continue(request)))
+                # Accepted, not yet answered: the answers are what a drop here loses.
+                self._fire_triggers(session.id, "continue", session.continues_received)
         elif isinstance(request, Resume):
             peer.write_frame(encode_response(Success()))
         elif isinstance(request, Close):
@@ -978,7 +1030,8 @@ class SimulatorServer:
                     slot = step.executed.slot
                     self._publish(state, step.executed)
                     self._emit(state, session.record(SlotNotification(slot)))
-                    self._fire_slot_triggers(session.id, slot)
+                    self._fire_triggers(session.id, "slot", slot)
+                    self._fire_triggers(session.id, "block", session.blocks_executed)
                 else:
                     self._emit(state, session.record(step))
             slow = [p for p in state.peers() if p.ws.paused]
