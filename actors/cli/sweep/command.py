@@ -122,6 +122,15 @@ class _Command:
         if args.verbose:
             logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                                 format="%(asctime)s %(name)s %(message)s")
+        else:
+            # What the sweep itself warns about (a summary set aside, a killed sweep's
+            # Ray ended) is for the user even without --verbose; the sessions' own
+            # records stay behind --verbose.
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("sweep: warning: %(message)s"))
+            sweep_log = logging.getLogger("backtest_actors.sweep")
+            sweep_log.addHandler(handler)
+            sweep_log.setLevel(logging.WARNING)
         backend = self._backend()
         if args.resume is not None:
             return self._resume(backend)

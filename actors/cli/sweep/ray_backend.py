@@ -3,8 +3,11 @@
 Imported only when Ray is installed (``pip install 'backtest-actors[ray]'``), and
 after :func:`~actors.cli.sweep.driver.make_backend` has set ``LOOPBACK_RAY_ENV`` for
 an embedded Ray: every Ray process then listens on 127.0.0.1 only.
-Ray does the distribution: ``ray.init()`` with no address starts an embedded
-local Ray (nothing to set up); ``--address auto`` or ``ray://host:10001``
+Ray does the distribution: with no address the sweep starts a fresh embedded
+local Ray of its own (``address="local"``: never one that is already running on
+the machine, another sweep's or a ``ray start``'s, so two sweeps never share
+a cluster or its credentials), and ends the Ray processes a killed earlier
+sweep left behind (:mod:`.ray_leftovers`); ``--address auto`` or ``ray://host:10001``
 joins an existing cluster, whose nodes need this package installed and must
 see the sweep's output directory (the journals are the sessions' state).
 
@@ -33,6 +36,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError
 
 from ...runtime.reconnect_gate import DEFAULT_LEASE, LocalReconnectGate
+from . import ray_leftovers
 from .job import SessionJob, SessionOutcome
 from .worker import SessionWorker
 
@@ -121,9 +125,12 @@ class RayBackend:
     def __init__(self, concurrency: int, *, address: str | None = None,
                  workers: int | None = None, lease: float = DEFAULT_LEASE) -> None:
         self.owns_ray = not ray.is_initialized()
+        self._record: str | None = None
         if self.owns_ray:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)
+            if address is None:
+                ray_leftovers.end_leftovers()
+            ray.init(address=address or "local", include_dashboard=False,
+                     log_to_driver=False, configure_logging=False)
         cpus = int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
         self.worker_count = max(1, min(concurrency, workers or cpus))
         self.capacity = math.ceil(concurrency / self.worker_count)
@@ -136,6 +143,8 @@ class RayBackend:
         self._refs: dict[Any, tuple[int, int]] = {}  # ref -> (session index, worker id)
         for _ in range(self.worker_count):
             self._add_worker()
+        if self.owns_ray and address is None:
+            self._record = ray_leftovers.record_embedded_ray()
 
     def _add_worker(self) -> None:
         worker_id = self._next_id
@@ -207,3 +216,5 @@ class RayBackend:
         self.workers.clear()
         if self.owns_ray:
             ray.shutdown()
+            if self._record is not None:
+                ray_leftovers.forget(self._record)
