@@ -17,6 +17,7 @@ import sys
 import tempfile
 from typing import Any
 
+import attrs
 from rich.console import Console
 from rich.table import Table
 
@@ -198,8 +199,8 @@ class _Command:
             return 2
         args.out = args.resume
         return self._run(plan, plan.url or "", self._key(),
-                         args.concurrency or DEFAULT_CONCURRENCY, self._timing(),
-                         ReconnectPolicy(), backend)
+                         args.concurrency or plan.concurrency or DEFAULT_CONCURRENCY,
+                         self._timing(), ReconnectPolicy(), backend)
 
     def _run(self, plan: SweepPlan, url: str, key: str, concurrency: int, timing: Timing,
              policy: ReconnectPolicy, backend: BackendChoice) -> int:
@@ -212,6 +213,7 @@ class _Command:
                  "to distribute)")
         self.console.print(f"sweep: {len(plan.sessions)} sessions, {concurrency} at once, "
                            f"on {where}; journals in {out}", highlight=False, soft_wrap=True)
+        plan = attrs.evolve(plan, concurrency=concurrency)  # written to sweep.json for --resume
         config = SweepConfig(plan, url, key, out, concurrency, timing, policy, backend,
                              args.address, args.workers, args.retries)
         progress = progress_for(self.console)

@@ -82,6 +82,8 @@ class SweepPlan:
     sessions: tuple[SessionSpec, ...]
     seed: int = 0
     max_run_ahead: int = 80
+    # How many sessions ran at once: ``--resume`` carries it on unless told otherwise.
+    concurrency: int | None = None
 
     @property
     def embedded(self) -> bool:
@@ -89,7 +91,7 @@ class SweepPlan:
 
     def to_json(self) -> str:
         return json.dumps({"format": PLAN_FORMAT, "url": self.url, "seed": self.seed,
-                           "maxRunAhead": self.max_run_ahead,
+                           "maxRunAhead": self.max_run_ahead, "concurrency": self.concurrency,
                            "sessions": [s.as_dict() for s in self.sessions]}, indent=1)
 
     @classmethod
@@ -106,8 +108,12 @@ class SweepPlan:
         sessions = data.get("sessions")
         if not isinstance(sessions, list) or not sessions:
             raise PlanError(f"{PLAN_FILE}: sessions: expected a non-empty list")
+        concurrency = data.get("concurrency")
+        if concurrency is not None and (type(concurrency) is not int or concurrency < 1):
+            raise PlanError(f"{PLAN_FILE}: concurrency: expected an integer >= 1, got "
+                            f"{concurrency!r}")
         return cls(url, tuple(SessionSpec.from_dict(s) for s in sessions),
-                   int(data.get("seed", 0)), int(data.get("maxRunAhead", 80)))
+                   int(data.get("seed", 0)), int(data.get("maxRunAhead", 80)), concurrency)
 
 
 @attrs.frozen
