@@ -50,6 +50,7 @@ def test_two_sweeps_at_once_each_run_their_own_ray_and_are_exact(tmp_path: Path)
     for seed, out in enumerate(outs):
         summary = json.loads((out / "summary.json").read_text())
         assert summary["completed"] == 2 and summary["failed"] == []
+        assert summary["nodes"] == 1  # an embedded Ray is one node: this machine
         for i in range(2):
             check_journal(out / f"session-{i:03d}.jsonl", Chain(seed))
 

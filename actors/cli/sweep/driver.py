@@ -47,6 +47,7 @@ BackendChoice = Literal["auto", "ray", "in-process"]
 class Backend(Protocol):
     name: str
     lost_workers: int
+    nodes: set[str]  # where its workers ran (complete once it is closed)
 
     def submit(self, job: SessionJob) -> None: ...
 
@@ -282,6 +283,7 @@ class Sweep:
             "lost_workers": 0 if backend is None else backend.lost_workers,
             "reconnect_gate": self.gate_stats,
             "backend": "" if backend is None else backend.name,
+            "nodes": 0 if backend is None else len(backend.nodes),
             "concurrency": self.config.concurrency,
             "wall_time": round(self.previous_wall + time.monotonic() - self.started, 3),
             "per_session": per_session}

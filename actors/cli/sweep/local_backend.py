@@ -25,6 +25,7 @@ class LocalBackend:
         self.gate = LocalReconnectGate(concurrency, lease=lease)
         self.worker = SessionWorker(0, self.gate)
         self.lost_workers = 0
+        self.nodes = {"this process"}
         self._pool = ThreadPoolExecutor(max_workers=concurrency,
                                         thread_name_prefix="sweep-session")
         self._futures: dict[Future[SessionOutcome], int] = {}

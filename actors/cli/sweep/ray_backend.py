@@ -116,6 +116,11 @@ class RayWorker(SessionWorker):
     def __init__(self, worker_id: int, gate_actor: Any) -> None:
         super().__init__(worker_id, RayGateClient(gate_actor, f"worker-{worker_id}"))
 
+    def node(self) -> str:
+        """The Ray node this worker runs on (the summary counts the nodes a sweep used)."""
+        node_id: str = ray.get_runtime_context().get_node_id()
+        return node_id
+
 
 class RayBackend:
     """Runs sessions on Ray workers; tells the driver about lost workers."""
@@ -138,6 +143,8 @@ class RayBackend:
         self.workers: dict[int, Any] = {}
         self.load: dict[int, set[int]] = {}  # worker id -> session indexes running there
         self.lost_workers = 0
+        self.nodes: set[str] = set()  # filled at close: the nodes its workers ran on
+        self._node_refs: list[Any] = []
         self.last_worker: dict[int, int] = {}  # session index -> the worker it ran on last
         self._next_id = 0
         self._refs: dict[Any, tuple[int, int]] = {}  # ref -> (session index, worker id)
@@ -149,8 +156,13 @@ class RayBackend:
     def _add_worker(self) -> None:
         worker_id = self._next_id
         self._next_id += 1
-        self.workers[worker_id] = RayWorker.options(  # type: ignore[attr-defined]
-            max_concurrency=self.capacity + 4, max_restarts=0).remote(worker_id, self.gate)
+        # SPREAD: on a cluster the workers go to different nodes (with num_cpus=0 the
+        # default would pack them all on the first node that has room, the head).
+        worker = RayWorker.options(  # type: ignore[attr-defined]
+            max_concurrency=self.capacity + 4, max_restarts=0,
+            scheduling_strategy="SPREAD").remote(worker_id, self.gate)
+        self.workers[worker_id] = worker
+        self._node_refs.append(worker.node.remote())
         self.load[worker_id] = set()
 
     def submit(self, job: SessionJob) -> None:
@@ -210,6 +222,11 @@ class RayBackend:
             return {}
 
     def close(self) -> None:
+        for ref in self._node_refs:
+            try:
+                self.nodes.add(ray.get(ref, timeout=PROGRESS_TIMEOUT))
+            except (GetTimeoutError, RayError):
+                continue  # a worker lost before it answered: its node is not counted
         for worker in self.workers.values():
             ray.kill(worker)
         ray.kill(self.gate)
