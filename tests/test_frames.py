@@ -121,7 +121,7 @@ def test_oversized_fragmented_message_is_refused() -> None:
     (frame(OP_TEXT, b"a", fin=False) + frame(OP_BINARY, b"b"),
      "new message .* while a fragmented one is still open"),
     (b"\x81\x7f" + (2**63).to_bytes(8, "big"), "most significant bit"),
-])
+], ids=lambda value: value if isinstance(value, str) else "frame")  # a masked frame's key is random
 def test_framing_errors_name_the_frame_at_fault(wire: bytes, error: str) -> None:
     reader = FrameReader(2**20)
     reader.feed(wire)
