@@ -188,6 +188,8 @@ class ConnectionChanged:
     status: ConnectionStatus
 
 
+CONTROL = "control"  # the control connection's name in ConnectionChanged and status()
+
 ManagedEvent = (
     ReadyForContinue | Slot | Status | Transaction | AccountDiff | Completed | Error
     | ConnectionChanged | Gap | ContinueLost

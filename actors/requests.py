@@ -8,16 +8,18 @@ the supervisor's private timer messages stay beside it.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 import attrs
-import pykka
 
 from protocol import ContinueParams
 from protocol.messages import pubkey_problem
 from protocol.pubsub import StreamKind
 
 from .events import ManagedEvent, ManagedSessionError
+
+if TYPE_CHECKING:  # annotations only: the plain classes below the actors import these
+    import pykka
 
 
 @attrs.frozen

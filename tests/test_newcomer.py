@@ -447,7 +447,7 @@ def test_stats_are_refused_after_shutdown(sim: LocalSimulator) -> None:
 
 def test_outbox_tells_a_replay_from_an_address_repeat() -> None:
     from actors.decisions.outbox import Outbox
-    from tests.test_outbox import LOG, take, tx
+    from tests.actors.decisions.test_outbox import LOG, take, tx
 
     outbox = Outbox(window=64, log=LOG)
     outbox.add_stream("transactions", ("a", "b"))
@@ -463,7 +463,7 @@ def test_outbox_tells_a_replay_from_an_address_repeat() -> None:
 
 
 def test_gate_unsubscribe_confirms_every_executed_block_then_closes() -> None:
-    from tests.test_pacer import run_chunk, up_gate
+    from tests.actors.decisions.test_pacer import run_chunk, up_gate
 
     gate = up_gate("transactions", "account_diffs", max_run_ahead=80)
     gate.submit(ContinueParams(advance_count=10), reply=None)

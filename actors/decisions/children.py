@@ -8,22 +8,26 @@ The supervisor turns the answers into actor starts and timers.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import attrs
-import pykka
 
 from protocol import ReconnectPolicy
 
-from ..events import Connecting, ConnectionStatus, ErrorKind, Up
-from ..runtime.timers import TimerHandle
-from ..supervision.control import CONTROL
+from ..events import CONTROL, Connecting, ConnectionStatus, ErrorKind, Up
+
+if TYPE_CHECKING:  # a timer is only cancelled here
+    from ..runtime.timers import TimerHandle
+
+# Tells a link's actor a message: (its ref, the message); False once that actor is gone.
+Send = Callable[[Any, Any], bool]
 
 
 @attrs.define
 class Child:
     name: str
-    ref: pykka.ActorRef[Any] | None = None
+    ref: Any = None  # the live link's actor ref: opaque here, used only through ``send``
     generation: int = 0
     status: ConnectionStatus = attrs.field(factory=Connecting)
     attempt: int = 0
@@ -54,9 +58,10 @@ class StayClosed:
 class Children(dict[str, Child]):
     """Name -> :class:`Child`, with the policy's restart arithmetic."""
 
-    def __init__(self, policy: ReconnectPolicy) -> None:
+    def __init__(self, policy: ReconnectPolicy, send: Send) -> None:
         super().__init__()
         self._policy = policy
+        self._send = send
         self._retired: dict[str, int] = {}  # name -> last generation of a removed link
 
     def add(self, name: str) -> Child:
@@ -115,11 +120,7 @@ class Children(dict[str, Child]):
         child = self.get(name)
         if child is None or child.ref is None:
             return False
-        try:
-            child.ref.tell(message)
-            return True
-        except pykka.ActorDeadError:
-            return False
+        return self._send(child.ref, message)
 
     def tell_all(self, message: Any) -> None:
         for name in self:
@@ -139,7 +140,7 @@ class Children(dict[str, Child]):
     def all_up(self) -> bool:
         return all(isinstance(c.status, Up) for c in self.values())
 
-    def alive(self) -> list[pykka.ActorRef[Any]]:
+    def alive(self) -> list[Any]:
         return [c.ref for c in self.values() if c.ref is not None]
 
     def cancel_timers(self) -> None:

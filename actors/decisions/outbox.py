@@ -35,8 +35,6 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-import pykka
-
 from protocol.pubsub import PUBSUB_BUFFER_SLOTS
 
 from ..events import (
@@ -121,14 +119,16 @@ class _FailureMarker:
         self.error = error
 
 
-Listener = Callable[[Any], None]  # an ActorRef's tell
+# Tells the listener actor a message; False once that actor is gone (None counts as told).
+Listener = Callable[[Any], bool | None]
 
 
 class Outbox:
     """Dedup, order, credits and takes for one session.
 
-    ``listener`` (optional, an actor's ``tell``) gets every event at once instead
-    of queueing it; :attr:`listener_lost` says when it raised (the actor is gone).
+    ``listener`` (optional: the supervisor's wrapper of the listener actor's
+    ``tell``) gets every event at once instead of queueing it; it returns False
+    once the actor is gone, and :attr:`listener_lost` then says so.
     """
 
     def __init__(self, *, window: int, log: logging.LoggerAdapter[logging.Logger],
@@ -304,13 +304,11 @@ class Outbox:
         """Tell the listener ``message``; False when there is none, or it is gone."""
         if self._listener is None or self.listener_lost:
             return False
-        try:
-            self._listener(message)
+        if self._listener(message) is not False:
             return True
-        except pykka.ActorDeadError:
-            self._log.warning("the listener actor is gone")
-            self.listener_lost = True
-            return False
+        self._log.warning("the listener actor is gone")
+        self.listener_lost = True
+        return False
 
     def put(self, source: str | None, event: ManagedEvent, delta: Delta | None = None
             ) -> None:

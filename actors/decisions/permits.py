@@ -19,8 +19,6 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import pykka
-
 from protocol import ReconnectPolicy
 
 from ..supervision.reminders import RestartChild
@@ -28,10 +26,12 @@ from ..supervision.reminders import RestartChild
 
 class RestartPermits:
     def __init__(self, policy: ReconnectPolicy, session_id: Callable[[], str],
-                 tell: Callable[[Any], None]) -> None:
+                 tell: Callable[[Any], bool | None]) -> None:
         self._policy = policy
         self._session_id = session_id
-        self._tell = tell  # to the supervisor: the grant's RestartChild
+        # To the supervisor, from any thread: the grant's RestartChild. It returns
+        # False once the supervisor is gone, and the permit then goes back at once.
+        self._tell = tell
         self._held: dict[str, tuple[str, int]] = {}  # link -> (token, generation it restarts)
         self._prefix = uuid.uuid4().hex[:12]
         self._serial = 0
@@ -62,9 +62,7 @@ class RestartPermits:
         self.requested += 1
 
         def grant() -> None:  # any thread: only a message to the supervisor
-            try:
-                self._tell(RestartChild(name, generation, permit=token))
-            except pykka.ActorDeadError:
+            if self._tell(RestartChild(name, generation, permit=token)) is False:
                 gate.release(token)
 
         gate.request(token, grant)

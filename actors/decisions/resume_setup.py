@@ -9,12 +9,15 @@ before any connection is made, so the first control connection attaches.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from ..events import SessionInfo
-from ..supervision.config import SessionConfig
 from .cursor import CursorTracker
 from .outbox import Outbox
 from .pacer import ContinuePacer
+
+if TYPE_CHECKING:  # the supervisor's config is read here, never built
+    from ..supervision.config import SessionConfig
 
 
 def prepare(config: SessionConfig, outbox: Outbox, pacer: ContinuePacer,

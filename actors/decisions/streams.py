@@ -9,14 +9,12 @@ read first), so its reply waits here until then, or until the session ends.
 from __future__ import annotations
 
 import logging
-
-import pykka
+from typing import Any
 
 from ..events import Closed, Connecting, ConnectionChanged, ManagedSessionError
 from ..requests import SubscribeStream, UnsubscribeStream
-from ..supervision.link_actor import CloseLink
 from .children import Children
-from .outbox import Outbox, fail_reply
+from .outbox import Outbox, Reply, fail_reply
 from .pacer import ContinuePacer
 
 
@@ -27,7 +25,7 @@ class Streams:
         self._outbox = outbox
         self._pacer = pacer
         self._log = log
-        self._unsubscribing: dict[str, pykka.Future[None] | None] = {}
+        self._unsubscribing: dict[str, Reply | None] = {}
 
     def add(self, message: SubscribeStream, failure: Exception | None,
             shutting_down: bool) -> None:
@@ -63,11 +61,12 @@ class Streams:
         if shutting_down or self._pacer.completed_event is not None:
             raise ManagedSessionError("closed", "session is over")
 
-    def close_finished(self) -> None:
+    def close_finished(self, close_link: Any) -> None:
         """Close the streams whose unsubscribe the pacer completed (every executed
-        block's items were read): stop the link, forget the stream, answer."""
+        block's items were read): tell the link ``close_link`` (the message that
+        stops it, which belongs to the link's actor), forget the stream, answer."""
         for name in self._pacer.streams_closed():
-            self._children.tell(name, CloseLink())
+            self._children.tell(name, close_link)
             self._children.remove(name)
             self._outbox.remove_stream(name)
             self._outbox.put(None, ConnectionChanged(name, Closed()))

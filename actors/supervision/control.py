@@ -39,12 +39,18 @@ from protocol import ReadyForContinue as WireReady
 from protocol import Status as WireStatus
 from protocol.messages import Request, Response
 
-from ..events import Completed, ManagedEvent, ReadyForContinue, SessionInfo, Slot, Status
+from ..events import (
+    CONTROL,
+    Completed,
+    ManagedEvent,
+    ReadyForContinue,
+    SessionInfo,
+    Slot,
+    Status,
+)
 from ..events import Error as ErrorEvent
 from ..runtime.connection import Pong
 from .link_actor import LinkActor
-
-CONTROL = "control"
 
 # --- what the control link reports ----------------------------------------------------
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pykka
@@ -30,6 +31,7 @@ from ..decisions.permits import RestartPermits
 from ..decisions.resume_setup import prepare
 from ..decisions.streams import Streams
 from ..events import (
+    CONTROL,
     Closed,
     ConnectionChanged,
     ConnectionStatus,
@@ -60,7 +62,6 @@ from ..runtime.timers import Scheduler, TimerHandle
 from ..stats import SessionStats
 from .config import SessionConfig
 from .control import (
-    CONTROL,
     ContinueNotWritten,
     ContinueWritten,
     ControlActor,
@@ -71,6 +72,21 @@ from .control import (
 from .link_actor import ChildClosed, ChildLost, ChildUp, CloseLink, FramesMalformed, Grant, LinkFlow
 from .reminders import QuietCheck, RestartChild, ShutdownDeadline, UptimeCheck
 from .subscription import Barrier, BarrierReached, StreamItems, SubscriptionActor
+
+
+def tell_unless_gone(ref: pykka.ActorRef[Any], message: Any) -> bool:
+    """Tell ``ref`` ``message``; False when its actor is gone (the plain classes of
+    :mod:`actors.decisions` take this instead of catching pykka's error themselves)."""
+    try:
+        ref.tell(message)
+        return True
+    except pykka.ActorDeadError:
+        return False
+
+
+def told(ref: pykka.ActorRef[Any]) -> Callable[[Any], bool]:
+    """``ref``'s tell as a plain callable: False once its actor is gone."""
+    return lambda message: tell_unless_gone(ref, message)
 
 
 class SessionSupervisor(FailSafeActor):
@@ -96,11 +112,11 @@ class SessionSupervisor(FailSafeActor):
         self._listener = listener
         self._log = SessionLogger("supervisor")
         self._outbox = Outbox(window=config.window, log=self._log,
-                              listener=None if listener is None else listener.tell)
+                              listener=None if listener is None else told(listener))
         self._pacer = ContinuePacer(max_run_ahead=config.max_run_ahead,
                                   on_lost_continue=config.on_lost_continue)
         self._info: SessionInfo | None = prepare(config, self._outbox, self._pacer, self._log)
-        self._children = Children(config.policy)
+        self._children = Children(config.policy, send=tell_unless_gone)
         if config.control:
             self._children.add(CONTROL)
         self._failure: ManagedSessionError | None = None
@@ -109,7 +125,8 @@ class SessionSupervisor(FailSafeActor):
         self._stats = {"malformed_frames": 0, "continues_refused": 0}
         self._streams = Streams(self._children, self._outbox, self._pacer, self._log)
         self._permits = RestartPermits(  # past the ungated attempts: the policy's gate
-            config.policy, lambda: self._log.session_id, lambda m: self.actor_ref.tell(m))
+            config.policy, lambda: self._log.session_id,
+            lambda message: tell_unless_gone(self.actor_ref, message))
 
     # --- pykka ------
 
@@ -193,7 +210,7 @@ class SessionSupervisor(FailSafeActor):
             self._fail("closed", reason="the listener actor is gone")
         for name, credits in self._outbox.take_grants():
             self._children.tell(name, Grant(credits))
-        self._streams.close_finished()
+        self._streams.close_finished(CloseLink())
 
     # --- children ------
 

@@ -1,0 +1,92 @@
+"""The cursor and its tracker as plain values: where a resume starts, from what the
+application has seen (no session, no socket)."""
+
+from __future__ import annotations
+
+import pytest
+
+from actors.decisions.cursor import (
+    Cursor,
+    CursorError,
+    CursorTracker,
+    ItemDelta,
+    PendingContinue,
+    SeqDelta,
+    check_cursor,
+)
+from actors.events import ReadyForContinue, SessionInfo, Slot, Transaction
+from protocol import ContinueParams, CreateSession
+
+CREATE = CreateSession(start_slot=100, end_slot=200)
+INFO = SessionInfo("s-1", "/backtest/s-1")
+
+
+def test_a_fresh_tracker_resumes_every_stream_from_the_start_slot() -> None:
+    tracker = CursorTracker("ws://h/backtest", CREATE)
+    tracker.subscribed("transactions", ("A", "B"))
+    cursor = tracker.cursor(INFO)
+    assert cursor.last_seq is None and cursor.pending_continue is None
+    stream = cursor.streams["transactions"]
+    assert stream.replay_slots == {"A": 100, "B": 100} and stream.boundary_slot == -1
+
+
+def test_items_move_the_boundary_slot_and_keep_its_keys() -> None:
+    tracker = CursorTracker("ws://h/backtest", CREATE)
+    tracker.subscribed("transactions", ("A",))
+    for slot, key in [(101, "s1"), (103, "s2"), (103, "s3"), (102, "late")]:
+        tracker.returned(Transaction(slot=slot, signature=key),
+                         ItemDelta("transactions", "A", slot, key))
+    stream = tracker.cursor(INFO).streams["transactions"]
+    # The newest slot and every key seen at it: a replay from 103 drops those two.
+    assert stream.boundary_slot == 103 and stream.boundary_keys == {"s2", "s3"}
+    assert stream.replay_slots == {"A": 103}
+
+
+def test_a_continue_is_pending_until_an_answer_reaches_the_application() -> None:
+    tracker = CursorTracker("ws://h/backtest", CREATE)
+    tracker.returned(Slot(100), SeqDelta(4))
+    params = ContinueParams(advance_count=3)
+    tracker.continue_sent(params)
+    assert tracker.cursor(INFO).pending_continue == PendingContinue(params, 4)
+    tracker.returned(Slot(101), SeqDelta(5))  # progress, not an answer
+    assert tracker.cursor(INFO).pending_continue == PendingContinue(params, 4)
+    tracker.returned(ReadyForContinue(), SeqDelta(6))
+    cursor = tracker.cursor(INFO)
+    assert cursor.pending_continue is None and cursor.last_seq == 6
+
+
+def test_an_unsubscribed_stream_is_not_resumed_and_its_late_items_move_nothing() -> None:
+    tracker = CursorTracker("ws://h/backtest", CREATE)
+    tracker.subscribed("account_diffs", ("A",))
+    tracker.unsubscribed("account_diffs")
+    tracker.apply(ItemDelta("account_diffs", "A", 150, ("sig", "A")))
+    assert tracker.cursor(INFO).streams == {}
+
+
+def test_a_cursor_survives_json_and_a_resumed_tracker_carries_it_on() -> None:
+    tracker = CursorTracker("ws://h/backtest", CREATE)
+    tracker.subscribed("transactions", ("A",))
+    tracker.returned(Transaction(slot=120, signature="s9"),
+                     ItemDelta("transactions", "A", 120, "s9"))
+    tracker.returned(Slot(120), SeqDelta(8))
+    tracker.continue_sent(ContinueParams(advance_count=2))
+    cursor = tracker.cursor(INFO)
+    again = Cursor.from_json(cursor.to_json())
+    assert again == cursor
+    resumed = CursorTracker(again.url, again.create, again)
+    assert resumed.cursor(INFO) == cursor
+
+
+@pytest.mark.parametrize(("text", "field"), [
+    ("[]", "cursor"),
+    ('{"format": "something else"}', "format"),
+])
+def test_a_document_that_is_not_a_cursor_names_the_field(text: str, field: str) -> None:
+    with pytest.raises(CursorError) as caught:
+        Cursor.from_json(text)
+    assert caught.value.field.startswith(field) or field in str(caught.value)
+
+
+def test_check_cursor_rejects_anything_else_by_type() -> None:
+    with pytest.raises(TypeError, match="cursor: expected Cursor, got dict"):
+        check_cursor({})
