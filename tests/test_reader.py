@@ -14,8 +14,8 @@ from actors.runtime.connection import (
     Disconnected,
     ReaderPaused,
     ReaderResumed,
-    _Reactor,
 )
+from actors.runtime.reader import SharedReader
 from protocol.simulator import LocalSimulator
 from tests.harness import (
     FAST,
@@ -73,13 +73,13 @@ def test_connections_share_one_reader_thread_and_the_last_one_ends_it() -> None:
                                      for t in threading.enumerate()), 5,
                      "the connect threads to end")
             assert [t.name for t in threading.enumerate()].count("backtest-reader") == 1
-            assert _Reactor.running() == 1
+            assert SharedReader.running() == 1
             for owner in owners:
                 assert received_items(owner.ask("get")) == [f"frame-{n}" for n in range(FRAMES)]
             for conn in conns:
                 conn.abort()
             assert all(conn.join(2.0) for conn in conns)
-            assert _Reactor.running() == 0
+            assert SharedReader.running() == 0
         finally:
             for owner in owners:
                 owner.stop()
@@ -115,7 +115,7 @@ def test_a_refused_connect_is_reported_and_leaves_nothing() -> None:
             wait_for(lambda: any(isinstance(m, ConnectFailed) for m in owner.ask("get")), 5,
                      "the refusal")
             assert conn.join(2.0)
-            assert _Reactor.running() == 0
+            assert SharedReader.running() == 0
         finally:
             owner.stop()
 

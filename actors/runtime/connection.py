@@ -4,13 +4,12 @@ A connection connects on a short-lived thread of its own (the whole of TCP +
 TLS + upgrade bounded by ``Timing.connect``, see :meth:`Connection.expire_connect`):
 websocket-client's connect is blocking, and a connect that hangs must never
 hold anybody else's. Once the upgrade is done that thread tells ``Opened``,
-hands the socket (now non-blocking) to the :class:`_Reactor` and ends.
+hands the socket (now non-blocking) to the process's
+:class:`~actors.runtime.reader.SharedReader` and ends.
 
-The reactor is one thread for every connection of the process (a sweep runs
-hundreds of sessions; a reader thread per connection cost three threads per
-session). It waits on all sockets with :mod:`selectors`, reads what a ready
-socket has (one ``recv`` of up to 64 KiB per turn, so no connection starves
-another), feeds the bytes to the connection's sans-I/O
+The shared reader calls :meth:`Connection.serve` when the socket is ready: it
+reads what the socket has (one ``recv`` of up to 64 KiB per turn, so no
+connection starves another), feeds the bytes to the connection's sans-I/O
 :class:`~protocol.frames.FrameReader` (websocket-client does the upgrade and
 writes frames; its reader was the client's largest cost), decodes each
 frame once with the codec it was given and only ``tell``s the connection's
@@ -26,7 +25,7 @@ Whoever finally consumes the frame's event gives the credit back
 (:meth:`Connection.grant`), which puts the socket back.
 
 Writes (``send``/``ping``/``send_close``) come from the actor thread and, for
-the answer to a server's ping or close, from the reactor; a per-connection lock
+the answer to a server's ping or close, from the reader; a per-connection lock
 keeps every frame whole on the wire.
 """
 
@@ -56,6 +55,8 @@ from protocol.frames import (
     OP_TEXT,
     FrameReader,
 )
+
+from .reader import SharedReader
 
 # Frames drained from a socket into one message: one hop per batch, not per frame.
 MAX_BATCH = 512
@@ -162,13 +163,13 @@ class Connection:
         # frame to a ProtocolError; skipping websocket-client's pure-Python
         # validator is about 5x faster per frame (DESIGN.md §5).
         # The upgrade's client, dropped once the socket is open (reads are the
-        # reactor's, writes go to the socket): it keeps locks, buffers and the
+        # reader's, writes go to the socket): it keeps locks, buffers and the
         # handshake's headers that every full garbage collection would walk.
         self._ws: websocket.WebSocket | None = websocket.WebSocket(
             skip_utf8_validation=True, enable_multithread=True, sslopt=sslopt)
-        self._frames = FrameReader(max_frame_size)  # bytes read, not yet parsed (reactor)
-        self._eof = False  # the peer's FIN was read (reactor only)
-        # Guards the flags and credits below (actor thread, connect thread, reactor).
+        self._frames = FrameReader(max_frame_size)  # bytes read, not yet parsed (reader)
+        self._eof = False  # the peer's FIN was read (reader only)
+        # Guards the flags and credits below (actor thread, connect thread, reader).
         self._lock = threading.Lock()
         self._credits = window
         self._paused = False
@@ -179,9 +180,9 @@ class Connection:
         self._send_lock = threading.Lock()
         self._out: collections.deque[bytes] = collections.deque()
         self._sock: socket.socket | None = None  # set once open, None once dropped
-        self._reactor: _Reactor | None = None
-        self._events = 0  # selector interest (reactor only)
-        self._finished = threading.Event()  # the socket is closed and released
+        self._shared_reader: SharedReader | None = None
+        self.selector_events = 0  # what the shared reader's selector waits for
+        self.finished = threading.Event()  # the socket is closed and released
         # The connect thread, held weakly once started: it ends after the upgrade, and
         # a Thread kept by each connection of each session (its Event, Condition,
         # locks) was a tenth of what a full garbage collection walked at 500
@@ -214,8 +215,8 @@ class Connection:
         with self._lock:
             self._credits += credits
             wake = self._paused and self._credits > 0
-        if wake and self._reactor is not None:
-            self._reactor.poke(self)
+        if wake and self._shared_reader is not None:
+            self._shared_reader.poke(self)
 
     def send_close(self) -> None:
         """Start the closing handshake (close frame); the reader sees the answer."""
@@ -248,8 +249,8 @@ class Connection:
         with self._lock:
             self._closing = True
         self._shutdown_socket()
-        if self._reactor is not None:
-            self._reactor.poke(self)
+        if self._shared_reader is not None:
+            self._shared_reader.poke(self)
 
     def _shutdown_socket(self) -> None:
         # A socket closed meanwhile has fd -1 in its object, so this cannot hit a
@@ -263,20 +264,20 @@ class Connection:
                 pass
 
     def join(self, timeout: float) -> bool:
-        """Wait until the socket is closed and released (and the reactor, if this
+        """Wait until the socket is closed and released (and the reader, if this
         was its last connection, has ended); False if that took longer than ``timeout``."""
         deadline = time.monotonic() + timeout
         thread = self._connect_thread()
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
         if self._started and (thread is None or not thread.is_alive()):
-            self._finished.wait(max(0.0, deadline - time.monotonic()))
-        reactor = self._reactor
-        if reactor is not None and self._finished.is_set():
-            reactor.join_if_stopping(max(0.0, deadline - time.monotonic()))
-        return self._finished.is_set() or not self._started
+            self.finished.wait(max(0.0, deadline - time.monotonic()))
+        reader = self._shared_reader
+        if reader is not None and self.finished.is_set():
+            reader.join_if_stopping(max(0.0, deadline - time.monotonic()))
+        return self.finished.is_set() or not self._started
 
-    # --- writing (actor thread or reactor) ------
+    # --- writing (actor thread or reader) ------
 
     def _write(self, frame: bytes) -> None:
         with self._send_lock:
@@ -285,8 +286,8 @@ class Connection:
             self._out.append(frame)
             self._flush_locked()
             waiting = bool(self._out)
-        if waiting and self._reactor is not None:
-            self._reactor.poke(self)  # the reactor writes the rest when the socket can take it
+        if waiting and self._shared_reader is not None:
+            self._shared_reader.poke(self)  # the reader writes the rest when the socket can take it
 
     def _flush_locked(self) -> None:
         """Write what the kernel takes now; raises ``OSError`` for a broken socket."""
@@ -346,9 +347,9 @@ class Connection:
         self._ws = None  # the socket is the connection's now (_shutdown_socket reads either)
         # Opened goes first: the actor must see it before any Received.
         self._tell(Opened())
-        reactor = _Reactor.acquire()
-        self._reactor = reactor
-        reactor.add(self)
+        reader = SharedReader.acquire()
+        self._shared_reader = reader
+        reader.add(self)
 
     def _redirect_status(self) -> int | None:
         """The status of a redirect that ended the upgrade (redirect_limit=0), if one did."""
@@ -360,7 +361,7 @@ class Connection:
         self._tell(message)
         assert self._ws is not None  # dropped only once open
         self._ws.shutdown()
-        self._finished.set()
+        self.finished.set()
 
     def _connect(self) -> None:
         assert self._ws is not None
@@ -379,18 +380,30 @@ class Connection:
         if self._connect_expired:
             raise TimeoutError("connect deadline passed")
 
-    # --- the reactor thread ------
+    # --- what the shared reader uses (actors.runtime.reader) ------
 
-    def _service(self, reactor: _Reactor) -> bool:
+    @property
+    def sock(self) -> socket.socket | None:
+        """The open socket, once connected (None before, and after it is closed)."""
+        return self._sock
+
+    def reader_failed(self, exc: BaseException) -> None:
+        """The shared reader hit a bug serving this connection: it is reported lost."""
+        _log.error("reader: %s connection failed: %r", self._name, exc, exc_info=exc)
+        self._tell(Disconnected(f"reader failed: {exc!r}"))
+
+    # --- the reader thread ------
+
+    def serve(self, reader: SharedReader) -> bool:
         """One turn: read once, parse, tell one batch. True when more is ready at once."""
         # Credits and the paused flag change together, under the lock that grant()
-        # takes: a grant that comes after this sees paused and wakes the reactor,
+        # takes: a grant that comes after this sees paused and wakes the reader,
         # one that comes before is in the credits read here. No grant is lost.
         with self._lock:
             closing, credits, was_paused = self._closing, self._credits, self._paused
             self._paused = credits <= 0
         if closing:
-            reactor.drop(self)
+            reader.drop(self)
             return False
         with self._send_lock:
             if self._out and self._sock is not None:
@@ -402,11 +415,11 @@ class Connection:
         if credits <= 0:
             if not was_paused:
                 self._tell(ReaderPaused())
-            reactor.interest(self, selectors.EVENT_WRITE if writing else 0)
+            reader.interest(self, selectors.EVENT_WRITE if writing else 0)
             return False
         if was_paused:
             self._tell(ReaderResumed())
-        reactor.interest(self, selectors.EVENT_READ | (selectors.EVENT_WRITE if writing
+        reader.interest(self, selectors.EVENT_READ | (selectors.EVENT_WRITE if writing
                                                        else 0))
         batch: list[Any] = []
         data_frames = 0
@@ -438,7 +451,7 @@ class Connection:
             ended = str(closed) or None
             if not ended:
                 self._flush(batch, data_frames)
-                reactor.drop(self)
+                reader.drop(self)
                 return False
         except Exception as exc:  # noqa: BLE001 - any read failure ends the connection
             ended = f"{type(exc).__name__}: {exc}"
@@ -448,7 +461,7 @@ class Connection:
                 closing = self._closing
             if not closing:
                 self._tell(Disconnected(ended))
-            reactor.drop(self)
+            reader.drop(self)
             return False
         if more:
             return True  # left for the next turn (batch full), or waiting for credits
@@ -496,7 +509,7 @@ class Connection:
         if batch:
             self._tell(Received(batch))
 
-    def _close_socket(self) -> None:
+    def close_socket(self) -> None:
         """Reactor: close the socket (the connection is being dropped)."""
         with self._send_lock:
             sock, self._sock = self._sock, None
@@ -506,147 +519,3 @@ class Connection:
                 sock.close()
             except OSError:
                 pass  # closed already
-
-
-class _Reactor:
-    """The shared reader thread: every open connection's socket in one selector.
-
-    One lives while it has connections: the first connection starts it, and
-    it ends with its last one, so a process without sessions has no reader
-    thread. Other threads hand it work by :meth:`poke` (a queue and a wake-up
-    byte on a socket pair), never by touching the selector.
-    """
-
-    _lock = threading.Lock()
-    _current: _Reactor | None = None
-
-    def __init__(self) -> None:
-        self._selector = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
-        self._pokes: collections.deque[Connection] = collections.deque()
-        self._woken = False  # a wake-up byte is in flight (guarded by _lock)
-        self._connections = 0  # guarded by _Reactor._lock
-        self._stopping = False
-        self._ready: dict[Connection, None] = {}  # ordered set (reactor only)
-        self._thread = threading.Thread(target=self._run, name="backtest-reader", daemon=True)
-
-    @classmethod
-    def acquire(cls) -> _Reactor:
-        """The running reactor with one more connection counted (one is started if none)."""
-        with cls._lock:
-            if cls._current is None:
-                cls._current = cls()
-                cls._current._thread.start()
-            reactor = cls._current
-            reactor._connections += 1
-            return reactor
-
-    @classmethod
-    def running(cls) -> int:
-        """How many reader threads this process runs now (0 or 1): for tests and the bench."""
-        with cls._lock:
-            return 0 if cls._current is None else 1
-
-    def add(self, conn: Connection) -> None:
-        self.poke(conn)
-
-    def poke(self, conn: Connection) -> None:
-        """Have the reactor look at ``conn`` soon (credits back, a write waiting, close)."""
-        self._pokes.append(conn)
-        with _Reactor._lock:
-            if self._woken or self._stopping:
-                return
-            self._woken = True
-        try:
-            self._wake_w.send(b"\0")
-        except OSError:
-            pass  # full (a wake-up is pending anyway) or closed (stopping)
-
-    def interest(self, conn: Connection, events: int) -> None:
-        """Reactor: what the selector waits for on ``conn``'s socket (0: nothing)."""
-        if events == conn._events:
-            return
-        sock = conn._sock
-        if sock is None:
-            return
-        if conn._events and events:
-            self._selector.modify(sock, events, conn)
-        elif events:
-            self._selector.register(sock, events, conn)
-        else:
-            self._selector.unregister(sock)
-        conn._events = events
-
-    def drop(self, conn: Connection) -> None:
-        """Reactor: forget ``conn``, close its socket; the last one ends the reactor."""
-        self._ready.pop(conn, None)
-        if conn._finished.is_set():
-            return
-        if conn._events and conn._sock is not None:
-            try:
-                self._selector.unregister(conn._sock)
-            except (KeyError, ValueError):
-                pass
-        conn._events = 0
-        conn._close_socket()
-        with _Reactor._lock:
-            self._connections -= 1
-            if self._connections == 0:
-                self._stopping = True
-                if _Reactor._current is self:
-                    _Reactor._current = None  # the next connection starts a fresh one
-        # Set last: whoever waits for it then sees this reactor stopping, and joins it.
-        conn._finished.set()
-
-    def join_if_stopping(self, timeout: float) -> None:
-        with _Reactor._lock:
-            stopping = self._stopping
-        if stopping and threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
-
-    def _run(self) -> None:
-        try:
-            while True:
-                for key, _ in self._selector.select(0 if self._ready else None):
-                    if key.data is None:
-                        self._drain_wake()
-                    else:
-                        self._ready[key.data] = None
-                while self._pokes:
-                    self._ready[self._pokes.popleft()] = None
-                for conn in list(self._ready):
-                    del self._ready[conn]
-                    if conn._finished.is_set():
-                        continue
-                    try:
-                        more = conn._service(self)
-                    except Exception as exc:  # noqa: BLE001 - one connection, not all
-                        _log.error("reader: %s connection failed: %r", conn._name, exc,
-                                   exc_info=exc)
-                        conn._tell(Disconnected(f"reader failed: {exc!r}"))
-                        self.drop(conn)
-                        continue
-                    if more:
-                        self._ready[conn] = None
-                with _Reactor._lock:
-                    if self._stopping and not self._pokes:
-                        return
-        finally:
-            self._selector.close()
-            self._wake_r.close()
-            self._wake_w.close()
-
-    def _drain_wake(self) -> None:
-        # Read the byte(s) first, then clear the flag: a poke that comes after the
-        # clear writes a new byte, so the next select() wakes for it; one that
-        # comes before is already in _pokes, which are taken after this.
-        try:
-            while self._wake_r.recv(4096):
-                pass
-        except (BlockingIOError, OSError):
-            pass
-        with _Reactor._lock:
-            self._woken = False
