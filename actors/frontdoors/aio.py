@@ -1,7 +1,8 @@
 """AsyncBacktestSession: the asyncio front door.
 
-The same supervisor and messages as the blocking :class:`ManagedBacktestSession`
-(it wraps one); only the waiting differs. A take or a continue carries a
+The same supervisor, messages and consumer core
+(:class:`~actors.frontdoors.consumer.SessionCore`) as the blocking
+:class:`~actors.ManagedBacktestSession`; only the waiting differs. A take or a continue carries a
 :class:`_LoopFuture`, a pykka future whose ``set`` also schedules a callback on
 the event loop (``call_soon_threadsafe``). So an ``await`` costs no thread and
 no polling: the supervisor's thread hands the answer to the loop.
@@ -47,10 +48,17 @@ from ..events import (
     ManagedEvent,
     SessionInfo,
 )
-from ..requests import TakeEvents
+from ..requests import SubscribeStream, TakeEvents
 from ..stats import SessionStats
 from ..supervision.config import TAKE_BATCH
-from .blocking import ManagedBacktestSession, _check_timeout, _start_error, _with_deltas
+from .consumer import (
+    SessionCore,
+    SessionOptions,
+    check_timeout,
+    initial_subscriptions,
+    start_error,
+    stream_requests,
+)
 
 T = TypeVar("T")
 
@@ -135,8 +143,8 @@ async def _off_loop(work: Callable[[], T]) -> T:
 class AsyncBacktestSession:
     """A managed session for asyncio code: ``async with``, ``async for``, ``await``."""
 
-    def __init__(self, session: ManagedBacktestSession) -> None:
-        self._session = session
+    def __init__(self, core: SessionCore) -> None:
+        self._core = core
         self._take: _LoopFuture | None = None  # the take the supervisor holds, if any
         self._arrived: asyncio.Event | None = None
         self._arrived_loop: asyncio.AbstractEventLoop | None = None
@@ -152,10 +160,11 @@ class AsyncBacktestSession:
         _no_listener(options)
         if not isinstance(create, CreateSession):
             raise TypeError(f"create: expected CreateSession, got {type(create).__name__}")
-        subscriptions = ManagedBacktestSession._initial_subscriptions(options)
-        session = await cls._started(url, api_key, create, None, subscriptions=subscriptions,
-                                     **options)
-        return cls(session)
+        subscriptions = initial_subscriptions(options.pop("transactions", ()),
+                                              options.pop("account_diffs", ()))
+        core = await cls._started(url, api_key, create, None,
+                                  SessionOptions(subscriptions=subscriptions, **options))
+        return cls(core)
 
     @classmethod
     async def attach(cls, url: str, api_key: str, cursor: Cursor,
@@ -164,18 +173,18 @@ class AsyncBacktestSession:
         Cancelling the call detaches: the session stays resumable."""
         _no_listener(options)
         cursor = check_cursor(cursor)
-        subscribes = ManagedBacktestSession._stream_requests(cursor)  # before connecting
-        session = await cls._started(url, api_key, cursor.create, cursor, **options)
+        subscribes = stream_requests(cursor)  # before connecting
+        core = await cls._started(url, api_key, cursor.create, cursor, SessionOptions(**options))
         try:
-            session._subscribe(subscribes)
+            core.subscribe_again(subscribes)
         except BaseException:
-            await _off_loop(session.detach)
+            await _off_loop(lambda: core.shutdown(detach=True))
             raise
-        return cls(session)
+        return cls(core)
 
     @staticmethod
     async def _started(url: str, api_key: str, create: CreateSession, resume: Cursor | None,
-                       **options: Any) -> ManagedBacktestSession:
+                       options: SessionOptions) -> SessionCore:
         loop = asyncio.get_running_loop()
         known: asyncio.Future[None] = loop.create_future()
 
@@ -184,43 +193,42 @@ class AsyncBacktestSession:
                 known.set_result(None)
 
         started = _LoopFuture(loop, answered)
-        session, bound = ManagedBacktestSession._begin(url, api_key, create, resume, started,
-                                                       **options)
+        core, bound = SessionCore.begin(url, api_key, create, resume, started, options)
         try:
             async with asyncio.timeout(bound):
                 await known
-            session._info = started.get(timeout=0)
+            core.info = started.get(timeout=0)
         except BaseException as exc:
-            await asyncio.shield(_off_loop(lambda: session.shutdown(detach=resume is not None)))
-            raise _start_error(exc, resume is not None, bound) from None
-        return session
+            await asyncio.shield(_off_loop(lambda: core.shutdown(detach=resume is not None)))
+            raise start_error(exc, resume is not None, bound) from None
+        return core
 
     # --- identity, status, subscriptions: answered at once ------
 
     @property
     def session_info(self) -> SessionInfo:
         """The session's identity (id, RPC endpoint), known once ``start`` returned."""
-        return self._session.session_info
+        return self._core.info
 
     def status(self) -> dict[str, ConnectionStatus]:
         """Each connection's status, by name."""
-        return self._session.status()
+        return self._core.status()
 
     def stats(self) -> SessionStats:
         """Counters, typed (:class:`~actors.stats.SessionStats`; also read as a dict)."""
-        return self._session.stats()
+        return self._core.stats()
 
     def cursor(self) -> Cursor:
         """Where to resume: right after the last event a call returned."""
-        return self._session.cursor()
+        return self._core.cursor()
 
     def subscribe_transactions(self, addresses: Iterable[str]) -> None:
         """Subscribe before the first continue so the first slot is captured."""
-        self._session.subscribe_transactions(addresses)
+        self._core.subscribe(SubscribeStream("transactions", addresses))
 
     def subscribe_account_diffs(self, addresses: Iterable[str]) -> None:
         """Deliver every write to one of these accounts (see the blocking facade's)."""
-        self._session.subscribe_account_diffs(addresses)
+        self._core.subscribe(SubscribeStream("account_diffs", addresses))
 
     # --- events and continues ------
 
@@ -231,24 +239,22 @@ class AsyncBacktestSession:
         every event that came before. Cancel-safe (see the module docstring).
         Several tasks may wait at once; each event goes to one of them.
         """
-        wait = _check_timeout(timeout)
-        session = self._session
-        session._apply_returned()
-        if not session._taken and self._error is None:
+        wait = check_timeout(timeout)
+        core = self._core
+        core.apply_returned()
+        if not core.taken and self._error is None:
             try:
                 # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a
                 # cancellation that lands as the awaited thing completes.
                 async with asyncio.timeout(wait):
-                    while not session._taken and self._error is None:
+                    while not core.taken and self._error is None:
                         await self._wait_for_take(asyncio.get_running_loop())
             except TimeoutError:
                 raise TimeoutError(f"no event within {timeout}s") from None
-        if not session._taken:
+        if not core.taken:
             assert self._error is not None
             raise self._error
-        pair = session._taken.popleft()
-        session._returned = pair
-        return pair[0]
+        return core.next_taken()
 
     async def _wait_for_take(self, loop: asyncio.AbstractEventLoop) -> None:
         """Until a take lands: ask for one if none is out, on this loop."""
@@ -259,7 +265,7 @@ class AsyncBacktestSession:
         assert self._arrived is not None
         if self._take is None:
             take = _LoopFuture(loop, self._landed)
-            self._session._tell(TakeEvents(take, TAKE_BATCH))  # raises once shut down
+            self._core.tell(TakeEvents(take, TAKE_BATCH))  # raises once shut down
             self._take = take
         self._arrived.clear()
         await self._arrived.wait()
@@ -271,7 +277,7 @@ class AsyncBacktestSession:
         if reply is self._take:
             self._take = None
         try:
-            self._session._taken.extend(_with_deltas(reply.get(timeout=0)))
+            self._core.add_taken(reply.get(timeout=0))
         except Exception as exc:  # noqa: BLE001 - the session's error: sticky
             self._error = exc
         if self._arrived is not None:
@@ -295,14 +301,14 @@ class AsyncBacktestSession:
         Errors as ``ManagedBacktestSession.send_continue``. Cancelling the wait
         does not call the continue off: it was handed over already.
         """
-        wait = _check_timeout(timeout)
+        wait = check_timeout(timeout)
         loop = asyncio.get_running_loop()
         written: asyncio.Future[None] = loop.create_future()
 
         def answered(reply: _LoopFuture) -> None:
             if not reply.claim():
                 return
-            self._session._settle_continues()  # a refusal reaches the cursor, awaited or not
+            self._core.settle_continues()  # a refusal reaches the cursor, awaited or not
             if written.done():
                 return  # nobody waits any more
             try:
@@ -312,7 +318,7 @@ class AsyncBacktestSession:
             else:
                 written.set_result(None)
 
-        self._session._hand_over_continue(params, _LoopFuture(loop, answered))
+        self._core.hand_over_continue(params, _LoopFuture(loop, answered))
         try:
             async with asyncio.timeout(wait):
                 await written  # cancelled with the task: the answer then goes nowhere
@@ -324,7 +330,7 @@ class AsyncBacktestSession:
     async def shutdown(self, *, detach: bool = False) -> None:
         """Close everything (``detach``: leave the session on the server to resume);
         idempotent, never raises, bounded by ``graceful_close`` + 1 s."""
-        await _off_loop(lambda: self._session.shutdown(detach=detach))
+        await _off_loop(lambda: self._core.shutdown(detach=detach))
 
     async def detach(self) -> None:
         """Close the connections, leave the session on the server (to resume it)."""

@@ -12,105 +12,42 @@ future, and the facade waits on that future.
 
 from __future__ import annotations
 
-import threading
-import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, cast
+from typing import Any
 
 import attrs
 import pykka
 
-from protocol import ContinueParams, CreateSession, ReconnectPolicy, Timing, backtest_ws_url
+from protocol import ContinueParams, CreateSession, ReconnectPolicy, Timing
 from protocol.pubsub import StreamKind
 
-from ..decisions.cursor import Cursor, CursorTracker, Delta, PendingContinue, check_cursor
+from ..decisions.cursor import Cursor, CursorTracker, check_cursor
 from ..decisions.pacer import DEFAULT_MAX_RUN_AHEAD, LostContinuePolicy
 from ..events import (
     Completed,
     ConnectionChanged,
     ConnectionStatus,
     ContinueLost,
-    ErrorKind,
     ManagedEvent,
     ManagedSessionError,
     ReadyForContinue,
     SessionInfo,
 )
-from ..requests import (
-    CancelTake,
-    GetCursor,
-    GetStats,
-    GetStatus,
-    SendContinue,
-    Shutdown,
-    SubscribeStream,
-    TakeEvents,
-    UnsubscribeStream,
-)
+from ..requests import CancelTake, SubscribeStream, TakeEvents, UnsubscribeStream
 from ..runtime.connection import DEFAULT_MAX_FRAME_SIZE
 from ..runtime.timers import Scheduler
 from ..stats import SessionStats
-from ..supervision.config import DEFAULT_MAX_QUEUE, LINKS_PER_SESSION, TAKE_BATCH, SessionConfig
-from ..supervision.supervisor import SessionSupervisor
+from ..supervision.config import DEFAULT_MAX_QUEUE, TAKE_BATCH
+from .consumer import (
+    ASK_TIMEOUT,
+    SessionCore,
+    SessionOptions,
+    check_timeout,
+    initial_subscriptions,
+)
 
-# Extra time shutdown() allows beyond Timing.graceful_close for actors to end.
-SHUTDOWN_MARGIN = 1.0
-# The supervisor answers an ask at once (it never blocks); this bounds a bug.
-ASK_TIMEOUT = 10.0
 # Tries at withdrawing an interrupted take when interrupts keep coming (a held Ctrl-C).
 WITHDRAW_ATTEMPTS = 5
-
-
-def _check_timeout(timeout: object) -> float | None:
-    """A wait bound in seconds, or None; checked before any take or continue is handed over.
-
-    A bad value found only inside the wait would leave the request with the
-    supervisor, and its answer (a batch of events) with nobody.
-    """
-    if timeout is None:
-        return None
-    # Exact types first: this runs once per event.
-    if type(timeout) is not float and type(timeout) is not int and (
-            isinstance(timeout, bool) or not isinstance(timeout, int | float)):
-        raise TypeError(f"timeout: expected seconds (int or float) or None, got "
-                        f"{type(timeout).__name__}")
-    if timeout != timeout or timeout < 0:  # NaN; math.isnan overflows on a huge int
-        raise ValueError(f"timeout: expected a number of seconds >= 0, got {timeout!r}")
-    # Past the platform's longest wait (about 292 years) is "no bound" in practice.
-    return None if timeout > threading.TIMEOUT_MAX else float(timeout)
-
-
-@attrs.define
-class _Handed:
-    """A continue handed over: its reply, what the cursor noted, what it held before."""
-
-    reply: pykka.Future[None]
-    noted: PendingContinue | None
-    before: PendingContinue | None
-
-
-def _start_error(exc: BaseException, attach: bool, bound: float) -> BaseException:
-    """What a start (or attach) that did not get its session raises."""
-    what: ErrorKind = "attach" if attach else "create"
-    if isinstance(exc, pykka.Timeout | TimeoutError):
-        return ManagedSessionError(what, f"no session within {bound:.0f}s")
-    if isinstance(exc, ManagedSessionError) and attach and exc.kind != "cancelled":
-        error = ManagedSessionError("attach", exc.reason)
-        error.__cause__ = exc
-        return error
-    return exc
-
-
-def _with_deltas(batch: list[ManagedEvent]) -> list[tuple[ManagedEvent, Delta | None]]:
-    deltas: list[Delta | None] = getattr(batch, "deltas", [None] * len(batch))
-    return list(zip(batch, deltas, strict=True))
-
-
-def _check_optional(field: str, value: object, kind: type | tuple[type, ...],
-                    expected: str) -> None:
-    if value is not None and not isinstance(value, kind):
-        raise TypeError(f"{field}: expected {expected} or None, got {type(value).__name__}")
 
 
 class ManagedBacktestSession:
@@ -130,23 +67,14 @@ class ManagedBacktestSession:
     def __init__(self, supervisor: pykka.ActorRef[Any], scheduler: Scheduler,
                  info: SessionInfo, timing: Timing, tracker: CursorTracker | None = None
                  ) -> None:
-        self._supervisor = supervisor
-        # The cursor as the application has seen it: each returned event's delta.
-        self._tracker = tracker or CursorTracker("", CreateSession(0, 0))
-        # The last event returned, its delta not yet applied: applied by the next
-        # next_event() or cursor() (no call between removing an event and returning it).
-        self._returned: tuple[ManagedEvent, Delta | None] | None = None
-        self._last_cursor: Cursor | None = None  # a listener session's, kept at shutdown
-        self._scheduler = scheduler
-        self._info = info
-        self._timing = timing
-        self._closed = False
-        self._listener_mode = False  # events go to a listener actor, not next_event()
-        self._lock = threading.Lock()  # makes shutdown() idempotent across threads
-        # Continues handed to the supervisor whose answer is not applied yet.
-        self._handed: list[_Handed] = []
-        # Taken from the supervisor in batches; bounded by TAKE_BATCH, counted in max_queue.
-        self._taken: deque[tuple[ManagedEvent, Delta | None]] = deque()
+        self._core = SessionCore(supervisor, scheduler, info, timing, tracker)
+
+    @classmethod
+    def from_core(cls, core: SessionCore) -> ManagedBacktestSession:
+        """The blocking facade over a session another front door started (a handle)."""
+        session = cls.__new__(cls)
+        session._core = core
+        return session
 
     @classmethod
     def start(cls, url: str, api_key: str, create: CreateSession, *,
@@ -209,28 +137,12 @@ class ManagedBacktestSession:
             raise TypeError(f"create: expected CreateSession, got {type(create).__name__}")
         # attrs validators ran at construction; this catches an instance changed since.
         attrs.validate(create)
-        subscriptions = cls._initial_subscriptions(
-            {"transactions": transactions, "account_diffs": account_diffs})
-        return cls._launch(url, api_key, create, None, policy=policy, timing=timing,
-                           listener=listener, max_queue=max_queue, sslopt=sslopt,
-                           max_frame_size=max_frame_size, max_run_ahead=max_run_ahead,
-                           on_lost_continue=on_lost_continue, on_starting=on_starting,
-                           subscriptions=subscriptions)
-
-    @staticmethod
-    def _initial_subscriptions(options: dict[str, Any]) -> tuple[SubscribeStream, ...]:
-        """Take ``transactions``/``account_diffs`` out of ``options`` as subscribe
-        requests, checked here (named, base58) before anything is sent."""
-        subscriptions: list[SubscribeStream] = []
-        kinds: tuple[StreamKind, ...] = ("transactions", "account_diffs")
-        for kind in kinds:
-            addresses = options.pop(kind, ())
-            if isinstance(addresses, str | bytes):
-                raise TypeError(f"{kind}: expected a list of addresses, got one string")
-            listed = tuple(addresses)
-            if listed:
-                subscriptions.append(SubscribeStream(kind, listed))
-        return tuple(subscriptions)
+        options = SessionOptions(
+            policy=policy, timing=timing, listener=listener, sslopt=sslopt,
+            max_frame_size=max_frame_size, max_queue=max_queue, max_run_ahead=max_run_ahead,
+            on_lost_continue=on_lost_continue, on_starting=on_starting,
+            subscriptions=initial_subscriptions(transactions, account_diffs))
+        return cls.from_core(SessionCore.launch(url, api_key, create, None, options))
 
     @classmethod
     def attach(cls, url: str, api_key: str, cursor: Cursor, *,
@@ -257,111 +169,12 @@ class ManagedBacktestSession:
         (expired, unknown) or belongs to another key; nothing but the attach
         was sent then.
         """
-        return cls._resume(url, api_key, check_cursor(cursor), policy=policy, timing=timing,
-                           listener=listener, max_queue=max_queue, sslopt=sslopt,
-                           max_frame_size=max_frame_size, max_run_ahead=max_run_ahead,
-                           on_lost_continue=on_lost_continue, on_starting=on_starting)
-
-    @classmethod
-    def _resume(cls, url: str, api_key: str, cursor: Cursor,
-                **options: Any) -> ManagedBacktestSession:
-        """Launch from a cursor and subscribe its streams (with replay)."""
-        subscribes = cls._stream_requests(cursor)  # checked before connecting
-        session = cls._launch(url, api_key, cursor.create, cursor, **options)
-        try:
-            session._subscribe(subscribes)
-        except BaseException:
-            session.detach()  # the session stays on the server: the cursor still resumes it
-            raise
-        return session
-
-    @staticmethod
-    def _stream_requests(cursor: Cursor) -> list[SubscribeStream]:
-        """A cursor's streams as subscribe requests (addresses checked on construction)."""
-        return [SubscribeStream(cast(StreamKind, name), stream.addresses)
-                for name, stream in cursor.streams.items()]
-
-    def _subscribe(self, requests: list[SubscribeStream]) -> None:
-        """Subscribe again after an attach (the replay slots were seeded from the cursor)."""
-        for message in requests:
-            self._ask(message)
-            self._tracker.subscribed(message.kind, message.addresses)
-
-    @classmethod
-    def _launch(cls, url: str, api_key: str, create: CreateSession, resume: Cursor | None,
-                **options: Any) -> ManagedBacktestSession:
-        """Start the supervisor and wait until the session is known (or failed)."""
-        started: pykka.ThreadingFuture[SessionInfo] = pykka.ThreadingFuture()
-        session, bound = cls._begin(url, api_key, create, resume, started, **options)
-        try:
-            session._info = started.get(timeout=bound)
-        except BaseException as exc:
-            # An attach interrupted (Ctrl-C) leaves the session on the server: never
-            # closed by a resume that did not finish.
-            session.shutdown(detach=resume is not None)
-            raise _start_error(exc, resume is not None, bound) from None
-        return session
-
-    @classmethod
-    def _begin(cls, url: str, api_key: str, create: CreateSession, resume: Cursor | None,
-               started: pykka.Future[SessionInfo], *,
-               policy: ReconnectPolicy | None = None, timing: Timing | None = None,
-               listener: pykka.ActorRef[Any] | None = None,
-               max_queue: int = DEFAULT_MAX_QUEUE, sslopt: dict[str, Any] | None = None,
-               max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
-               max_run_ahead: int = DEFAULT_MAX_RUN_AHEAD,
-               on_lost_continue: LostContinuePolicy = "resend",
-               on_starting: Callable[[ConnectionChanged], None] | None = None,
-               control: bool = True, subscriptions: tuple[SubscribeStream, ...] = (),
-               close_at_completed: bool = True) -> tuple[ManagedBacktestSession, float]:
-        """Check every argument, start the supervisor; ``started`` is answered with
-        the session's identity (or its error) within the returned bound."""
-        # Every argument is checked here, in the caller's thread: a bad one found
-        # later, inside an actor, would crash it and leave start() waiting.
-        if not isinstance(url, str):
-            raise TypeError(f"url: expected a str, got {type(url).__name__}")
-        control_url = backtest_ws_url(url) if control else url
-        if not isinstance(api_key, str):
-            raise TypeError(f"api_key: expected a str, got {type(api_key).__name__}")
-        if control and not api_key:
-            raise ValueError("api_key: expected a non-empty string")
-        _check_optional("policy", policy, ReconnectPolicy, "ReconnectPolicy")
-        _check_optional("timing", timing, Timing, "Timing")
-        _check_optional("listener", listener, pykka.ActorRef, "a pykka.ActorRef")
-        _check_optional("sslopt", sslopt, dict, "a dict of websocket-client ssl options")
-        if sslopt is not None and not all(isinstance(k, str) for k in sslopt):
-            raise TypeError("sslopt: expected str keys (ssl option names)")
-        if type(max_frame_size) is not int or max_frame_size < 1024:
-            raise ValueError(f"max_frame_size: expected an integer >= 1024, got "
-                             f"{max_frame_size!r}")
-        if type(max_queue) is not int or max_queue < LINKS_PER_SESSION:
-            raise ValueError(f"max_queue: expected an integer >= {LINKS_PER_SESSION}, "
-                             f"got {max_queue!r}")
-        if type(max_run_ahead) is not int or max_run_ahead < 1:
-            raise ValueError(f"max_run_ahead: expected an integer >= 1, got {max_run_ahead!r}")
-        if on_lost_continue not in ("resend", "raise"):
-            raise ValueError(f"on_lost_continue: expected 'resend' or 'raise', got "
-                             f"{on_lost_continue!r}")
-        timing = timing or Timing()
-        scheduler = Scheduler()
-        config = SessionConfig(
-            url=control_url, api_key=api_key, create=create, policy=policy or ReconnectPolicy(),
-            timing=timing, max_queue=max_queue, sslopt=sslopt, max_frame_size=max_frame_size,
-            max_run_ahead=max_run_ahead, on_lost_continue=on_lost_continue,
-            on_starting=on_starting, resume=resume, control=control,
-            subscriptions=subscriptions, close_at_completed=close_at_completed)
-        supervisor = SessionSupervisor.start(config, scheduler=scheduler, started=started,
-                                             listener=listener)
-        tracker = CursorTracker(control_url, create, resume)
-        for message in subscriptions:
-            tracker.subscribed(message.kind, message.addresses)
-        info = SessionInfo("", "") if resume is None else resume.info
-        session = cls(supervisor, scheduler, info, timing, tracker)
-        session._listener_mode = listener is not None
-        # Bound: the policy's outage budget, plus the attempt under way when it runs
-        # out (connect and one handshake answer); past that a bug, never a wait.
-        bound = config.policy.max_total + timing.connect + timing.handshake + SHUTDOWN_MARGIN
-        return session, bound
+        cursor = check_cursor(cursor)
+        options = SessionOptions(
+            policy=policy, timing=timing, listener=listener, sslopt=sslopt,
+            max_frame_size=max_frame_size, max_queue=max_queue, max_run_ahead=max_run_ahead,
+            on_lost_continue=on_lost_continue, on_starting=on_starting)
+        return cls.from_core(SessionCore.resume(url, api_key, cursor, options))
 
     # --- identity and status ------
 
@@ -369,26 +182,24 @@ class ManagedBacktestSession:
     def session_info(self) -> SessionInfo:
         """The session's identity (``session_id``, ``rpc_endpoint``, ``task_id``), known
         once :meth:`start` returned; the id is what a resume and the server's logs name."""
-        return self._info
+        return self._core.info
 
     @property
     def supervisor(self) -> pykka.ActorRef[Any]:
         """The supervisor actor: application actors ``tell``/``ask`` it directly."""
-        return self._supervisor
+        return self._core.supervisor
 
     def status(self) -> dict[str, ConnectionStatus]:
         """Each connection's status now: ``"control"``, ``"transactions"``,
         ``"account_diffs"`` -> ``Connecting``, ``Up``, ``Reconnecting``, ``Failed`` or
         ``Closed``. One round trip to the supervisor (it answers at once)."""
-        result: dict[str, ConnectionStatus] = self._ask(GetStatus())
-        return result
+        return self._core.status()
 
     def stats(self) -> SessionStats:
         """The session's counters now (:class:`~actors.stats.SessionStats`: reconnects,
         duplicates by kind, continues, gaps, ...). Also read as a dict: ``stats["key"]``.
         One round trip to the supervisor; cheap enough for a progress line."""
-        result: SessionStats = self._ask(GetStats())
-        return result
+        return self._core.stats()
 
     def cursor(self) -> Cursor:
         """Where to resume this session: right after the last event the application got.
@@ -396,29 +207,12 @@ class ManagedBacktestSession:
         Works at any time, also after a failure or shutdown. Persist it with
         ``to_json()`` and resume with :meth:`attach` (see :mod:`actors.decisions.cursor`).
         """
-        if self._listener_mode:
-            if not self._closed:
-                try:
-                    answer: Any = self._supervisor.ask(GetCursor(), timeout=ASK_TIMEOUT)
-                    self._last_cursor = answer
-                except (pykka.ActorDeadError, pykka.Timeout):
-                    pass
-            if self._last_cursor is not None:
-                return self._last_cursor
-        self._apply_returned()
-        self._settle_continues()
-        return self._tracker.cursor(self._info)
+        return self._core.cursor()
 
     @property
     def delivered_seq(self) -> int | None:
         """The ``seqId`` of the last control event returned (what a journal records)."""
-        self._apply_returned()
-        return self._tracker.last_seq
-
-    def _apply_returned(self) -> None:
-        returned, self._returned = self._returned, None
-        if returned is not None:
-            self._tracker.returned(*returned)
+        return self._core.delivered_seq
 
     # --- subscriptions ------
 
@@ -432,17 +226,13 @@ class ManagedBacktestSession:
         ``max_run_ahead / 2`` blocks. A transaction that mentions several of the
         addresses comes once, ``Transaction.matched`` naming them.
         """
-        message = SubscribeStream("transactions", addresses)
-        self._ask(message)
-        self._tracker.subscribed("transactions", message.addresses)
+        self._core.subscribe(SubscribeStream("transactions", addresses))
 
     def subscribe_account_diffs(self, addresses: Iterable[str]) -> None:
         """Deliver every write to one of the accounts ``addresses`` (an ``AccountDiff``
         with its pre and post state); same rules and cost as
         :meth:`subscribe_transactions`."""
-        message = SubscribeStream("account_diffs", addresses)
-        self._ask(message)
-        self._tracker.subscribed("account_diffs", message.addresses)
+        self._core.subscribe(SubscribeStream("account_diffs", addresses))
 
     def unsubscribe(self, kind: StreamKind, timeout: float | None = None) -> None:
         """Close the subscription ``kind`` (``"transactions"`` or ``"account_diffs"``)
@@ -457,14 +247,14 @@ class ManagedBacktestSession:
         subscribed again afterwards.
         """
         message = UnsubscribeStream(kind)
-        wait = _check_timeout(timeout)
+        wait = check_timeout(timeout)
         reply: pykka.ThreadingFuture[None] = pykka.ThreadingFuture()
-        self._tell(attrs.evolve(message, reply=reply))
+        self._core.tell(attrs.evolve(message, reply=reply))
         try:
             reply.get(timeout=wait)
         except pykka.Timeout:
             raise TimeoutError(f"unsubscribe not confirmed within {timeout}s") from None
-        self._tracker.unsubscribed(kind)
+        self._core.tracker.unsubscribed(kind)
 
     def unsubscribe_transactions(self, timeout: float | None = None) -> None:
         """``unsubscribe("transactions")``."""
@@ -511,7 +301,7 @@ class ManagedBacktestSession:
         if on_event is not None and not callable(on_event):
             raise TypeError(f"on_event: expected a callable or None, got "
                             f"{type(on_event).__name__}")
-        wait = _check_timeout(timeout)
+        wait = check_timeout(timeout)
         default = ContinueParams(advance_count=advance)
         while True:
             event = self.next_event(timeout=wait)
@@ -540,11 +330,12 @@ class ManagedBacktestSession:
         withdrawn, or, if its batch had already been handed over, the batch is
         kept and the next call returns it. The interrupt is then re-raised.
         """
-        wait = _check_timeout(timeout)
-        self._apply_returned()
-        taken = self._taken
+        wait = check_timeout(timeout)
+        core = self._core
+        core.apply_returned()
+        taken = core.taken
         if not taken:
-            if self._listener_mode:
+            if core.listener_mode:
                 raise ValueError("next_event: this session tells its events to its listener "
                                  "actor; nothing would ever come here")
             reply: pykka.ThreadingFuture[list[ManagedEvent]] = pykka.ThreadingFuture()
@@ -552,7 +343,7 @@ class ManagedBacktestSession:
                 # Inside the try: an interrupt that lands just after the take was
                 # handed over must withdraw it too (a take never handed over is
                 # withdrawn as well: CancelTake finds nothing, nothing ever fills it).
-                self._tell(TakeEvents(reply, TAKE_BATCH))
+                core.tell(TakeEvents(reply, TAKE_BATCH))
                 batch: list[ManagedEvent] = reply.get(timeout=wait)
             except pykka.Timeout:
                 withdrawn, interrupt = self._withdraw(reply)
@@ -568,21 +359,15 @@ class ManagedBacktestSession:
                 self._withdraw(reply)  # a second interrupt meanwhile: this one is raised
                 raise
             else:
-                taken.extend(_with_deltas(batch))
-        # No call between removing the event and returning it, so an asynchronous
-        # exception cannot land between the two (CPython runs signal handlers at calls
-        # and backward jumps, not at subscripts or returns).
-        pair = taken[0]
-        del taken[0]
-        self._returned = pair
-        return pair[0]
+                core.add_taken(batch)
+        return core.next_taken()
 
     def _withdraw(self, reply: pykka.ThreadingFuture[list[ManagedEvent]]
                   ) -> tuple[bool, BaseException | None]:
         """Withdraw a take nobody waits for any more: (withdrawn, a later interrupt).
 
         ``withdrawn`` is True if nothing had been put in the take. If its batch
-        was already handed over, the batch goes to ``_taken`` so the next
+        was already handed over, the batch is kept with the taken events so the next
         ``next_event`` returns it. The supervisor handles messages in order, so
         once it has answered a ``CancelTake`` the future is final: set now, or
         never. An interrupt during this (a second Ctrl-C) repeats the question
@@ -594,7 +379,7 @@ class ManagedBacktestSession:
         for _ in range(WITHDRAW_ATTEMPTS):
             try:
                 try:
-                    self._supervisor.ask(CancelTake(reply), timeout=ASK_TIMEOUT)
+                    self._core.supervisor.ask(CancelTake(reply), timeout=ASK_TIMEOUT)
                 except (pykka.ActorDeadError, pykka.Timeout):
                     # A stopped supervisor answers nothing more: final as well. One
                     # that does not answer within ASK_TIMEOUT is a bug; what its take
@@ -610,7 +395,7 @@ class ManagedBacktestSession:
             except BaseException as exc:  # noqa: BLE001 - handed back to the caller
                 interrupt = interrupt or exc
         if isinstance(outcome, list):
-            self._taken.extend(_with_deltas(outcome))
+            self._core.add_taken(outcome)
             return False, interrupt
         # None only after every attempt failed, so ``interrupt`` is set and is raised.
         return bool(outcome), interrupt
@@ -622,68 +407,15 @@ class ManagedBacktestSession:
         Raises ``ManagedSessionError(kind="continue_outstanding")`` while the
         previous continue has not been answered, or the session's error.
         """
-        wait = _check_timeout(timeout)
+        wait = check_timeout(timeout)
         reply: pykka.ThreadingFuture[None] = pykka.ThreadingFuture()
-        self._hand_over_continue(params, reply)
+        self._core.hand_over_continue(params, reply)
         try:
             reply.get(timeout=wait)
         except pykka.Timeout:
             raise TimeoutError(f"continue not written within {timeout}s") from None
         finally:
-            self._settle_continues()
-
-    def _hand_over_continue(self, params: ContinueParams | None,
-                            reply: pykka.Future[None]) -> None:
-        """Check ``params``, note the continue as sent (write-ahead), hand it over.
-
-        Shared with the asyncio facade, which waits for ``reply`` its own way.
-        """
-        params = ContinueParams() if params is None else params
-        if not isinstance(params, ContinueParams):
-            raise TypeError(f"params: expected ContinueParams, got {type(params).__name__}")
-        # attrs validators ran at construction; this catches an instance changed since
-        # (object.__setattr__), before the value can reach the wire.
-        attrs.validate(params)
-        self._apply_returned()
-        self._settle_continues()
-        # Write-ahead: a cursor taken from now on holds it as sent (the lost-continue
-        # rule settles a continue that never reached the server).
-        before = self._tracker.pending
-        self._tracker.continue_sent(params)
-        handed = _Handed(reply, self._tracker.pending, before)
-        try:
-            self._tell(SendContinue(params, reply))
-        except ManagedSessionError:
-            self._tracker.pending = before
-            raise
-        self._handed.append(handed)
-
-    def _settle_continues(self) -> None:
-        """Apply the supervisor's answers to continues handed over, waited for or not.
-
-        A refused continue was never sent: the cursor goes back to what it held
-        before it, and so does any later continue's "before" (several may be
-        refused in any order: asyncio tasks, a timed-out wait).
-        """
-        waiting: list[_Handed] = []
-        for handed in self._handed:
-            try:
-                handed.reply.get(timeout=0)
-            except pykka.Timeout:
-                waiting.append(handed)  # not answered yet
-                continue
-            except ManagedSessionError as exc:
-                if exc.kind in ("continue_outstanding", "closed"):
-                    for other in self._handed:
-                        if other.before is handed.noted:
-                            other.before = handed.before
-                    if self._tracker.pending is handed.noted:
-                        self._tracker.pending = handed.before
-            except Exception:  # noqa: BLE001 - another failure: the session's, raised elsewhere
-                pass
-        # Rebuilt, not removed from: a second consumer thread settling at the same
-        # time must not make this raise.
-        self._handed = waiting
+            self._core.settle_continues()
 
     # --- shutdown ------
 
@@ -695,53 +427,10 @@ class ManagedBacktestSession:
 
     def shutdown(self, *, detach: bool = False) -> None:
         """Close everything; idempotent, never raises, bounded by graceful_close + margin."""
-        with self._lock:
-            if self._closed:
-                return
-            if self._listener_mode:
-                try:
-                    self.cursor()  # kept: cursor() still answers after the supervisor is gone
-                except Exception:  # noqa: BLE001 - shutdown never raises
-                    pass
-            self._closed = True
-        deadline = time.monotonic() + self._timing.graceful_close + SHUTDOWN_MARGIN
-        try:
-            reply: pykka.ThreadingFuture[list[pykka.ActorRef[Any]]] = pykka.ThreadingFuture()
-            self._supervisor.tell(Shutdown(reply, detach))
-            leftovers = reply.get(timeout=max(0.1, deadline - time.monotonic()))
-            for ref in leftovers:
-                ref.stop(block=True, timeout=max(0.1, deadline - time.monotonic()))
-        except Exception:  # noqa: BLE001 - shutdown never raises
-            pass
-        try:
-            self._supervisor.stop(block=True, timeout=max(0.1, deadline - time.monotonic()))
-        except Exception:  # noqa: BLE001
-            pass
-        self._scheduler.stop(timeout=max(0.1, deadline - time.monotonic()))
+        self._core.shutdown(detach=detach)
 
     def __enter__(self) -> ManagedBacktestSession:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.shutdown()
-
-    # --- internals ------
-
-    def _tell(self, message: Any) -> None:
-        if self._closed:
-            raise ManagedSessionError("closed", "session shut down")
-        try:
-            self._supervisor.tell(message)
-        except pykka.ActorDeadError:
-            raise ManagedSessionError("closed", "session shut down") from None
-
-    def _ask(self, message: Any) -> Any:
-        if self._closed:
-            raise ManagedSessionError("closed", "session shut down")
-        try:
-            return self._supervisor.ask(message, timeout=ASK_TIMEOUT)
-        except pykka.ActorDeadError:
-            raise ManagedSessionError("closed", "session shut down") from None
-        except pykka.Timeout:
-            raise ManagedSessionError("internal", f"the session did not answer "
-                                      f"{type(message).__name__} within {ASK_TIMEOUT}s") from None

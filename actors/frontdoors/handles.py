@@ -45,6 +45,7 @@ from ..events import ConnectionStatus, ManagedEvent, SessionInfo
 from ..requests import SubscribeStream
 from ..stats import SessionStats
 from .blocking import ManagedBacktestSession
+from .consumer import SessionCore, SessionOptions
 
 
 class _Handle:
@@ -139,14 +140,16 @@ def spawn_control(url: str, api_key: str, session: CreateSession | Cursor,
             raise ValueError("session: a control handle has no subscriptions; this cursor "
                              f"has streams {sorted(session.streams)} (attach it with "
                              "ManagedBacktestSession.attach)")
-        return ControlHandle(ManagedBacktestSession._resume(
-            url, api_key, session, close_at_completed=False, **options))
+        core = SessionCore.resume(url, api_key, session,
+                                  SessionOptions(close_at_completed=False, **options))
+        return ControlHandle(ManagedBacktestSession.from_core(core))
     if not isinstance(session, CreateSession):
         raise TypeError(f"session: expected CreateSession or Cursor, got "
                         f"{type(session).__name__}")
     attrs.validate(session)
-    return ControlHandle(ManagedBacktestSession._launch(
-        url, api_key, session, None, close_at_completed=False, **options))
+    core = SessionCore.launch(url, api_key, session, None,
+                              SessionOptions(close_at_completed=False, **options))
+    return ControlHandle(ManagedBacktestSession.from_core(core))
 
 
 def spawn_transaction_subscription(rpc_endpoint: str | SessionInfo, addresses: Iterable[str],
@@ -199,9 +202,10 @@ def _spawn_subscription(kind: StreamKind, endpoint: str | SessionInfo, addresses
     start = replay_from_slot or 0
     cursor = check_cursor(Cursor("", info.session_id, info.rpc_endpoint, start, start,
                                  streams=streams))
-    session = ManagedBacktestSession._launch("", "", cursor.create, cursor, control=False,
-                                             subscriptions=(subscribe,), **options)
-    return SubscriptionHandle(session, kind)
+    core = SessionCore.launch("", "", cursor.create, cursor,
+                              SessionOptions(control=False, subscriptions=(subscribe,),
+                                             **options))
+    return SubscriptionHandle(ManagedBacktestSession.from_core(core), kind)
 
 
 def _checked_info(endpoint: object) -> SessionInfo:
