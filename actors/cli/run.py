@@ -39,6 +39,7 @@ from protocol.messages import pubkey_problem
 from protocol.pubsub import PUBSUB_BUFFER_SLOTS
 from protocol.simulator import DEFAULT_API_KEY, LocalSimulator
 from protocol.simulator.__main__ import add_server_arguments
+from protocol.simulator.arguments import int_at_least, seconds
 
 from ..decisions.pacer import DEFAULT_MAX_RUN_AHEAD, LostContinuePolicy
 from ..events import (
@@ -79,31 +80,8 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def _int_at_least(minimum: int, what: str) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected {what} >= {minimum}, got {value}")
-        return value
-
-    return parse
-
-
-_positive = _int_at_least(1, "a number")
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}")
-    return value
-_slot = _int_at_least(0, "a slot number")
+_positive = int_at_least(1, "a number")
+_slot = int_at_least(0, "a slot number")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", metavar="FILE",
                      help="re-attach the session of this journal (URL and session from it, "
                           "key from --api-key or $BACKTEST_API_KEY) and append to it")
-    run.add_argument("--continue-quiet", type=_seconds, metavar="SECONDS",
+    run.add_argument("--continue-quiet", type=seconds, metavar="SECONDS",
                      help="after a re-attach, how long nothing new proves a continue in "
                           "flight was lost (default: the keepalive deadline)")
     run.add_argument("--chaos", action="store_true",

@@ -14,6 +14,7 @@ import sys
 import threading
 
 from . import DEFAULT_API_KEY, LocalSimulator
+from .arguments import seconds
 from .chain import Chain
 from .server import (
     LOCAL_KEEPALIVE_DEADLINE,
@@ -22,16 +23,6 @@ from .server import (
     ServerLimits,
     ServerLiveness,
 )
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {value}")
-    return value
 
 
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,17 +48,17 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
                         help="print the chain's addresses (one a line, for --transactions and "
                              "--account-diffs) and its slot range, then exit")
     parser.add_argument(
-        "--keepalive-interval", type=_seconds, default=LOCAL_KEEPALIVE_INTERVAL,
+        "--keepalive-interval", type=seconds, default=LOCAL_KEEPALIVE_INTERVAL,
         metavar="SECONDS",
         help=f"ping a connection idle this long (default {LOCAL_KEEPALIVE_INTERVAL:g}; "
              "a real server: 15, the client's default)")
     parser.add_argument(
-        "--keepalive-deadline", type=_seconds, default=LOCAL_KEEPALIVE_DEADLINE,
+        "--keepalive-deadline", type=seconds, default=LOCAL_KEEPALIVE_DEADLINE,
         metavar="SECONDS",
         help=f"close a connection silent this long, releasing the session it owns "
              f"(default {LOCAL_KEEPALIVE_DEADLINE:g}; a real server: 45, the client's default)")
     parser.add_argument(
-        "--stall-timeout", type=_seconds, default=LOCAL_STALL_TIMEOUT, metavar="SECONDS",
+        "--stall-timeout", type=seconds, default=LOCAL_STALL_TIMEOUT, metavar="SECONDS",
         help="close a reader that is alive but does not drain what it is sent for this "
              f"long; its session waits for it until then (default {LOCAL_STALL_TIMEOUT:g})")
     parser.add_argument(

@@ -23,6 +23,7 @@ from rich.table import Table
 
 from protocol import ReconnectPolicy, Timing, backtest_ws_url
 from protocol.simulator import DEFAULT_API_KEY, LocalSimulator
+from protocol.simulator.arguments import int_at_least, seconds
 
 from .driver import DEFAULT_RETRIES, BackendChoice, Sweep, SweepConfig, ray_available
 from .plan import PLAN_FILE, PlanError, RangeRule, SweepFile, SweepPlan, read_sweep_file, resolve
@@ -60,31 +61,14 @@ def add_parser(sub: Any, positive: Any, slot: Any) -> None:
                    help=f"resumes per session after retryable failures or lost workers "
                         f"(default {DEFAULT_RETRIES})")
     p.add_argument("--max-run-ahead", type=positive, default=80, metavar="SLOTS")
-    p.add_argument("--continue-quiet", type=_seconds, metavar="SECONDS",
+    p.add_argument("--continue-quiet", type=seconds, metavar="SECONDS",
                    help="after a re-attach, how long nothing new proves a continue in "
                         "flight was lost (default: the keepalive deadline)")
     p.add_argument("--seed", type=int, default=0, help="embedded chain seed")
     p.add_argument("-v", "--verbose", action="store_true", help="log to stderr")
 
 
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}")
-    return value
+_non_negative = int_at_least(0)
 
 
 def main(args: argparse.Namespace, usage_error: type[Exception]) -> int:
