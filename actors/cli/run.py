@@ -44,20 +44,19 @@ from protocol.simulator.arguments import int_at_least, seconds
 from ..decisions.pacer import DEFAULT_MAX_RUN_AHEAD, LostContinuePolicy
 from ..events import (
     AccountDiff,
-    Completed,
     ConnectionChanged,
     ContinueLost,
     Error,
     Gap,
     ManagedEvent,
     ManagedSessionError,
-    ReadyForContinue,
     Reconnecting,
     Slot,
     Status,
     Transaction,
 )
 from ..frontdoors.blocking import ManagedBacktestSession
+from ..frontdoors.drive import Drive
 from ..stats import SessionStats
 from .journal import JournalError, JournalHeader, JournalState, JournalWriter, read_journal
 
@@ -427,25 +426,17 @@ class _Run:
                     session.subscribe_transactions(self.tx_addrs)
                 if self.diff_addrs:
                     session.subscribe_account_diffs(self.diff_addrs)
-            elif self.resume.awaiting_continue:
-                self._continue(session)  # the run died between Ready and its continue
+            drive = _JournaledDrive(self, session)
+            if self.resume is not None and self.resume.awaiting_continue:
+                drive.continue_with(drive.default)  # it died between Ready and its continue
             if self.chaos is not None:
                 self._schedule_chaos(session.session_info.session_id)
             with self._progress(session.session_info.session_id) as update:
-                while True:
-                    event = self._wait(session.next_event)
-                    self._count(event)
-                    update()
-                    if isinstance(event, ReadyForContinue):
-                        self._continue(session)
-                    elif isinstance(event, Completed):
-                        self.summary, self.completed = event.summary, True
-                        update()
-                        break
-                    elif isinstance(event, ContinueLost) and not event.resent:
-                        raise ManagedSessionError(
-                            "control_failed", "a continue was lost in flight "
-                            "(--on-lost-continue raise)")
+                drive.update = update
+                completed = drive.run()
+                assert completed is not None  # never stopped: Ctrl-C raises instead
+                self.summary, self.completed = completed.summary, True
+                update()
         except ManagedSessionError as exc:
             failure = exc
         except KeyboardInterrupt:
@@ -518,12 +509,6 @@ class _Run:
             backtest_ws_url(self.url), info.session_id, info.rpc_endpoint,
             self.create.start_slot, self.create.end_slot, tuple(self.tx_addrs),
             tuple(self.diff_addrs), self.advance, self.embedded))
-
-    def _continue(self, session: ManagedBacktestSession) -> None:
-        params = ContinueParams(advance_count=self.advance)
-        if self.journal is not None:
-            self.journal.continue_sent(params, session.delivered_seq)  # write-ahead
-        self._wait(lambda: session.send_continue(params))
 
     def _starting(self, change: ConnectionChanged) -> None:
         """Retries before the session exists, as they happen (terminal or pipe)."""
@@ -674,6 +659,36 @@ class _Run:
         for key, value in sorted((self.summary or {}).items()):
             table.add_row(f"server: {key}", str(value))
         Console(soft_wrap=True).print(table)
+
+
+class _JournaledDrive(Drive):
+    """The run's loop: each event counted and journaled, each continue written ahead
+    into the journal, every wait interruptible by Ctrl-C (see ``_Run._wait``)."""
+
+    def __init__(self, run: _Run, session: ManagedBacktestSession) -> None:
+        super().__init__(session, run.advance)
+        self._run = run
+        self.update: Callable[[], None] = lambda: None
+
+    def next_event(self) -> ManagedEvent:
+        event: ManagedEvent = self._run._wait(self.session.next_event)
+        return event
+
+    def event(self, event: ManagedEvent) -> ContinueParams | None:
+        self._run._count(event)
+        self.update()
+        return None
+
+    def before_continue(self, params: ContinueParams) -> None:
+        if self._run.journal is not None:
+            self._run.journal.continue_sent(params, self.session.delivered_seq)
+
+    def send_continue(self, params: ContinueParams) -> None:
+        self._run._wait(lambda: self.session.send_continue(params))
+
+    def lost(self, event: ContinueLost, params: ContinueParams | None) -> None:
+        raise ManagedSessionError("control_failed", "a continue was lost in flight "
+                                  "(--on-lost-continue raise)")
 
 
 class _NoProgress:

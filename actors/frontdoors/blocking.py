@@ -27,10 +27,8 @@ from ..events import (
     Completed,
     ConnectionChanged,
     ConnectionStatus,
-    ContinueLost,
     ManagedEvent,
     ManagedSessionError,
-    ReadyForContinue,
     SessionInfo,
 )
 from ..requests import CancelTake, SubscribeStream, TakeEvents, UnsubscribeStream
@@ -45,6 +43,7 @@ from .consumer import (
     check_timeout,
     initial_subscriptions,
 )
+from .drive import Drive
 
 # Tries at withdrawing an interrupted take when interrupts keep coming (a held Ctrl-C).
 WITHDRAW_ATTEMPTS = 5
@@ -301,18 +300,9 @@ class ManagedBacktestSession:
         if on_event is not None and not callable(on_event):
             raise TypeError(f"on_event: expected a callable or None, got "
                             f"{type(on_event).__name__}")
-        wait = check_timeout(timeout)
-        default = ContinueParams(advance_count=advance)
-        while True:
-            event = self.next_event(timeout=wait)
-            answer = on_event(event) if on_event is not None else None
-            params = answer if isinstance(answer, ContinueParams) else None
-            if isinstance(event, ReadyForContinue):
-                self.send_continue(params or default, timeout=wait)
-            elif isinstance(event, ContinueLost) and not event.resent:
-                self.send_continue(params or event.params, timeout=wait)
-            elif isinstance(event, Completed):
-                return event
+        completed = Drive(self, advance, on_event=on_event, timeout=check_timeout(timeout)).run()
+        assert completed is not None  # a plain Drive is never stopped
+        return completed
 
     # --- events and continues ------
 

@@ -31,18 +31,17 @@ import attrs
 from protocol import ContinueParams, CreateSession, ReconnectGate, ReconnectPolicy, Timing
 
 from ...events import (
-    Completed,
     ConnectionChanged,
     ContinueLost,
     Gap,
     ManagedEvent,
     ManagedSessionError,
-    ReadyForContinue,
     Reconnecting,
     Slot,
     Status,
 )
 from ...frontdoors.blocking import ManagedBacktestSession
+from ...frontdoors.drive import Drive
 from ...logs import SessionLogger
 from ..journal import JournalError, JournalHeader, JournalWriter, read_journal
 from .plan import SessionSpec
@@ -178,9 +177,10 @@ class _Job:
                 session.subscribe_account_diffs(spec.account_diffs)
         if self.registry is not None:
             self.registry[job.spec.index] = session
+        drive = _SweepDrive(self, session)
         if awaiting:
-            self._continue()  # the last attempt died between Ready and its continue
-        return self._drive()
+            drive.continue_with(drive.default)  # the last attempt died before its continue
+        return self._drive(drive)
 
     def _journal_state(self) -> Any:
         try:
@@ -195,47 +195,16 @@ class _Job:
                 return None  # died before the session was named: start over
             raise
 
-    def _drive(self) -> SessionOutcome:
-        session, progress = self.session, self.progress
-        assert session is not None and self.writer is not None
-        progress.stage = "running"
-        last = time.monotonic()
-        stall = self.job.timing.handshake
-        while not self.stop.is_set():
-            try:
-                event = session.next_event(timeout=POLL)
-            except TimeoutError:
-                if time.monotonic() - last > stall:
-                    # Nothing at all (not even a reconnect) for a whole handshake bound: the
-                    # session is stuck; a fresh attach from the journal gets it going.
-                    return self._outcome("retryable", f"stalled: no event for {stall:.0f}s "
-                                         f"(continue {session.stats()['continue_state']})")
-                continue
-            last = time.monotonic()
-            self.writer.event(event, session.delivered_seq)
-            self._count(event)
-            if isinstance(event, ReadyForContinue):
-                self._continue()
-            elif isinstance(event, Completed):
-                progress.done, progress.stage = self.job.spec.slots, "completed"
-                return self._outcome("completed")
-            elif isinstance(event, Gap):
-                return self._outcome("terminal", f"gap on {event.stream}: slots "
-                                     f"{event.first_slot}..={event.last_slot} lost")
-            elif isinstance(event, ContinueLost) and not event.resent:
-                return self._outcome("retryable", "a continue was lost in flight")
-        return self._outcome("retryable", "the worker was asked to stop")
-
-    def _continue(self) -> None:
-        assert self.session is not None and self.writer is not None
-        params = ContinueParams(advance_count=self.job.spec.advance)
-        self.writer.continue_sent(params, self.session.delivered_seq)  # write-ahead
+    def _drive(self, drive: _SweepDrive) -> SessionOutcome:
+        self.progress.stage = "running"
         try:
-            # Handed over at once; written when every link is up. Not waited for longer:
-            # the events of an outage must keep flowing to the journal and the display.
-            self.session.send_continue(params, timeout=POLL)
-        except TimeoutError:
-            pass
+            completed = drive.run()
+        except _Finished as finished:
+            return finished.outcome
+        if completed is None:
+            return self._outcome("retryable", "the worker was asked to stop")
+        self.progress.done, self.progress.stage = self.job.spec.slots, "completed"
+        return self._outcome("completed")
 
     def _count(self, event: ManagedEvent) -> None:
         progress = self.progress
@@ -267,6 +236,62 @@ class _Job:
         if self.out is not None:
             self.out.close()
         return stats
+
+
+class _Finished(Exception):
+    """Ends a sweep session's loop with an outcome other than Completed."""
+
+    def __init__(self, outcome: SessionOutcome) -> None:
+        super().__init__(outcome.reason)
+        self.outcome = outcome
+
+
+class _SweepDrive(Drive):
+    """A sweep session's loop: every event journaled, each continue written ahead, and
+    short waits, so that the worker can be stopped and a stalled session noticed."""
+
+    def __init__(self, job: _Job, session: ManagedBacktestSession) -> None:
+        super().__init__(session, job.job.spec.advance, timeout=POLL)
+        self._job = job
+        self._last = time.monotonic()
+        assert job.writer is not None
+        self._writer = job.writer
+
+    def stopped(self) -> bool:
+        return self._job.stop.is_set()
+
+    def idle(self, quiet: TimeoutError) -> None:
+        stall = self._job.job.timing.handshake
+        if time.monotonic() - self._last > stall:
+            # Nothing at all (not even a reconnect) for a whole handshake bound: the
+            # session is stuck; a fresh attach from the journal gets it going.
+            raise _Finished(self._job._outcome(
+                "retryable", f"stalled: no event for {stall:.0f}s "
+                f"(continue {self.session.stats()['continue_state']})"))
+
+    def event(self, event: ManagedEvent) -> ContinueParams | None:
+        self._last = time.monotonic()
+        self._writer.event(event, self.session.delivered_seq)
+        self._job._count(event)
+        if isinstance(event, Gap):
+            raise _Finished(self._job._outcome(
+                "terminal", f"gap on {event.stream}: slots {event.first_slot}..="
+                f"{event.last_slot} lost"))
+        return None
+
+    def before_continue(self, params: ContinueParams) -> None:
+        self._writer.continue_sent(params, self.session.delivered_seq)  # write-ahead
+
+    def send_continue(self, params: ContinueParams) -> None:
+        try:
+            # Handed over at once; written when every link is up. Not waited for longer:
+            # the events of an outage must keep flowing to the journal and the display.
+            self.session.send_continue(params, timeout=POLL)
+        except TimeoutError:
+            pass
+
+    def lost(self, event: ContinueLost, params: ContinueParams | None) -> None:
+        raise _Finished(self._job._outcome("retryable", "a continue was lost in flight"))
 
 
 def _verdict(exc: ManagedSessionError) -> Verdict:
