@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.cli.run import build_parser
+from actors.cli import build_parser
 from protocol.simulator import LocalSimulator
 from protocol.simulator.chain import Chain
 from tests.harness import wait_for

@@ -36,7 +36,7 @@ from actors import (
     Slot,
     Transaction,
 )
-from actors.cli.run import main as cli_main
+from actors.cli import main as cli_main
 from actors.runtime.timers import Scheduler
 from actors.supervision.supervisor import CancelTake, Shutdown, TakeEvents
 from protocol import ContinueParams, CreateSession, ReconnectPolicy, Timing

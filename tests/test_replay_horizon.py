@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from actors import AccountDiff, ConnectionChanged, Gap, Transaction
-from actors.cli.run import main
+from actors.cli import main
 from protocol import ReconnectPolicy, Timing
 from protocol.simulator import DEFAULT_API_KEY, LocalSimulator
 from tests.harness import FAST, check_exact, drive, no_leaks, start

@@ -20,7 +20,7 @@ import psutil
 import pytest
 import websocket
 
-from actors.cli.run import build_parser
+from actors.cli import build_parser
 from protocol import (
     KEEPALIVE_INTERVAL,
     KEEPALIVE_MISS_DEADLINE,

@@ -1,5 +1,5 @@
 """``python -m actors.cli``: the same as the ``backtest-actors`` command."""
 
-from .run import main
+from .parser import main
 
 raise SystemExit(main())

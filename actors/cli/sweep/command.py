@@ -1,6 +1,6 @@
 """``backtest-actors sweep``: many backtests at once (flags or a TOML sweep file).
 
-Kept apart from :mod:`actors.cli.run` (which only registers the subcommand) so the
+Kept apart from :mod:`actors.cli.parser` (which only registers the subcommand) so the
 single-run command and the sweep evolve without stepping on each other. The
 embedded simulator's timing and policy are its own (``LocalSimulator.timing``,
 ``.policy``) and the key rules are the ``run`` command's.

@@ -1,0 +1,205 @@
+"""``backtest-actors run``: the arguments checked and turned into one run.
+
+Without ``--url`` the run goes against an embedded :class:`LocalSimulator`, so a
+newcomer needs no key and no network. Progress goes to stderr: a live line on
+a terminal (rich), plain periodic lines otherwise; the summary table goes to
+stdout. Exit codes: 0 completed, 1 the session failed, 2 bad arguments
+(nothing is sent).
+
+``--out FILE`` writes the journal (:mod:`actors.cli.journal`: a header naming the
+endpoint and the session, never the key, then one JSON line per event; flushed
+every line, fsynced at every continue). ``run --resume FILE`` rebuilds the
+cursor from such a journal, re-attaches the session (URL and session from the
+journal, the key from ``--api-key`` or ``$BACKTEST_API_KEY``) and appends to
+the same file. A session that is gone, or a corrupt or foreign journal: one
+line, exit 1, nothing appended. The embedded simulator dies with its process,
+so its runs cannot be resumed (exit 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import IO
+
+from rich.console import Console
+
+from protocol import CreateSession, ReconnectPolicy, Timing, backtest_ws_url
+from protocol.messages import pubkey_problem
+from protocol.simulator import DEFAULT_API_KEY, LocalSimulator
+
+from .journal import JournalError, read_journal
+from .run import Run
+
+API_KEY_ENV = "BACKTEST_API_KEY"
+DEFAULT_SLOT_COUNT = 300
+
+
+class UsageError(Exception):
+    """A bad argument: exit 2 with one line, nothing sent."""
+
+
+class RunPlan:
+    """A validated run: everything checked before a connection is made."""
+
+    def __init__(self, args: argparse.Namespace, api_key: str) -> None:
+        self.args = args
+        self.api_key = api_key
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> RunPlan:
+        # Checked here, not at subscribe time: by then the session exists on the server.
+        for option, addresses in (("--transactions", args.transactions),
+                                  ("--account-diffs", args.account_diffs)):
+            for address in addresses:
+                problem = pubkey_problem(address)
+                if problem is not None:
+                    raise UsageError(f"backtest-actors run: {option}: {problem}")
+        if args.resume is not None:
+            for option, value in (("--url", args.url), ("--start-slot", args.start_slot),
+                                  ("--slot-count", args.slot_count),
+                                  ("--end-slot", args.end_slot), ("--out", args.out),
+                                  ("--transactions", args.transactions),
+                                  ("--account-diffs", args.account_diffs),
+                                  ("--chaos", args.chaos)):
+                if value:
+                    raise UsageError(f"backtest-actors run: --resume takes {option} from the "
+                                     f"journal; leave it out")
+            key = args.api_key or os.environ.get(API_KEY_ENV, "")
+            if not key:
+                raise UsageError(f"backtest-actors run: --resume needs --api-key or "
+                                 f"${API_KEY_ENV} (the journal never holds the key)")
+            return cls(args, key)
+        if args.url is None:
+            if args.api_key:
+                raise UsageError("backtest-actors run: --api-key needs --url")
+            return cls(args, DEFAULT_API_KEY)
+        if args.chaos:
+            raise UsageError("backtest-actors run: --chaos works only with the embedded "
+                             "simulator (no --url)")
+        try:
+            backtest_ws_url(args.url)
+        except ValueError as exc:
+            raise UsageError(f"backtest-actors run: --url: {exc}") from None
+        key = args.api_key or os.environ.get(API_KEY_ENV, "")
+        if not key:
+            raise UsageError(f"backtest-actors run: --url needs --api-key or ${API_KEY_ENV}")
+        if args.start_slot is None:
+            raise UsageError("backtest-actors run: --url needs --start-slot")
+        return cls(args, key)
+
+    def _timing(self) -> Timing:
+        quiet = self.args.continue_quiet
+        return Timing() if quiet is None else Timing(continue_quiet=quiet)
+
+    def resume(self, console: Console) -> int:
+        """``--resume FILE``: nothing is written to FILE unless the attach succeeded."""
+        args = self.args
+        try:
+            state = read_journal(args.resume)
+        except JournalError as exc:
+            message = str(exc)
+            if "embedded simulator" in message:
+                sys.stderr.write(f"backtest-actors run: --resume: {message}\n")
+                return 2
+            sys.stderr.write(f"backtest-actors run: --resume {args.resume}: {message}\n")
+            return 1
+        if state.completed:
+            sys.stderr.write(f"backtest-actors run: --resume: session "
+                             f"{state.header.session_id} already completed; nothing to do\n")
+            return 0
+        header = state.header
+        create = CreateSession(header.start_slot, header.end_slot)
+        return Run(console, header.url, self.api_key, create, self._timing(),
+                    ReconnectPolicy(), list(header.transactions), list(header.account_diffs),
+                    header.advance, None, None, args.seed, max_run_ahead=args.max_run_ahead,
+                    on_lost_continue=args.on_lost_continue, resume=state,
+                    resume_path=args.resume, quiet=args.quiet or args.json,
+                    json_summary=args.json).run()
+
+    def execute(self) -> int:
+        args = self.args
+        console = Console(stderr=True)
+        if args.verbose:
+            logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                                format="%(asctime)s %(name)s %(message)s")
+        if args.resume is not None:
+            return self.resume(console)
+        simulator: LocalSimulator | None = None
+        try:
+            if args.url is None:
+                simulator = LocalSimulator(seed=args.seed).start()
+                url, timing, policy = simulator.url, simulator.timing, simulator.policy
+                first, last = simulator.available_range()
+                start = first if args.start_slot is None else args.start_slot
+                if not first <= start <= last:
+                    raise UsageError(f"--start-slot {start}: the embedded simulator holds "
+                                     f"slots {first}..={last}")
+            else:
+                url, timing, policy = args.url, self._timing(), ReconnectPolicy()
+                start, last = args.start_slot, None
+            end = self._end(start, last)
+            create = CreateSession(start, end)
+            tx_addrs, diff_addrs = args.transactions, args.account_diffs
+            if simulator is not None:
+                self._check_embedded(simulator, start, end, tx_addrs + diff_addrs)
+            if simulator is not None and not tx_addrs and not diff_addrs:
+                tx_addrs, diff_addrs = list(simulator.addresses[:2]), list(
+                    simulator.addresses[2:4])
+        except (UsageError, ValueError) as exc:
+            if simulator is not None:
+                simulator.close()
+            sys.stderr.write(f"backtest-actors run: {exc}\n".replace("run: backtest-actors "
+                                                                     "run: ", "run: "))
+            return 2
+        out: IO[str] | None = None
+        try:
+            out = open(args.out, "w", encoding="utf-8") if args.out else None  # noqa: SIM115
+            return Run(console, url, self.api_key, create, timing, policy, tx_addrs,
+                        diff_addrs, args.advance, out, simulator if args.chaos else None,
+                        args.seed, max_run_ahead=args.max_run_ahead,
+                        on_lost_continue=args.on_lost_continue,
+                        embedded=simulator is not None, quiet=args.quiet or args.json,
+                        json_summary=args.json).run()
+        except OSError as exc:
+            sys.stderr.write(f"backtest-actors run: --out: {exc}\n")
+            return 2
+        finally:
+            if out is not None:
+                out.close()
+            if simulator is not None:
+                simulator.close()
+
+    def _check_embedded(self, simulator: LocalSimulator, start: int, end: int,
+                        addresses: list[str]) -> None:
+        """The embedded simulator's chain is known here: a range with no block, or an
+        address it never touches, is refused before anything is sent."""
+        if not simulator.chain.produced_in(start, end):
+            raise UsageError(f"slots {start}..={end} hold no produced block")
+        for option, values in (("--transactions", self.args.transactions),
+                               ("--account-diffs", self.args.account_diffs)):
+            for address in values:
+                if address not in simulator.addresses:
+                    raise UsageError(
+                        f"{option} {address}: not an address of the embedded simulator "
+                        f"(seed {self.args.seed}); see 'backtest-actors simulator "
+                        f"--list-addresses --seed {self.args.seed}'")
+
+    def _end(self, start: int, last: int | None) -> int:
+        args = self.args
+        if args.end_slot is not None:
+            end: int = args.end_slot
+        else:
+            end = start + (args.slot_count or DEFAULT_SLOT_COUNT) - 1
+            if last is not None and args.slot_count is None:
+                end = min(end, last)
+        if end < start:
+            raise UsageError(f"--end-slot {end} is before the start slot {start}")
+        if last is not None and end > last:
+            raise UsageError(f"--end-slot {end}: the embedded simulator holds slots up to "
+                             f"{last}")
+        return end
+
+

@@ -1,0 +1,90 @@
+"""The run's progress on stderr: a live line on a terminal (rich), plain lines in a pipe."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+if TYPE_CHECKING:
+    from .run import Run
+
+PLAIN_PROGRESS_EVERY = 2.0  # seconds between progress lines when stderr is not a terminal
+
+
+class NoProgress:
+    """``--quiet`` and ``--json``: nothing on stderr while the run goes."""
+
+    def __enter__(self) -> Any:
+        return lambda: None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+class LiveProgress:
+    """A rich progress line on a terminal."""
+
+    def __init__(self, run: Run, session_id: str) -> None:
+        self.run = run
+        self.progress = Progress(
+            TextColumn("[bold]{task.fields[sid]}"), BarColumn(),
+            TextColumn("{task.completed}/{task.total} slots {task.percentage:>5.1f}%"),
+            TextColumn("{task.fields[rate]:.1f} slots/s"), TimeRemainingColumn(),
+            TextColumn("{task.fields[stage]} · {task.fields[events]} events · "
+                       "{task.fields[reconnects]} reconnects"),
+            console=run.console, transient=False)
+        self.task = self.progress.add_task("run", total=run.total, sid=f"…{session_id[-8:]}",
+                                           rate=0.0, stage="starting", events=0, reconnects=0)
+        self.started = time.monotonic()
+
+    def __enter__(self) -> Any:
+        self.progress.start()
+        return self.update
+
+    def __exit__(self, *exc: object) -> None:
+        self.update()
+        self.progress.stop()
+
+    def update(self) -> None:
+        run = self.run
+        done = run._done()
+        elapsed = max(1e-6, time.monotonic() - self.started)
+        stage = run.stage if run.last_slot is None else f"slot {run.last_slot}"
+        self.progress.update(self.task, completed=done, rate=done / elapsed, stage=stage,
+                             events=run.counts["events"], reconnects=run.counts["reconnects"])
+
+
+class PlainProgress:
+    """Periodic plain lines (no carriage returns) when stderr is a pipe or a file."""
+
+    def __init__(self, run: Run, session_id: str) -> None:
+        self.run = run
+        self.session_tail = session_id[-8:]
+        self.started = self.last = time.monotonic()
+
+    def __enter__(self) -> Any:
+        return self.update
+
+    def __exit__(self, *exc: object) -> None:
+        self._line()
+
+    def update(self) -> None:
+        if time.monotonic() - self.last >= PLAIN_PROGRESS_EVERY:
+            self._line()
+
+    def _line(self) -> None:
+        run = self.run
+        self.last = now = time.monotonic()
+        done = run._done()
+        rate = done / max(1e-6, now - self.started)
+        eta = (run.total - done) / rate if rate > 0 else float("nan")
+        stage = run.stage if run.last_slot is None else f"slot {run.last_slot}"
+        sys.stderr.write(
+            f"progress …{self.session_tail}: {done}/{run.total} slots "
+            f"({100 * done / run.total:.1f}%), {rate:.1f} slots/s, ETA {eta:.0f}s, {stage}, "
+            f"{run.counts['events']} events, {run.counts['reconnects']} reconnects\n")
+        sys.stderr.flush()
+
