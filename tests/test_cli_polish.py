@@ -21,8 +21,8 @@ import pytest
 from actors.cli import build_parser
 from protocol.simulator import LocalSimulator
 from protocol.simulator.chain import Chain
-from tests.harness import wait_for
-from tests.test_cli import COMMAND, ENV, run, table_value
+from tests.actors.cli.test_run import COMMAND, ENV, run, table_value
+from tests.support.harness import wait_for
 
 FIRST = Chain(0).first_slot
 

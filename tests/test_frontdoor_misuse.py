@@ -11,7 +11,6 @@ import asyncio
 import gc
 import random
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pykka
@@ -31,7 +30,7 @@ from actors.frontdoors.handles import ControlHandle, spawn_control, spawn_transa
 from protocol import ContinueParams, CreateSession, ReconnectPolicy, Timing
 from protocol.simulator import DEFAULT_API_KEY, LocalSimulator
 from protocol.simulator.proxy import FaultProxy
-from tests.harness import FAST, FAULT_POLICY, FAULT_SERVER, no_leaks, proxied, wait_for
+from tests.support.harness import FAST, FAULT_POLICY, FAULT_SERVER, no_leaks, wait_for
 
 # A watcher that tolerates a slow path (proxy latency) or notices a blackhole late.
 PATIENT = Timing(connect=2.0, handshake=2.0, keepalive_interval=0.5, keepalive_deadline=2.0,
@@ -39,16 +38,9 @@ PATIENT = Timing(connect=2.0, handshake=2.0, keepalive_interval=0.5, keepalive_d
 LEAK_GRACE = FAST.graceful_close + 2
 
 
-@pytest.fixture
-def net() -> Iterator[tuple[LocalSimulator, FaultProxy]]:
-    with proxied(seed=61, slots=200) as pair:
-        yield pair
 
 
-@pytest.fixture
-def sim() -> Iterator[LocalSimulator]:
-    with LocalSimulator(seed=61, slots=200, liveness=FAULT_SERVER) as simulator:
-        yield simulator
+pytestmark = pytest.mark.backtest_simulator(seed=61, slots=200, liveness=FAULT_SERVER)
 
 
 def _to_ready(control: ControlHandle, advance: int = 0) -> int:

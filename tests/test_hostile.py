@@ -23,14 +23,10 @@ from protocol import (
     encode_request,
 )
 from protocol.simulator import LocalSimulator, ServerLimits
-from tests.harness import FAST, QUICK_RETRY, check_exact, drive, no_leaks, start, wait_for
-from tests.wire import control, create
+from tests.support.harness import FAST, QUICK_RETRY, check_exact, drive, no_leaks, start, wait_for
+from tests.support.wire import control, create
 
-
-@pytest.fixture
-def sim() -> Iterator[LocalSimulator]:
-    with LocalSimulator(seed=17, slots=300) as simulator:
-        yield simulator
+pytestmark = pytest.mark.backtest_simulator(seed=17, slots=300)
 
 
 # --- client side: what the server may send ----------------------------------------------

@@ -41,13 +41,9 @@ from actors.runtime.timers import Scheduler
 from actors.supervision.supervisor import CancelTake, Shutdown, TakeEvents
 from protocol import ContinueParams, CreateSession, ReconnectPolicy, Timing
 from protocol.simulator import DEFAULT_API_KEY, LocalSimulator
-from tests.harness import FAST, QUICK_RETRY, check_exact, drive, no_leaks, start, wait_for
+from tests.support.harness import FAST, QUICK_RETRY, check_exact, drive, no_leaks, start, wait_for
 
-
-@pytest.fixture
-def sim() -> Iterator[LocalSimulator]:
-    with LocalSimulator(seed=23, slots=300) as simulator:
-        yield simulator
+pytestmark = pytest.mark.backtest_simulator(seed=23, slots=300)
 
 
 def _bounded(call: Callable[[], Any], seconds: float) -> BaseException | None:

@@ -9,7 +9,6 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
@@ -48,15 +47,12 @@ from protocol import (
 from protocol.simulator import DEFAULT_API_KEY, LocalSimulator, ServerLimits, ServerLiveness
 from protocol.simulator.chain import Chain
 from protocol.simulator.faults import TARGETS
-from tests.harness import FAST, QUICK_RETRY, check_exact, drive, no_leaks, start, wait_for
+from tests.support.harness import FAST, QUICK_RETRY, check_exact, drive, no_leaks, start, wait_for
 
 PACKAGES = (actors, protocol, protocol.simulator)
 
 
-@pytest.fixture
-def sim() -> Iterator[LocalSimulator]:
-    with LocalSimulator(seed=14, slots=400) as simulator:
-        yield simulator
+pytestmark = pytest.mark.backtest_simulator(seed=14, slots=400)
 
 
 # --- documentation ---------------------------------------------------------------------
@@ -214,7 +210,7 @@ def test_a_clean_run_has_no_replays_only_address_repeats(sim: LocalSimulator) ->
 
 
 def test_every_readme_stats_key_is_a_field() -> None:
-    from tests.test_readme import README
+    from tests.docs.test_readme import README
 
     section = README[README.index("## Stats"):README.index("## How it behaves")]
     key_cells = re.findall(r"^\| (`.*?) \|", section, re.M)

@@ -1,6 +1,6 @@
 """Review #16: hostile servers and inputs against the new frame reader, the outbox
 dedup memory and the timeout check. Real sockets only: a scripted WebSocket
-server on 127.0.0.1 (``tests.scripted``) that writes exactly the bytes a test
+server on 127.0.0.1 (``tests.support.scripted``) that writes exactly the bytes a test
 gives it, past its own framing, read by the real client (``Connection``), or the
 local simulator. Each test here failed on the commit it was written against.
 (The review's fifth defect, a framing error right after a full batch, is
@@ -24,7 +24,7 @@ from actors.decisions.outbox import Outbox
 from actors.events import Transaction
 from protocol.frames import OP_CONTINUATION, OP_PING, OP_TEXT
 from protocol.simulator import LocalSimulator
-from tests.harness import (
+from tests.support.harness import (
     Recorder,
     disconnects,
     no_leaks,
@@ -34,7 +34,7 @@ from tests.harness import (
     until_disconnected,
     wait_for,
 )
-from tests.scripted import scripted_server
+from tests.support.scripted import scripted_server
 
 
 def frame(opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0,

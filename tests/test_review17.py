@@ -23,8 +23,8 @@ from actors.runtime.timers import Scheduler
 from protocol import ContinueParams, CreateSession, ReconnectPolicy, Timing
 from protocol.simulator import DEFAULT_API_KEY, LocalSimulator
 from protocol.simulator.proxy import FaultProxy
-from tests.harness import Recorder, no_leaks, start, start_connection, wait_for
-from tests.scripted import RawUpgradeServer
+from tests.support.harness import Recorder, no_leaks, start, start_connection, wait_for
+from tests.support.scripted import RawUpgradeServer
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -19,8 +19,8 @@ from actors.runtime.failsafe import FailSafeActor
 from actors.runtime.inbox import SimpleInboxActor, _Inbox
 from protocol import ContinueParams
 from protocol.simulator import LocalSimulator
-from tests.harness import Recorder, no_leaks, start, start_connection, wait_for
-from tests.scripted import RawUpgradeServer
+from tests.support.harness import Recorder, no_leaks, start, start_connection, wait_for
+from tests.support.scripted import RawUpgradeServer
 
 # SystemExit raised on purpose inside actor threads ends those threads: expected here.
 pytestmark = [pytest.mark.timeout(60),

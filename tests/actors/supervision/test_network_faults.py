@@ -9,7 +9,7 @@ deliver every event exactly once and advance the server exactly once per slot.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import attrs
 import pytest
@@ -25,17 +25,14 @@ from actors import (
 from protocol import ContinueParams, CreateSession, ReconnectPolicy, Timing
 from protocol.simulator import DEFAULT_API_KEY, LocalSimulator, ServerLiveness
 from protocol.simulator.proxy import FaultProxy, Which
-from tests.harness import FAST, FAULT_POLICY, check_exact, no_leaks, proxied, wait_for
+from tests.support.harness import FAST, FAULT_POLICY, check_exact, no_leaks, wait_for
 
 SLOTS = 120
 # The client's default policy (0.5 s doubling, 10 attempts), seeded.
 DEFAULT_POLICY = ReconnectPolicy(rng=random.Random(0))
 
 
-@pytest.fixture
-def net() -> Iterator[tuple[LocalSimulator, FaultProxy]]:
-    with proxied(seed=41, slots=SLOTS + 50) as pair:
-        yield pair
+pytestmark = pytest.mark.backtest_simulator(seed=41, slots=SLOTS + 50)
 
 
 def run_through(sim: LocalSimulator, proxy: FaultProxy,

@@ -15,12 +15,12 @@ import pytest
 
 from actors.cli.sweep.ray_leftovers import RECORDS_DIR
 from protocol.simulator.chain import Chain
-from tests.harness import wait_for
-from tests.sweep_checks import check_journal
+from tests.support import ROOT
+from tests.support.harness import wait_for
+from tests.support.sweep_checks import check_journal
 
 pytest.importorskip("ray")
 
-ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "actors.cli", "sweep"]
 ENV = {k: v for k, v in os.environ.items() if k not in ("BACKTEST_API_KEY", "RAY_ADDRESS")}
 

@@ -27,7 +27,7 @@ from protocol import ContinueParams, CreateSession, Timing
 from protocol.simulator import DEFAULT_API_KEY, LocalSimulator
 from protocol.simulator.chain import Chain
 from protocol.simulator.process import simulator_process
-from tests.harness import FAST, QUICK_RETRY, check_exact, no_leaks, wait_for
+from tests.support.harness import FAST, QUICK_RETRY, check_exact, no_leaks, wait_for
 
 SEED, SLOTS, TXS_PER_SLOT = 5, 220, 400
 

@@ -7,7 +7,7 @@ import threading
 from actors.runtime import timers
 from actors.runtime.timers import Scheduler, timer_threads
 from protocol.simulator import LocalSimulator
-from tests.harness import Recorder, no_leaks, start, wait_for
+from tests.support.harness import Recorder, no_leaks, start, wait_for
 
 
 def _timer_thread_names() -> list[str]:

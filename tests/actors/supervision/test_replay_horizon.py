@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Iterator
 
 import pytest
 
@@ -17,15 +16,12 @@ from actors import AccountDiff, ConnectionChanged, Gap, Transaction
 from actors.cli import main
 from protocol import ReconnectPolicy, Timing
 from protocol.simulator import DEFAULT_API_KEY, LocalSimulator
-from tests.harness import FAST, check_exact, drive, no_leaks, start
+from tests.support.harness import FAST, check_exact, drive, no_leaks, start
 
 SLOTS = 400
 
 
-@pytest.fixture
-def sim() -> Iterator[LocalSimulator]:
-    with LocalSimulator(seed=21, slots=SLOTS + 100) as simulator:
-        yield simulator
+pytestmark = pytest.mark.backtest_simulator(seed=21, slots=SLOTS + 100)
 
 
 # The real defaults (interval 15 s, deadline 45 s, handshake 180 s) scaled by 1/150.

@@ -18,7 +18,7 @@ from protocol import (
 )
 from protocol.codec import _decode_pubsub, _load, decode_pubsub_request, decode_request
 from protocol.pubsub import AccountDiffNotification, TransactionNotification
-from tests.test_codec import PUBSUB, REQUESTS, RESPONSES
+from tests.protocol.test_codec import PUBSUB, REQUESTS, RESPONSES
 
 DECODERS = [decode_response, decode_pubsub, decode_request, decode_pubsub_request]
 

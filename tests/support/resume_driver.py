@@ -1,6 +1,6 @@
 """A process that drives a session and dies by SIGKILL right after persisting a cursor.
 
-``python -m tests.resume_driver URL START END TX_ADDRS DIFF_ADDRS KILL_AFTER CURSOR EVENTS``
+``python -m tests.support.resume_driver URL START END TX_ADDRS DIFF_ADDRS KILL_AFTER CURSOR EVENTS``
 creates the session (or, when CURSOR exists, attaches from it), returns
 ``KILL_AFTER`` events to "the application" (each appended to EVENTS as a JSON
 line), persists ``cursor()`` to CURSOR (atomically) and kills itself: no
@@ -18,7 +18,7 @@ from actors import Cursor, ManagedBacktestSession, ReadyForContinue
 from protocol import ContinueParams, CreateSession
 from protocol.codec import encode_record
 from protocol.simulator import DEFAULT_API_KEY
-from tests.harness import FAST, QUICK_RETRY
+from tests.support.harness import FAST, QUICK_RETRY
 
 
 def main(argv: list[str]) -> None:

@@ -6,7 +6,6 @@ import gc
 import socket
 import threading
 import time
-from collections.abc import Iterator
 
 import psutil
 import pytest
@@ -39,13 +38,9 @@ from protocol.messages import Close
 from protocol.simulator import LocalSimulator
 from protocol.simulator.chain import Chain
 from protocol.simulator.engine import Session
-from tests.wire import control, create, drain_pubsub, read_until, subscribe
+from tests.support.wire import control, create, drain_pubsub, read_until, subscribe
 
-
-@pytest.fixture
-def sim() -> Iterator[LocalSimulator]:
-    with LocalSimulator(seed=3, slots=400) as simulator:
-        yield simulator
+pytestmark = pytest.mark.backtest_simulator(seed=3, slots=400)
 
 
 def test_full_session_matches_the_chain(sim: LocalSimulator) -> None:

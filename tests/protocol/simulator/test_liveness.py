@@ -14,7 +14,6 @@ import socket
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 
 import psutil
 import pytest
@@ -59,8 +58,8 @@ from protocol.simulator.engine import (
     refusal_frame,
 )
 from protocol.simulator.proxy import FaultProxy
-from tests.harness import wait_for
-from tests.wire import control, create, read_until, subscribe
+from tests.support.harness import wait_for
+from tests.support.wire import control, create, read_until, subscribe
 
 SHORT = ServerLiveness(keepalive_interval=0.25, keepalive_deadline=1.0)
 # "No reader holds a session longer than the keepalive deadline", strictly.
@@ -68,10 +67,7 @@ STRICT = ServerLiveness(keepalive_interval=0.25, keepalive_deadline=1.0, stall_t
 CLOSED = (websocket.WebSocketConnectionClosedException, ConnectionError)
 
 
-@pytest.fixture
-def sim() -> Iterator[LocalSimulator]:
-    with LocalSimulator(seed=9, slots=400, liveness=SHORT) as simulator:
-        yield simulator
+pytestmark = pytest.mark.backtest_simulator(seed=9, slots=400, liveness=SHORT)
 
 
 def open_session(start_slot: int = 0, span: int = 20) -> Session:

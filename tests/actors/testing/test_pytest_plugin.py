@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-GUIDE = Path(__file__).resolve().parent.parent / "actors" / "testing" / "TESTING.md"
+from tests.support import ROOT
+
+GUIDE = ROOT / "actors" / "testing" / "TESTING.md"
 
 
 def run_pytest_outside(tmp_path: Path, source: str, *options: str

@@ -1,6 +1,6 @@
 """A second process that watches a session someone else drives, through subscription handles.
 
-``python -m tests.watch_driver RPC_ENDPOINT START TX_ADDRS DIFF_ADDRS N_TX N_DIFF OUT``
+``python -m tests.support.watch_driver RPC_ENDPOINT START TX_ADDRS DIFF_ADDRS N_TX N_DIFF OUT``
 spawns a transaction and an account-diff subscription handle (replay from
 START), prints ``ready`` once both are Up, then writes each item as a JSON line
 to OUT until it has N_TX transactions and N_DIFF diffs (or hears nothing for
@@ -21,7 +21,7 @@ from actors.frontdoors.handles import (
     spawn_transaction_subscription,
 )
 from protocol.codec import encode_record
-from tests.harness import FAST, QUICK_RETRY
+from tests.support.harness import FAST, QUICK_RETRY
 
 
 def main(argv: list[str]) -> None:

@@ -34,15 +34,10 @@ from actors.frontdoors.handles import (
 from protocol import ContinueParams, CreateSession
 from protocol.simulator import DEFAULT_API_KEY, LocalSimulator
 from protocol.simulator.proxy import FaultProxy
-from tests.harness import FAST, FAULT_POLICY, check_exact, no_leaks, proxied, wait_for
+from tests.support import ROOT
+from tests.support.harness import FAST, FAULT_POLICY, check_exact, no_leaks, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def net() -> tuple[LocalSimulator, FaultProxy]:
-    with proxied(seed=43, slots=200) as pair:
-        yield pair  # type: ignore[misc]
+pytestmark = pytest.mark.backtest_simulator(seed=43, slots=200)
 
 
 def test_control_handle_alone_drives_a_session_to_completed_through_drops(
@@ -96,7 +91,7 @@ def test_a_second_process_watches_a_session_through_subscription_handles(
         session.subscribe_transactions(tx)
         session.subscribe_account_diffs(diffs)
         watcher = subprocess.Popen(
-            [sys.executable, "-m", "tests.watch_driver", session.session_info.rpc_endpoint,
+            [sys.executable, "-m", "tests.support.watch_driver", session.session_info.rpc_endpoint,
              str(first), ",".join(tx), ",".join(diffs), str(len(expected.signatures)),
              str(len(expected.diff_keys)), str(out)],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

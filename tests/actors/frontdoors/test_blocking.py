@@ -6,8 +6,6 @@ import ast
 import logging
 import random
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import attrs
 import pykka
@@ -28,7 +26,8 @@ from actors import (
 )
 from protocol import BacktestError, ContinueParams, CreateSession, ReconnectPolicy, Timing
 from protocol.simulator import LocalSimulator
-from tests.harness import (
+from tests.support import ROOT
+from tests.support.harness import (
     FAST,
     QUICK_RETRY,
     check_exact,
@@ -39,11 +38,7 @@ from tests.harness import (
     wait_for,
 )
 
-
-@pytest.fixture
-def sim() -> Iterator[LocalSimulator]:
-    with LocalSimulator(seed=11, slots=700) as simulator:
-        yield simulator
+pytestmark = pytest.mark.backtest_simulator(seed=11, slots=700)
 
 
 def test_500_slots_both_subscriptions_exact(sim: LocalSimulator) -> None:
@@ -332,7 +327,7 @@ def test_shutdown_from_any_state_leaves_nothing(sim: LocalSimulator, state: str)
 
 
 def test_design_no_json_in_actors_and_no_retry_loop_in_links() -> None:
-    root = Path(__file__).resolve().parent.parent / "actors"
+    root = ROOT / "actors"
     for path in root.rglob("*.py"):
         if "sweep" in path.parts:
             continue  # the sweep's plan and summary are its own JSON files, not wire frames

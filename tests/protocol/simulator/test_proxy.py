@@ -22,17 +22,14 @@ from protocol import (
 from protocol.messages import Completed, Error, ReadyForContinue, SessionAttached
 from protocol.simulator import LocalSimulator, ServerLiveness
 from protocol.simulator.proxy import FAULT_KINDS, FaultProxy
-from tests.harness import wait_for
-from tests.wire import control, create, drain_pubsub, read_until, subscribe
+from tests.support.harness import wait_for
+from tests.support.wire import control, create, drain_pubsub, read_until, subscribe
 
 SHORT = ServerLiveness(keepalive_interval=0.25, keepalive_deadline=1.0)
 CLOSED = (websocket.WebSocketConnectionClosedException, ConnectionError)
 
 
-@pytest.fixture
-def sim() -> Iterator[LocalSimulator]:
-    with LocalSimulator(seed=5, slots=300, liveness=SHORT) as simulator:
-        yield simulator
+pytestmark = pytest.mark.backtest_simulator(seed=5, slots=300, liveness=SHORT)
 
 
 @pytest.fixture

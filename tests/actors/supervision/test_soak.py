@@ -5,11 +5,12 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "soak.py"
+from tests.support import ROOT
+
+SCRIPT = ROOT / "scripts" / "soak.py"
 
 
 @pytest.mark.timeout(120)

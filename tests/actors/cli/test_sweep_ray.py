@@ -22,8 +22,8 @@ from actors.cli.sweep.plan import RangeRule, SweepFile, resolve
 from protocol import ReconnectPolicy, Timing
 from protocol.simulator import DEFAULT_API_KEY, LocalSimulator, ServerLiveness
 from protocol.simulator.proxy import FaultProxy
-from tests.harness import wait_for
-from tests.sweep_checks import check_journal
+from tests.support.harness import wait_for
+from tests.support.sweep_checks import check_journal
 
 TIMING = Timing(connect=2.0, handshake=5.0, keepalive_interval=0.2, keepalive_deadline=1.0,
                 graceful_close=1.0, continue_quiet=0.5)

@@ -17,7 +17,7 @@ from actors.runtime.connection import (
 )
 from actors.runtime.reader import SharedReader
 from protocol.simulator import LocalSimulator
-from tests.harness import (
+from tests.support.harness import (
     FAST,
     Recorder,
     disconnects,
@@ -28,7 +28,7 @@ from tests.harness import (
     until_disconnected,
     wait_for,
 )
-from tests.scripted import hold, scripted_server
+from tests.support.scripted import hold, scripted_server
 
 FRAMES = 200
 

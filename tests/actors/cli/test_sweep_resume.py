@@ -9,8 +9,8 @@ from pathlib import Path
 
 from actors.cli.sweep.plan import SessionSpec, SweepPlan
 from protocol.simulator import DEFAULT_API_KEY, LocalSimulator
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "actors.cli", "sweep"]
 ENV = {k: v for k, v in os.environ.items() if k != "BACKTEST_API_KEY"}
 

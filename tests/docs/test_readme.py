@@ -5,18 +5,19 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+from tests.support import ROOT
+
+README = (ROOT / "README.md").read_text()
 BLOCKS = re.findall(r"```python\n(.*?)```", README, re.S)
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_readme_python_block_runs(index: int) -> None:
     result = subprocess.run([sys.executable, "-c", BLOCKS[index]], capture_output=True,
-                            text=True, timeout=60, cwd=Path(__file__).resolve().parent.parent)
+                            text=True, timeout=60, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()
 
@@ -32,7 +33,7 @@ def test_readme_injection_example_is_recorded_by_the_simulator() -> None:
     the simulator records it (the same bytes) and the example prints what it saw."""
     block = next(b for b in BLOCKS if "transactions=[my_tx]" in b)
     result = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True,
-                            timeout=60, cwd=Path(__file__).resolve().parent.parent)
+                            timeout=60, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert "simulator recorded 1 injected; the same bytes: True" in result.stdout
     assert "'blocks_executed': " in result.stdout
@@ -78,7 +79,7 @@ def _scripts_run_lines() -> list[list[str]]:
 def test_readme_scripts_run_commands_work_as_written(args: list[str]) -> None:
     result = subprocess.run([sys.executable, "-m", "actors.cli", "run", *args],
                             capture_output=True, text=True, timeout=60,
-                            cwd=Path(__file__).resolve().parent.parent)
+                            cwd=ROOT)
     assert result.returncode == 0, result.stderr
     if "--json" in args:
         assert result.stderr == "" and result.stdout.startswith("{")

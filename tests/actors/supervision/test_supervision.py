@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
 
 import pykka
 import pytest
@@ -30,16 +29,13 @@ from actors import (
 from actors.runtime.connection import Connection
 from protocol import ContinueParams, CreateSession, ReconnectPolicy
 from protocol.simulator import LocalSimulator
-from tests.harness import FAST, drive, no_leaks, start, wait_for
-from tests.scripted import created, hold, scripted_server
+from tests.support.harness import FAST, drive, no_leaks, start, wait_for
+from tests.support.scripted import created, hold, scripted_server
 
 ONE_TRY = ReconnectPolicy(initial=0.01, max_delay=0.02, max_attempts=2, jitter=0)
 
 
-@pytest.fixture
-def sim() -> Iterator[LocalSimulator]:
-    with LocalSimulator(seed=31, slots=300) as simulator:
-        yield simulator
+pytestmark = pytest.mark.backtest_simulator(seed=31, slots=300)
 
 
 def test_completed_before_session_created_fails_start_at_once() -> None:

@@ -21,7 +21,7 @@ from actors.runtime.timers import Scheduler
 from actors.supervision.link_actor import ConnectDeadline, HandshakeDeadline
 from protocol import Timing
 from protocol.simulator import LocalSimulator
-from tests.harness import Recorder, no_leaks, start, wait_for
+from tests.support.harness import Recorder, no_leaks, start, wait_for
 
 # Deadlines far beyond the test, so an entry still in the heap is one nobody cancelled.
 LONG_STEPS = Timing(connect=30.0, handshake=30.0, keepalive_interval=0.05,

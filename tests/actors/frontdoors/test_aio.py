@@ -15,13 +15,9 @@ from actors.frontdoors.aio import AsyncBacktestSession
 from protocol import ContinueParams, CreateSession
 from protocol.simulator import DEFAULT_API_KEY, LocalSimulator
 from protocol.simulator.proxy import FaultProxy
-from tests.harness import FAST, FAULT_POLICY, check_exact, no_leaks, proxied, wait_for
+from tests.support.harness import FAST, FAULT_POLICY, check_exact, no_leaks, wait_for
 
-
-@pytest.fixture
-def net() -> tuple[LocalSimulator, FaultProxy]:
-    with proxied(seed=47, slots=200) as pair:
-        yield pair  # type: ignore[misc]
+pytestmark = pytest.mark.backtest_simulator(seed=47, slots=200)
 
 
 def test_a_full_session_with_drops_under_asyncio_run(

@@ -10,11 +10,7 @@ from actors.testing import DeliveryMismatch, assert_exact, delivery_of
 from protocol import CreateSession
 from protocol.simulator import DEFAULT_API_KEY, LocalSimulator
 
-
-@pytest.fixture
-def sim() -> LocalSimulator:
-    with LocalSimulator(seed=4) as simulator:
-        yield simulator
+pytestmark = pytest.mark.backtest_simulator(seed=4)
 
 
 def skipped_slot(sim: LocalSimulator) -> int:

@@ -13,7 +13,6 @@ import random
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +32,13 @@ from actors import (
 from actors.decisions.cursor import PendingContinue, StreamCursor
 from protocol import ContinueParams, CreateSession
 from protocol.simulator import DEFAULT_API_KEY, LocalSimulator
-from tests.harness import FAST, QUICK_RETRY, check_exact, drive, wait_for
+from tests.support import ROOT
+from tests.support.harness import FAST, QUICK_RETRY, check_exact, drive, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
 OTHER_KEY = "another-key"
 
 
-@pytest.fixture
-def sim() -> Iterator[LocalSimulator]:
-    with LocalSimulator(seed=13, slots=400, extra_api_keys=(OTHER_KEY,)) as simulator:
-        yield simulator
+pytestmark = pytest.mark.backtest_simulator(seed=13, slots=400, extra_api_keys=(OTHER_KEY,))
 
 
 def events_from_records(path: Path) -> list[ManagedEvent]:
@@ -108,7 +104,7 @@ def test_a_corrupt_or_foreign_cursor_names_the_field(mutate: Any, field: str) ->
 def run_driver(sim: LocalSimulator, start: int, end: int, tx: list[str], diffs: list[str],
                kill_after: int, cursor: Path, events: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.resume_driver", sim.url, str(start), str(end),
+        [sys.executable, "-m", "tests.support.resume_driver", sim.url, str(start), str(end),
          ",".join(tx), ",".join(diffs), str(kill_after), str(cursor), str(events)],
         cwd=ROOT, capture_output=True, text=True, timeout=40)
     assert proc.returncode == -9, proc.stderr  # it died by SIGKILL, after the cursor
@@ -195,12 +191,7 @@ def line_count(path: Path) -> int:
     return path.read_bytes().count(b"\n") if path.exists() else 0
 
 
-@pytest.fixture(scope="module")
-def standalone() -> Iterator[str]:
-    from protocol.simulator.process import simulator_process
-
-    with simulator_process(seed=5, slots=800) as url:
-        yield url
+STANDALONE = {"seed": 5, "slots": 800}  # the standalone fixture's simulator
 
 
 @pytest.mark.timeout(180)
@@ -208,7 +199,7 @@ def standalone() -> Iterator[str]:
 def test_cli_killed_three_times_resumes_to_an_exact_journal(standalone: str, tmp_path: Path,
                                                             seed: int) -> None:
     from protocol.simulator.chain import Chain
-    from tests.harness import wait_for
+    from tests.support.harness import wait_for
 
     chain = Chain(5, 800)
     first, _ = chain.available_range()
@@ -427,7 +418,7 @@ def test_a_listener_sessions_cursor_moves_as_events_are_told(sim: LocalSimulator
     import pykka
 
     from actors import ReadyForContinue, SendContinue
-    from tests.harness import wait_for
+    from tests.support.harness import wait_for
 
     first, _ = sim.available_range()
     end = first + 40

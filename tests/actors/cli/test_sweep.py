@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,10 +24,10 @@ from actors.runtime.reconnect_gate import LocalReconnectGate
 from protocol import RECONNECT_UNGATED_ATTEMPTS, ReconnectPolicy
 from protocol.simulator import DEFAULT_API_KEY
 from protocol.simulator.chain import Chain
-from tests.harness import wait_for
-from tests.sweep_checks import check_journal
+from tests.support import ROOT
+from tests.support.harness import wait_for
+from tests.support.sweep_checks import check_journal
 
-ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "actors.cli", "sweep"]
 ENV = {k: v for k, v in os.environ.items() if k != "BACKTEST_API_KEY"}
 
@@ -146,12 +145,7 @@ def test_readme_sweep_file_example_runs(tmp_path: Path) -> None:
 # --- SIGKILL, then --resume DIR -------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def standalone() -> Iterator[str]:
-    from protocol.simulator.process import simulator_process
-
-    with simulator_process(seed=6, slots=1200) as url:
-        yield url
+STANDALONE = {"seed": 6, "slots": 1200}  # the standalone fixture's simulator
 
 
 def line_count(path: Path) -> int:
