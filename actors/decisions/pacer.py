@@ -33,7 +33,7 @@ A link that cannot answer its barrier holds the next chunk until it is found
 dead (keepalive deadline) and resumes.
 
 **A continue lost in flight** is never re-sent blindly and never left hanging
-(DESIGN §6). It counts as lost on evidence: the control link re-attached (the
+(actors/DESIGN.md §3). It counts as lost on evidence: the control link re-attached (the
 dead connection can deliver nothing more), the attach replay is complete (the
 resume's ``success`` comes after it), and no sequenced response newer than the
 write point arrived within the quiet window. Policy ``"resend"`` writes it once
@@ -91,6 +91,7 @@ class _StreamState:
     # Set when the link re-subscribed: (executed count then, a continue was running).
     resubscribed: tuple[int, bool] | None = None
     at_risk_from: int = -1  # slot: events from it on may be missing after a re-subscribe
+    reported_through: int = -1  # the last slot a Gap already named: never named twice
     closing: bool = False  # unsubscribing: confirm every executed slot, then close
 
 
@@ -434,7 +435,11 @@ class ContinuePacer:
         stream = self._streams[name]
         running = self.state in ("handed", "outstanding")
         stream.resubscribed = (self.executed, running)
-        stream.at_risk_from = max(delivered_through, self._confirmed_slot(stream) + 1)
+        # A slot a Gap already reported is not at risk again: the link may drop once
+        # more before any replayed item reached the application (delivered_through
+        # has not moved), and the same slots must not be reported twice.
+        stream.at_risk_from = max(delivered_through, self._confirmed_slot(stream) + 1,
+                                  stream.reported_through + 1)
 
     def gap_after_resume(self, name: str, addresses: tuple[str, ...]) -> Gap | None:
         """Call when the link is Up again (or a running continue was answered)."""
@@ -457,6 +462,7 @@ class ContinuePacer:
             return None
         self.stats["gaps"] += 1
         self.stats["gap_slots"] += len(slots)
+        stream.reported_through = slots[-1]
         return Gap(name, addresses, slots[0], slots[-1], len(slots))
 
     def replay_from(self, name: str, last_delivered: int | None, start_slot: int) -> int:

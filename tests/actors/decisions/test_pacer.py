@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from actors.decisions.pacer import ContinuePacer
 from actors.events import Completed, ContinueLost, ReadyForContinue, Slot
-from protocol import ContinueParams
+from protocol import (
+    ContinueParams,
+)
 from protocol.pubsub import PUBSUB_BUFFER_SLOTS
 
 
@@ -177,6 +179,32 @@ def test_gap_is_the_executed_slots_that_fell_out_of_the_buffer() -> None:
     assert gate.gap_after_resume("transactions", ("addr",)) is None  # reported once
 
 
+def test_a_link_lost_again_before_its_replay_came_reports_no_slot_twice() -> None:
+    """Under load a re-subscribed link can drop again before any replayed item reached the
+    application: the slots already reported as a gap are not reported a second time."""
+    gate = up_gate("transactions", max_run_ahead=10_000)
+    gate.submit(ContinueParams(advance_count=300), reply=None)
+    gate.next_chunk()
+    gate.handed()
+    gate.written(1, None)
+    slots = [1000 + 2 * i for i in range(300)]
+    for slot in slots[:30]:
+        gate.absorb(Slot(slot))
+    gate.link_down("transactions")
+    for slot in slots[30:]:
+        gate.absorb(Slot(slot))
+    gate.absorb(Completed(None))
+    gate.resubscribing("transactions", delivered_through=slots[29])
+    gate.link_up("transactions")
+    first = gate.gap_after_resume("transactions", ("addr",))
+    assert first is not None and first.last_slot == slots[-101]
+    gate.link_down("transactions")  # nothing delivered since: the same delivered_through
+    gate.resubscribing("transactions", delivered_through=slots[29])
+    gate.link_up("transactions")
+    assert gate.gap_after_resume("transactions", ("addr",)) is None
+    assert gate.stats["gaps"] == 1
+
+
 def test_no_gap_when_the_buffer_still_reaches_back() -> None:
     gate = up_gate("transactions")
     gate.submit(ContinueParams(advance_count=50), reply=None)
@@ -190,7 +218,7 @@ def test_no_gap_when_the_buffer_still_reaches_back() -> None:
 
 
 def test_a_resumed_pending_continue_is_lost_without_news_and_kept_with_it() -> None:
-    """Attach from a cursor holding a continue sent at seqId 7 (DESIGN §6)."""
+    """Attach from a cursor holding a continue sent at seqId 7 (the lost-continue rule)."""
     from actors.decisions.cursor import PendingContinue
 
     params = ContinueParams(advance_count=3)
@@ -231,3 +259,21 @@ def test_a_chunk_the_control_link_never_got_is_given_back() -> None:
     assert gate.next_chunk() == ContinueParams(advance_count=1)  # the same chunk again
     gate.handed()
     assert gate.written(2, None)
+
+
+def test_gate_unsubscribe_confirms_every_executed_block_then_closes() -> None:
+
+    gate = up_gate("transactions", "account_diffs", max_run_ahead=80)
+    gate.submit(ContinueParams(advance_count=10), reply=None)
+    run_chunk(gate, 1)
+    assert gate.absorb(ReadyForContinue()) == ReadyForContinue()
+    gate.unsubscribe("transactions")
+    assert gate.streams_closed() == []  # 10 blocks not confirmed yet
+    due = gate.barriers_due()
+    assert [name for name, _ in due] == ["transactions"]  # at once, not at half the budget
+    gate.submit(ContinueParams(advance_count=5), reply=None)
+    assert gate.next_chunk() is None  # no block runs while it closes
+    gate.barrier_reached("transactions", due[0][1])
+    assert gate.streams_closed() == ["transactions"]
+    assert gate.next_chunk() == ContinueParams(advance_count=5)  # then the session goes on
+    assert not gate.closing("transactions")
