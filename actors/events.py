@@ -167,7 +167,7 @@ class ContinueLost:
     """A continue written just before the control connection died never reached the
     server.
 
-    The evidence (DESIGN §6): the session re-attached (the old connection can
+    The evidence (actors/DESIGN.md §3): the session re-attached (the old connection can
     deliver nothing more), the attach replay is complete, and no sequenced
     response newer than the continue's write point came within
     ``Timing.quiet_window``. ``resent``: the session wrote ``params`` once more

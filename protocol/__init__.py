@@ -1,7 +1,10 @@
 """Sans-I/O backtest wire protocol: typed messages and the one codec.
 
-Nothing in this package (outside :mod:`protocol.simulator`) touches a socket or
-a thread: it only turns text into typed events and back. ``help(name)``
+The top of this package is sans-I/O: it turns bytes and text into typed events
+and back, and touches no socket and no thread. Its one I/O sub-package is
+:mod:`protocol.simulator`, the local backtest server (an asyncio server, its
+fault injection and a TCP fault proxy), which the client never imports. The
+wire decisions are in ``protocol/WIRE.md``. ``help(name)``
 documents each class and function; the constants are the defaults of
 :class:`Timing` and :class:`ReconnectPolicy`, named as in the reference crate:
 

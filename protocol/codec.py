@@ -1,6 +1,6 @@
 """The one converter: typed messages <-> JSON text, for both directions.
 
-Conservative writer, tolerant reader (DESIGN.md §3):
+Conservative writer, tolerant reader (protocol/WIRE.md):
 
 * writes camelCase params for ``createBacktestSession``/``continue``, snake_case
   for struct variants, no ``params`` for unit variants, and omits optional

@@ -7,7 +7,7 @@ control frames back. Nothing here reads a socket; the reader thread owns that.
 Why not websocket-client's own parser (it still does the upgrade and writes the
 client's frames, which must be masked): it reads each header field through its
 own call and joins lists of chunks, and on a dense notification stream that
-was the client's largest cost, more than JSON decoding (py-spy, #16: about 30 %
+was the client's largest cost, more than JSON decoding (py-spy: about 30 %
 of the managed path against 17 % for the codec). This parser takes a frame's
 header from one buffer with a few byte reads and its payload with one slice.
 

@@ -3,7 +3,7 @@
 Field names are the Python (snake_case) names; the codec decides the casing on
 the wire (camelCase for ``createBacktestSession``/``continue`` params,
 snake_case for struct variants such as ``attachBacktestSession``), see
-DESIGN.md §3. Constructors validate user arguments so that a bad argument is
+protocol/WIRE.md. Constructors validate user arguments so that a bad argument is
 rejected before anything is sent.
 """
 
@@ -333,7 +333,7 @@ class Success:
     """``success``: a resume or close was done."""
 
 
-# Classification from DESIGN.md §3. ``sessionNameTaken`` is not named there; the
+# Classification from protocol/WIRE.md. ``sessionNameTaken`` is not named there; the
 # reference (managed-behavior.md §6) proposes it as fatal for that name, so it is.
 TERMINAL_ERROR_KINDS = frozenset(
     {

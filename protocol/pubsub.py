@@ -2,7 +2,7 @@
 
 Two streams are supported, as in the reference client: ``transactionSubscribe``
 (filter ``{"mentions": [address]}``) and ``accountDiffSubscribe`` (filter: the
-account address). ``replay_from_slot`` is inclusive (DESIGN.md §3).
+account address). ``replay_from_slot`` is inclusive (protocol/WIRE.md).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ NOTIFICATION_METHOD: dict[StreamKind, str] = {
     "account_diffs": "accountDiffNotification",
 }
 
-# "Subscription events are buffered for the last 100 slots" (DESIGN.md §3): how far
+# "Subscription events are buffered for the last 100 slots" (protocol/WIRE.md): how far
 # back a ``replayFromSlot`` can reach, so how long a client must remember what it saw.
 PUBSUB_BUFFER_SLOTS = 100
 

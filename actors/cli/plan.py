@@ -1,7 +1,7 @@
 """``backtest-actors run``: the arguments checked and turned into one run.
 
 Without ``--url`` the run goes against an embedded :class:`LocalSimulator`, so a
-newcomer needs no key and no network. Progress goes to stderr: a live line on
+first run needs no key and no network. Progress goes to stderr: a live line on
 a terminal (rich), plain periodic lines otherwise; the summary table goes to
 stdout. Exit codes: 0 completed, 1 the session failed, 2 bad arguments
 (nothing is sent).

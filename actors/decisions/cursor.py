@@ -1,4 +1,4 @@
-"""Cursor: everything needed to resume a session from outside the process (DESIGN §6).
+"""Cursor: everything needed to resume a session from outside the process (actors/DESIGN.md §7).
 
 A session lives on the server for ``disconnectTimeoutSecs`` after its control
 connection drops, replays control responses after a ``seqId`` and PubSub items

@@ -161,7 +161,7 @@ class Connection:
                                         self._check_still_wanted)
         # UTF-8 is still checked: the codec decodes bytes and maps a bad text
         # frame to a ProtocolError; skipping websocket-client's pure-Python
-        # validator is about 5x faster per frame (DESIGN.md §5).
+        # validator is about 5x faster per frame (actors/DESIGN.md §12).
         # The upgrade's client, dropped once the socket is open (reads are the
         # reader's, writes go to the socket): it keeps locks, buffers and the
         # handshake's headers that every full garbage collection would walk.

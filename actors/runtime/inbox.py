@@ -18,7 +18,7 @@ One thing is added: an ``ask`` that reaches the inbox is answered, however
 it races the actor's end. pykka checks that the actor is alive, then puts the
 message; when the actor ends and empties its inbox between the two, the
 message stays unread and its asker waits for ever (1 ask in 30,000 racing a
-stop, in ``tests/test_review17.py``, once the put became this fast). Here the
+stop, in ``tests/actors/runtime/test_inbox.py``, once the put became this fast). Here the
 inbox is closed when the actor ends, even when pykka's loop is left by a
 ``BaseException``, and a put into a closed inbox answers what it finds there,
 as the actor's last act would have. (The one message being handled when a

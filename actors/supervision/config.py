@@ -24,7 +24,7 @@ from ..runtime.connection import DEFAULT_MAX_FRAME_SIZE
 # ahead of the consumer up to this bound, so it is about how many events are
 # always in flight, and every one that outlives a young collection is walked by
 # the garbage collector's full collections. 1024 (16 ms of a 60,000/s stream)
-# gave 2.5x fewer full collections than 4096 and more throughput (#16).
+# gave 2.5x fewer full collections than 4096 and more throughput (scripts/BENCHMARKS.md).
 DEFAULT_MAX_QUEUE = 1024
 LINKS_PER_SESSION = 3  # control + transactions + account diffs
 # Events the blocking facade may take per round trip. They leave the outbox, so

@@ -79,7 +79,7 @@ Verdict = Literal["ping", "dead"]
 class PeerLiveness:
     """One connection's keepalive clock, free of I/O.
 
-    The rule is the client's (DESIGN.md §3): a connection from which nothing at
+    The rule is the client's (protocol/WIRE.md, Keepalive): a connection from which nothing at
     all has arrived for ``deadline`` seconds is dead, whatever the reason: a
     host that vanished, a NAT that forgot the mapping, a blackhole, or a peer
     that stopped reading and so never answers a ping. Any inbound byte counts

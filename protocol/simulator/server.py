@@ -23,7 +23,7 @@ How the server treats its peers, as a real server must:
   while holding a session's lock). After each step a session waits until every
   one of its connections is below websockets' write high-water mark (32 KiB):
   that is what keeps memory bounded and lets TCP flow control slow the session
-  to its slowest reader, as DESIGN.md §1 relies on. A reader that stops reading
+  to its slowest reader, as actors/DESIGN.md §4 relies on. A reader that stops reading
   *and* stops talking is found dead at ``keepalive_deadline`` and closed at
   once (abort: a close frame would queue behind what it never read), which
   releases the session. A reader that keeps talking (its own pings count) but
@@ -169,7 +169,7 @@ class ServerLiveness:
     (a reader that drains, however slowly, is waited for); then that reader is
     closed and the session goes on. It is longer than the
     deadline by default (30 s) because a client whose application pauses
-    reading is alive and loses nothing by waiting (DESIGN.md §1: TCP flow
+    reading is alive and loses nothing by waiting (actors/DESIGN.md §4: TCP flow
     control slows the server); set it to the deadline for "no reader may hold a
     session longer than the keepalive deadline". A reader that stops talking is
     closed at the deadline whatever this says. ``close_timeout`` is how long a

@@ -1,4 +1,4 @@
-"""Sweeps: many backtest sessions at once, on Ray or in this process (DESIGN §6).
+"""Sweeps: many backtest sessions at once, on Ray or in this process (actors/DESIGN.md §10).
 
 :class:`Sweep` (``driver.py``) supervises sessions the way a session
 supervises connections; ``job.py`` runs one session into its journal;

@@ -1,4 +1,4 @@
-"""Sessions outlive the process: cursor, attach, crash-resume (issue 13, DESIGN §6).
+"""Sessions outlive the process: cursor, attach, crash-resume (the cursor: actors/DESIGN.md).
 
 Every kill here is a SIGKILL of a separate process (no close frame, no
 ``closeBacktestSession``): the server keeps the session for its disconnect

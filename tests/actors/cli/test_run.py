@@ -62,7 +62,7 @@ def test_out_jsonl_has_one_line_per_event_and_matches_the_chain(tmp_path: Path) 
     assert result.returncode == 0, result.stderr
     lines = out.read_text().splitlines()
     journal = [json.loads(line) for line in lines]
-    # The journal (issue 13): a header, then the events, with a write-ahead ContinueSent
+    # The journal: a header, then the events, with a write-ahead ContinueSent
     # line before each continue.
     assert journal[0]["type"] == "JournalHeader"
     records = [r for r in journal[1:] if r["type"] != "ContinueSent"]

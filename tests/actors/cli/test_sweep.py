@@ -1,4 +1,4 @@
-"""``backtest-actors sweep``: many sessions at once, their journals, resume (issue 15).
+"""``backtest-actors sweep``: many sessions at once, their journals, resume.
 
 The command runs as a user runs it (a subprocess, the embedded simulator and
 an embedded local Ray); the kill test kills the sweep with SIGKILL and resumes

@@ -1,4 +1,4 @@
-"""Sweeps on Ray under loss: a worker killed mid-sweep, a simulator-wide outage (issue 15).
+"""Sweeps on Ray under loss: a worker killed mid-sweep, a simulator-wide outage.
 
 One embedded local Ray serves the module (it takes seconds to start); it runs
 on the loopback interface, like the simulator and the fault proxy. The

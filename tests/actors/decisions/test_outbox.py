@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import pykka
 import pytest
@@ -205,3 +206,40 @@ def test_a_waiting_take_gets_the_whole_batch_in_one_answer() -> None:
     assert reply.get(timeout=0) == [tx(1, "s1"), tx(1, "s2")]
     assert take(outbox) == [tx(2, "s3")]
     assert outbox.stats["events_delivered"] == 3
+
+
+def test_dedup_memory_per_key_does_not_grow_with_the_number_of_subscribed_addresses(
+        ) -> None:
+    """A transaction notified for two subscribed addresses is remembered with a bit
+    mask of both; the bit of address i is ``1 << i``, so with 20,000 addresses
+    subscribed (the matcher's own docstring: "a user may subscribe thousands")
+    a key that came for two late-listed addresses holds a 20,000-bit int,
+    about 2.7 KB, for 100 slots: on a dense stream (~2,700 keys a slot) that is
+    hundreds of MB, ~12x the set of two addresses it replaced. The dedup memory
+    of a key should not scale with the subscription list's length."""
+    log = logging.LoggerAdapter(logging.getLogger("test.outbox.memory"), {})
+    addresses = tuple(f"addr{i}" for i in range(20_000))
+    outbox = Outbox(window=10**9, log=log)
+    outbox.add_stream("transactions", addresses)
+    for n in range(2_000):
+        tx = Transaction(n // 100, f"sig{n}", None, None, 0, ())
+        outbox.stream_items("transactions", [(addresses[-1], tx), (addresses[-2], tx)], True)
+    seen = outbox._streams["transactions"].seen  # noqa: SLF001 - the memory under test
+    per_key = sum(sys.getsizeof(v) for v in seen.values()) / len(seen)
+    assert per_key < 512, f"{per_key:.0f} bytes per remembered key"
+
+
+def test_outbox_tells_a_replay_from_an_address_repeat() -> None:
+    from actors.decisions.outbox import Outbox
+
+    outbox = Outbox(window=64, log=LOG)
+    outbox.add_stream("transactions", ("a", "b"))
+    outbox.stream_items("transactions", [("a", tx(1, "s1")), ("b", tx(1, "s1"))], True)
+    assert outbox.stats["address_repeats_dropped"] == 1 and outbox.stats["replays_dropped"] == 0
+    # A resume replays slot 1 for both addresses: replays, however many addresses.
+    outbox.stream_items("transactions", [("b", tx(1, "s1")), ("a", tx(1, "s1")),
+                                         ("a", tx(2, "s2"))], True)
+    assert take(outbox) == [tx(1, "s1"), tx(2, "s2")]
+    assert outbox.stats["replays_dropped"] == 2
+    assert outbox.stats["address_repeats_dropped"] == 1
+    assert outbox.stats["duplicates_dropped"] == 3

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ast
+import inspect
 import logging
+import math
 import random
 import time
 
@@ -11,17 +13,24 @@ import attrs
 import pykka
 import pytest
 
+import actors
 from actors import (
+    Closed,
+    Completed,
     ConnectionChanged,
     ContinueLost,
     Error,
     ManagedBacktestSession,
+    ManagedEvent,
     ManagedSessionError,
     ReadyForContinue,
     Reconnecting,
     SendContinue,
     Slot,
     Status,
+    SubscribeStream,
+    Transaction,
+    UnsubscribeStream,
     Up,
 )
 from protocol import BacktestError, ContinueParams, CreateSession, ReconnectPolicy, Timing
@@ -347,7 +356,8 @@ def test_design_no_json_in_actors_and_no_retry_loop_in_links() -> None:
 
 
 def test_twenty_continues_lost_in_flight_are_resent_once_each(sim: LocalSimulator) -> None:
-    """DESIGN §6: re-attached, replay complete, quiet window passed: written again."""
+    """The lost-continue rule (actors/DESIGN.md §3): re-attached, replay complete, quiet
+    window passed: written again."""
     first, _ = sim.available_range()
     end = first + 60
     address = sim.addresses[0]
@@ -402,3 +412,158 @@ def test_lost_continue_with_policy_raise_reaches_the_application_in_time(
     finally:
         session.shutdown()
     assert sim.session_stats(session.session_info.session_id).blocks_executed == 3
+
+
+@pytest.mark.backtest_simulator(seed=14, slots=400)
+def test_for_event_in_session_ends_with_completed(sim: LocalSimulator) -> None:
+    first, _ = sim.available_range()
+    end = first + 80
+    events: list[ManagedEvent] = []
+    with start(sim, first, end) as session:
+        session.subscribe_transactions(sim.addresses[:2])
+        for event in session:
+            events.append(event)
+            if isinstance(event, ReadyForContinue):
+                session.send_continue(ContinueParams(advance_count=7))
+    assert isinstance(events[-1], Completed)
+    check_exact(events, sim.expected(first, end, transactions=sim.addresses[:2]))
+    assert sum(isinstance(e, ReadyForContinue) for e in events) == math.ceil(
+        (len(sim.expected(first, end).slots) - 1) / 7)
+
+
+@pytest.mark.backtest_simulator(seed=14, slots=400)
+def test_run_drives_to_the_end_and_injects_what_on_event_returns(sim: LocalSimulator) -> None:
+    first, _ = sim.available_range()
+    end = first + 90
+    tx = "AQ" + "A" * 86  # base64 of 65 bytes: a placeholder for a signed transaction
+    events: list[ManagedEvent] = []
+
+    def on_event(event: ManagedEvent) -> ContinueParams | None:
+        events.append(event)
+        readies = sum(isinstance(e, ReadyForContinue) for e in events)
+        if isinstance(event, ReadyForContinue) and readies == 2:
+            return ContinueParams(advance_count=4, transactions=[tx])
+        return None
+
+    with start(sim, first, end) as session:
+        session.subscribe_transactions(sim.addresses[:3])
+        done = session.run(advance=4, on_event=on_event, timeout=10)
+        server = sim.session_stats(session.session_info.session_id)
+    assert done is events[-1] and isinstance(done, Completed)
+    assert done.summary is not None
+    check_exact(events, sim.expected(first, end, transactions=sim.addresses[:3]))
+    blocks = len(sim.expected(first, end).slots) - 1
+    assert server.continues_received == math.ceil(blocks / 4)
+    assert server.user_transactions == 1 and server.injected_transactions == (tx,)
+
+
+@pytest.mark.backtest_simulator(seed=14, slots=400)
+def test_run_refuses_bad_arguments_before_anything_is_sent(sim: LocalSimulator) -> None:
+    first, _ = sim.available_range()
+    with start(sim, first, first + 10) as session:
+        with pytest.raises(ValueError, match="advance: expected an integer >= 1"):
+            session.run(advance=0)
+        with pytest.raises(TypeError, match="on_event: expected a callable"):
+            session.run(on_event=5)  # type: ignore[arg-type]
+        assert session.stats().continues_written == 0
+
+
+@pytest.mark.backtest_simulator(seed=14, slots=400)
+def test_unsubscribe_delivers_what_ran_before_and_nothing_after(sim: LocalSimulator) -> None:
+    first, _ = sim.available_range()
+    end = first + 150
+    addresses = sim.addresses[:3]
+    blocks = sim.expected(first, end).slots
+    with no_leaks(FAST.graceful_close + 1):
+        session = start(sim, first, end)
+        session.subscribe_transactions(addresses)
+        session.subscribe_account_diffs(addresses)
+        sid = session.session_info.session_id
+        events: list[ManagedEvent] = []
+        readies = 0
+        unsubscribed_after = resubscribed_after = None
+        while not isinstance(event := session.next_event(timeout=10), Completed):
+            events.append(event)
+            if not isinstance(event, ReadyForContinue):
+                continue
+            readies += 1
+            if readies == 10:  # 9 continues of 5 blocks ran, maybe with items in flight
+                session.unsubscribe("transactions", timeout=10)
+                unsubscribed_after = max(e.slot for e in events if isinstance(e, Slot))
+                wait_for(lambda: sim.session_stats(sid).subscribers == 1, 10,
+                         "the server to see one subscriber left")
+            if readies == 20:
+                session.subscribe_transactions(addresses[:1])
+                resubscribed_after = max(e.slot for e in events if isinstance(e, Slot))
+            session.send_continue(ContinueParams(advance_count=5), timeout=10)
+        events.append(event)
+        stats = session.stats()
+        session.shutdown()
+    assert unsubscribed_after == blocks[9 * 5] and resubscribed_after == blocks[19 * 5]
+    txs = [e for e in events if isinstance(e, Transaction)]
+    before = sim.expected(first, unsubscribed_after, transactions=addresses).signatures
+    after = sim.expected(resubscribed_after, end, transactions=addresses[:1]).signatures
+    assert [t.signature for t in txs] == before + after
+    closed_at = events.index(ConnectionChanged("transactions", Closed()))
+    assert max(i for i, e in enumerate(events) if isinstance(e, Transaction)
+               and e.slot <= unsubscribed_after) < closed_at
+    # The diffs went on untouched, every one of them.
+    check_exact([e for e in events if not isinstance(e, Transaction)],
+                sim.expected(first, end, account_diffs=addresses))
+    assert stats.reconnects == {"control": 0, "account_diffs": 0, "transactions": 0}
+
+
+@pytest.mark.backtest_simulator(seed=14, slots=400)
+def test_unsubscribe_refuses_what_is_not_subscribed(sim: LocalSimulator) -> None:
+    first, _ = sim.available_range()
+    with start(sim, first, first + 10) as session:
+        with pytest.raises(ValueError, match="kind: transactions is not subscribed"):
+            session.unsubscribe("transactions", timeout=5)
+        with pytest.raises(ValueError, match="kind: expected one of"):
+            session.unsubscribe("trades", timeout=5)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match=r"addresses\[0\]"):
+            SubscribeStream.transactions(["ADDR"])
+        assert SubscribeStream.account_diffs(list(sim.addresses[:2])).addresses == (
+            sim.addresses[:2])
+        with pytest.raises(ValueError, match="kind: expected one of"):
+            UnsubscribeStream("trades")  # type: ignore[arg-type]
+
+
+@pytest.mark.backtest_simulator(seed=14, slots=400)
+def test_start_subscribes_before_the_first_continue(sim: LocalSimulator) -> None:
+    first, _ = sim.available_range()
+    end = first + 40
+    with start(sim, first, end, transactions=iter(sim.addresses[:2]),
+               account_diffs=sim.addresses[3:5]) as session:
+        events = drive(session, advance=40)
+        assert session.cursor().streams.keys() == {"transactions", "account_diffs"}
+    check_exact(events, sim.expected(first, end, transactions=sim.addresses[:2],
+                                     account_diffs=sim.addresses[3:5]))
+    with pytest.raises(TypeError, match="transactions: expected a list of addresses"):
+        start(sim, first, end, transactions=sim.addresses[0])
+    with pytest.raises(ValueError, match=r"addresses\[0\]"):
+        start(sim, first, end, account_diffs=["ADDR"])
+    assert sim.upgrade_requests().get("control", 0) == 1  # the refused starts sent nothing
+
+
+def test_continue_lost_params_are_typed() -> None:
+    field = attrs.fields_dict(actors.ContinueLost)["params"]
+    assert field.type in (ContinueParams, "ContinueParams")
+
+
+def test_injected_transactions_are_typed_in_the_signature() -> None:
+    """``help(ContinueParams)`` said ``transactions: Any``: attrs shows the converter's
+    parameter type, so the converter now says what a caller may pass."""
+    parameters = inspect.signature(ContinueParams.__init__).parameters
+    assert parameters["transactions"].annotation == "Iterable[str]"
+    assert parameters["modify_account_states"].annotation == "dict[str, AccountData]"
+    assert ContinueParams(transactions=iter(["AQID"])).transactions == ("AQID",)
+
+
+@pytest.mark.backtest_simulator(seed=14, slots=400)
+def test_stats_are_refused_after_shutdown(sim: LocalSimulator) -> None:
+    first, _ = sim.available_range()
+    session = start(sim, first, first + 5)
+    session.shutdown()
+    with pytest.raises(ManagedSessionError, match="closed"):
+        session.stats()

@@ -24,18 +24,22 @@ from actors import (
     ManagedSessionError,
     ReadyForContinue,
     SendContinue,
+    SessionInfo,
     Slot,
+    Transaction,
+    Up,
 )
 from actors.frontdoors.handles import (
+    ControlHandle,
     spawn_account_diff_subscription,
     spawn_control,
     spawn_transaction_subscription,
 )
-from protocol import ContinueParams, CreateSession
+from protocol import ContinueParams, CreateSession, Timing
 from protocol.simulator import DEFAULT_API_KEY, LocalSimulator
 from protocol.simulator.proxy import FaultProxy
 from tests.support import ROOT
-from tests.support.harness import FAST, FAULT_POLICY, check_exact, no_leaks, wait_for
+from tests.support.harness import FAST, FAULT_POLICY, FAULT_SERVER, check_exact, no_leaks, wait_for
 
 pytestmark = pytest.mark.backtest_simulator(seed=43, slots=200)
 
@@ -167,3 +171,170 @@ def test_a_subscription_handle_cannot_continue(net: tuple[LocalSimulator, FaultP
             watcher.supervisor.tell(SendContinue(ContinueParams(), reply))
             with pytest.raises(ManagedSessionError, match="no control connection"):
                 reply.get(timeout=5)
+
+
+# A watcher that tolerates a slow path (proxy latency) or notices a blackhole late.
+PATIENT = Timing(connect=2.0, handshake=2.0, keepalive_interval=0.5, keepalive_deadline=2.0,
+                 graceful_close=1.0)
+
+
+LEAK_GRACE = FAST.graceful_close + 2
+
+
+def _to_ready(control: ControlHandle, advance: int = 0) -> int:
+    """Read until ReadyForContinue (sending ``advance`` first if > 0); the last Slot seen.
+
+    A fresh session starts with a Ready: read it (advance=0) before advancing."""
+    if advance:
+        control.send_continue(ContinueParams(advance_count=advance), timeout=5)
+    last = -1
+    while not isinstance(event := control.next_event(timeout=5), ReadyForContinue):
+        if isinstance(event, Slot):
+            last = event.slot
+    return last
+
+
+@pytest.mark.backtest_simulator(seed=61, slots=200)
+def test_live_subscription_handle_gets_every_event_after_spawn_returns(
+        net: tuple[LocalSimulator, FaultProxy]) -> None:
+    """spawn_transaction_subscription without replay_from_slot ("events start now")
+    returns before its subscribe reached the server (the supervisor answers
+    ``started`` in on_start). A driver that continues as soon as spawn returned
+    loses the watcher the first slots. Here the PubSub path is slowed with proxy
+    latency; without it the same loss happens intermittently (4/11, 7/11 seen)."""
+    sim, proxy = net
+    first, _ = sim.available_range()
+    tx = list(sim.addresses[:3])
+    with no_leaks(LEAK_GRACE):
+        with spawn_control(sim.url, DEFAULT_API_KEY, CreateSession(first, first + 40),
+                           timing=FAST, policy=FAULT_POLICY) as control:
+            now = _to_ready(control)
+            proxy.latency(150, which="pubsub")
+            with spawn_transaction_subscription(
+                    proxy.url_for(control.session_info.rpc_endpoint), tx, timing=PATIENT,
+                    policy=FAULT_POLICY) as watcher:
+                end = _to_ready(control, advance=5)  # the caller continues right away
+                expected = sim.expected(now, end, transactions=tx).signatures
+                assert expected, "pick addresses with transactions in these slots"
+                got: list[str] = []
+                try:
+                    while len(got) < len(expected):
+                        event = watcher.next_event(timeout=3)
+                        if isinstance(event, Transaction):
+                            got.append(event.signature)
+                except TimeoutError:
+                    pass
+    assert sorted(got) == sorted(expected), (
+        f"{len(expected) - len(got)} of {len(expected)} transactions after spawn returned "
+        "were never delivered")
+
+
+@pytest.mark.backtest_simulator(seed=61, slots=200)
+def test_live_subscription_handle_dropped_before_its_first_item_replays_no_history(
+        net: tuple[LocalSimulator, FaultProxy]) -> None:
+    """A live handle (no replay_from_slot) subscribes at slot S; its link is reset
+    before it delivered anything. The restart replays from the cursor's start slot
+    0, i.e. the server's whole buffer: every item of the slots before S is
+    delivered, none of which the caller asked for (with several addresses this
+    also breaks the stream's slot order). It should re-subscribe from S."""
+    sim, proxy = net
+    first, _ = sim.available_range()
+    tx = list(sim.addresses[:3])
+    with no_leaks(LEAK_GRACE):
+        with spawn_control(sim.url, DEFAULT_API_KEY, CreateSession(first, first + 60),
+                           timing=FAST, policy=FAULT_POLICY) as control:
+            _to_ready(control)  # the Ready the session starts with
+            subscribed_at = _to_ready(control, advance=30)
+            with spawn_transaction_subscription(
+                    proxy.url_for(control.session_info.rpc_endpoint), tx, timing=FAST,
+                    policy=FAULT_POLICY) as watcher:
+                wait_for(lambda: watcher.status()["transactions"] == Up(), 5, "watcher up")
+                assert proxy.reset("pubsub") == 1
+                wait_for(lambda: watcher.stats()["reconnects"]["transactions"] == 1
+                         and watcher.status()["transactions"] == Up(), 5, "watcher up again")
+                end = _to_ready(control, advance=5)
+                expected = sim.expected(subscribed_at, end, transactions=tx).signatures
+                assert expected
+                got: list[Transaction] = []
+                while not {t.signature for t in got} >= set(expected):
+                    event = watcher.next_event(timeout=3)
+                    if isinstance(event, Transaction):
+                        got.append(event)
+    history = [t.slot for t in got if t.slot <= subscribed_at]
+    assert history == [], (f"{len(history)} transactions from slots executed before the "
+                           f"subscription (<= {subscribed_at}) were delivered")
+    assert sorted(t.signature for t in got) == sorted(expected)
+
+
+@pytest.mark.backtest_simulator(seed=61, slots=200)
+def test_watcher_within_the_replay_margin_gets_the_tail_of_a_session_a_control_handle_drives(
+        net: tuple[LocalSimulator, FaultProxy]) -> None:
+    """The handles' contract: a subscription handle's margin is the server's
+    100-slot replay buffer. A control handle drives 20 slots; its watcher's PubSub
+    connection goes silent for the last 10. The control handle closes the session
+    on the server (closeBacktestSession) as soon as Completed arrives, so the
+    watcher's re-subscribe is answered 404 and the last 10 slots' transactions are
+    lost, 10 slots into a 100-slot margin."""
+    sim, proxy = net
+    first, _ = sim.available_range()
+    tx = list(sim.addresses[:3])
+    end = first + 20
+    expected = sim.expected(first, end, transactions=tx).signatures
+    got: list[str] = []
+    ended: list[BaseException] = []
+    with no_leaks(LEAK_GRACE):
+        control = spawn_control(sim.url, DEFAULT_API_KEY, CreateSession(first, end),
+                                timing=FAST, policy=FAULT_POLICY)
+        sid = control.session_info.session_id
+        with control, spawn_transaction_subscription(
+                proxy.url_for(control.session_info.rpc_endpoint), tx, replay_from_slot=first,
+                timing=PATIENT, policy=FAULT_POLICY) as watcher:
+            wait_for(lambda: watcher.status()["transactions"] == Up(), 5, "watcher up")
+            _to_ready(control)  # the Ready the session starts with
+            _to_ready(control, advance=10)
+            assert proxy.blackhole("pubsub") == 1
+            control.send_continue(ContinueParams(advance_count=10), timeout=5)
+            while type(control.next_event(timeout=5)).__name__ != "Completed":
+                pass
+            # The driver is done; the handle is still open (not shut down, not detached).
+            try:
+                while len(got) < len(expected):
+                    event = watcher.next_event(timeout=10)
+                    if isinstance(event, Transaction):
+                        got.append(event.signature)
+            except ManagedSessionError as exc:
+                ended.append(exc)
+            session_closed_early = sid not in sim.session_ids()
+    assert sorted(got) == sorted(expected), (
+        f"watcher lost {len(expected) - len(got)} of {len(expected)} transactions; "
+        f"session closed by the control handle before its shutdown: {session_closed_early}; "
+        f"watcher ended with {ended}")
+
+
+@pytest.mark.backtest_simulator(seed=61, slots=200, liveness=FAULT_SERVER)
+@pytest.mark.parametrize("endpoint", [
+    SessionInfo("abc", "garbage"),
+    SessionInfo("", ""),
+    SessionInfo("abc", "ftp://127.0.0.1:1/backtest/abc"),
+    "control-url",
+], ids=["not-a-url", "empty", "ftp", "the-control-url"])
+def test_subscription_handle_refuses_a_bad_endpoint_before_connecting(
+        sim: LocalSimulator, endpoint: SessionInfo | str) -> None:
+    """A str rpc_endpoint is checked (ValueError naming rpc_endpoint), but a
+    SessionInfo is taken as is: spawn succeeds and the link retries a URL that can
+    never work for the whole reconnect budget (300 s by default) before failing
+    with "url is invalid" / "scheme ftp is invalid". The control URL
+    (ws://host/backtest) passes the str check as session id "backtest" and fails
+    later with a misleading "HTTP 401" (PubSub needs no key)."""
+    address = sim.addresses[:1]
+    target: SessionInfo | str = sim.url if endpoint == "control-url" else endpoint
+    with no_leaks(LEAK_GRACE):
+        try:
+            handle = spawn_transaction_subscription(target, address, timing=FAST,
+                                                    policy=FAULT_POLICY)
+        except ValueError as exc:
+            assert "rpc_endpoint" in str(exc)
+        else:
+            first = handle.next_event(timeout=5)
+            handle.shutdown()
+            pytest.fail(f"spawn accepted {target!r}; first event {first}")

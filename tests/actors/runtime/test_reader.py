@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import resource
+import socket
 import threading
+import tracemalloc
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
+import pykka
 import pytest
 from websockets.sync.server import ServerConnection
 
@@ -16,11 +24,14 @@ from actors.runtime.connection import (
     ReaderResumed,
 )
 from actors.runtime.reader import SharedReader
+from protocol.frames import OP_CONTINUATION, OP_PING, OP_TEXT
 from protocol.simulator import LocalSimulator
 from tests.support.harness import (
     FAST,
     Recorder,
+    check_exact,
     disconnects,
+    drive,
     no_leaks,
     open_connection,
     received_items,
@@ -169,3 +180,128 @@ def test_a_corrupt_frame_behind_the_credit_limit_ends_the_connection_naming_it(
         finally:
             owner.stop()
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+def frame(opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0,
+          length: int | None = None) -> bytes:
+    """A server frame (unmasked); ``length`` overrides the length in the header."""
+    size = len(payload) if length is None else length
+    first = (0x80 if fin else 0) | (rsv << 4) | opcode
+    if size < 126:
+        head = bytes([first, size])
+    elif size < 65536:
+        head = bytes([first, 126]) + size.to_bytes(2, "big")
+    else:
+        head = bytes([first, 127]) + size.to_bytes(8, "big")
+    return head + payload
+
+
+@contextmanager
+def client(url: str, *, max_frame_size: int) -> Iterator[pykka.ActorRef[Any]]:
+    """A real ``Connection`` with a large window, telling the yielded recorder."""
+    owner = Recorder.start()
+    conn = open_connection(url, owner, window=100, max_frame_size=max_frame_size)
+    try:
+        yield owner
+    finally:
+        conn.abort()
+        conn.join(3.0)
+        owner.stop()
+
+
+def test_a_fragmented_message_over_the_limit_is_refused_from_the_continuation_header(
+        ) -> None:
+    """``FrameTooLarge`` promises "a frame, or a message's fragments together, above
+    the reader's size limit ... raised from the frame's header, before its payload
+    is held in memory". A 600-byte first fragment and a continuation whose header
+    says 600 more (limit 1000) is over the limit from that header, but the reader
+    only adds the size up after the whole payload has arrived: it waits (and on a
+    real limit of 8 MiB would buffer up to twice that) instead of failing the
+    connection. Here the payload never comes and the connection is never failed."""
+    done = threading.Event()
+    wire = frame(OP_TEXT, b"x" * 600, fin=False) + frame(OP_CONTINUATION, b"", length=600)
+
+    def script(ws: ServerConnection) -> None:
+        ws.socket.sendall(wire)  # raw bytes, past the server's own framing
+        done.wait(20)
+
+    with no_leaks(5.0), scripted_server(script) as url, \
+            client(url, max_frame_size=1000) as owner:
+        try:
+            seen = until_disconnected(owner, 3)
+            assert [d.reason.split(":")[0] for d in disconnects(seen)] == ["FrameTooLarge"]
+        finally:
+            done.set()
+
+
+def test_endless_empty_continuation_frames_do_not_grow_memory_without_bound() -> None:
+    """Empty continuation frames add 0 bytes to a message's size, so the limit
+    never trips, yet the reader appends each (an 8-byte list slot per 2 bytes on
+    the wire) to the open message's fragment list: a server can grow the
+    client's memory without bound inside one never-finished message. The
+    reader's own contract is "memory is the unparsed bytes plus one message"
+    (here a 1-byte message, limit 1024). 400,000 empty fragments (800 KB on
+    the wire) must not leave the client holding megabytes."""
+    done, go = threading.Event(), threading.Event()
+    count = 400_000
+    wire = (frame(OP_TEXT, b"x", fin=False) + frame(OP_CONTINUATION, b"", fin=False) * count
+            + frame(OP_PING, b"mark"))
+
+    def script(ws: ServerConnection) -> None:
+        if go.wait(20):  # once the test has its baseline
+            ws.socket.sendall(wire)
+        done.wait(20)
+
+    tracemalloc.start()
+    try:
+        with no_leaks(5.0), scripted_server(script) as url, \
+                client(url, max_frame_size=1024) as owner:
+            try:
+                base = tracemalloc.get_traced_memory()[0]
+                go.set()
+                # The ping after the fragments is answered: every byte before it was parsed.
+                wait_for(lambda: any(type(i).__name__ == "Pong"
+                                     for i in received_items(owner.ask("get")))
+                         or disconnects(owner.ask("get")), 15, "the ping after the fragments")
+                grown = tracemalloc.get_traced_memory()[0] - base
+                if not disconnects(owner.ask("get")):  # refusing the message is an answer as well
+                    assert grown < 1 << 20, f"{grown} bytes held for a 1-byte message"
+            finally:
+                go.set()
+                done.set()
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.backtest_simulator(seed=23, slots=300)
+def test_a_process_holding_1100_fds_runs_a_session_to_completion(sim: LocalSimulator) -> None:
+    """``select()`` refused fds >= 1024; the reader's readiness check must not."""
+    needed = 1300
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        if hard != resource.RLIM_INFINITY and hard < needed:
+            pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < {needed}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        probe = socket.socket()
+        assert probe.fileno() > 1024  # every socket from here on is out of select()'s range
+        probe.close()
+        first, _ = sim.available_range()
+        end = first + 60
+        tx, diffs = list(sim.addresses[:3]), list(sim.addresses[1:4])
+        session = start(sim, first, end)
+        try:
+            session.subscribe_transactions(tx)
+            session.subscribe_account_diffs(diffs)
+            events = drive(session)
+            stats = session.stats()
+        finally:
+            session.shutdown()
+    finally:
+        for fd in held:
+            os.close(fd)
+        if soft != resource.RLIM_INFINITY and soft < needed:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    check_exact(events, sim.expected(first, end, transactions=tx, account_diffs=diffs))
+    assert stats["reconnects"] == {"control": 0, "transactions": 0, "account_diffs": 0}

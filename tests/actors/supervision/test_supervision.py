@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Any
 
 import pykka
 import pytest
@@ -55,8 +56,8 @@ def test_completed_before_session_created_fails_start_at_once() -> None:
 
 
 def test_an_error_answering_a_continue_ends_it_and_reaches_the_caller() -> None:
-    """Decision (DESIGN §3 classification): the server answers a continue with ready,
-    completed or an error; an error answers it. A retryable one (invalidRequest
+    """Decision (the error classification of protocol/WIRE.md): the server answers a
+    continue with ready, completed or an error; an error answers it. A retryable one (invalidRequest
     here, e.g. "continue while not ready") is delivered and the next continue is
     accepted; a terminal one would fail the session after being delivered."""
 
@@ -337,3 +338,28 @@ def test_two_consumer_threads_share_the_events_exactly_once(sim: LocalSimulator)
     assert sorted(signatures) == sorted(expected.signatures)
     assert len(signatures) == len(set(signatures))
     assert sorted(e.slot for e in events if isinstance(e, Slot)) == expected.slots
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_request_told_into_a_stopped_supervisor_is_answered_not_lost() -> None:
+    """The CI run's failure of the test above: ``stop_all`` stopped the other session's
+    supervisor while its consumer's next TakeEvents (a tell carrying its own reply)
+    was on its way; pykka drops a tell left at an actor's end, and the consumer
+    waited out its whole timeout (for ever with ``timeout=None``). A tell that
+    reaches the inbox at or after the end (pykka's alive check passed just before)
+    is now answered as a stopped session answers."""
+    from pykka._envelope import Envelope
+
+    from actors.requests import TakeEvents
+
+    with LocalSimulator(seed=44, slots=50) as sim, no_leaks(5.0):
+        first, _ = sim.available_range()
+        session = start(sim, first, first + 10)
+        supervisor = session.supervisor
+        session.shutdown()
+        assert not supervisor.is_alive()
+        reply: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()
+        supervisor.actor_inbox.put(Envelope(TakeEvents(reply, 10)))
+        with pytest.raises(ManagedSessionError) as failed:
+            reply.get(timeout=2)
+        assert failed.value.kind == "closed"

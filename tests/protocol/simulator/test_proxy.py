@@ -12,6 +12,8 @@ import psutil
 import pytest
 import websocket
 
+from actors import ManagedSessionError
+from actors.frontdoors.handles import spawn_transaction_subscription
 from protocol import (
     Attach,
     ContinueParams,
@@ -22,7 +24,7 @@ from protocol import (
 from protocol.messages import Completed, Error, ReadyForContinue, SessionAttached
 from protocol.simulator import LocalSimulator, ServerLiveness
 from protocol.simulator.proxy import FAULT_KINDS, FaultProxy
-from tests.support.harness import wait_for
+from tests.support.harness import FAST, FAULT_POLICY, no_leaks, wait_for
 from tests.support.wire import control, create, drain_pubsub, read_until, subscribe
 
 SHORT = ServerLiveness(keepalive_interval=0.25, keepalive_deadline=1.0)
@@ -321,3 +323,27 @@ def test_attach_through_the_proxy_after_reset(sim: LocalSimulator, proxy: FaultP
     ws2.send(encode_request(ContinueParams()))
     read_until(ws2, ReadyForContinue)
     assert sim.session_stats(sid).continues_received == 1
+
+
+LEAK_GRACE = FAST.graceful_close + 2
+
+
+@pytest.mark.backtest_simulator(seed=61, slots=200)
+def test_fault_proxy_with_lose_pongs_still_forwards_a_refused_upgrade(
+        net: tuple[LocalSimulator, FaultProxy]) -> None:
+    """FaultProxy.lose_pongs parses everything after the HTTP response head as
+    WebSocket frames, so the body of a non-101 answer ("no such session\\n": 'n',
+    'o' reads as a 113-byte frame) is held for ever and the client sees the
+    connection drop. A subscription handle for a gone session then reports
+    "Connection to remote host was lost", retryable, and spends its whole reconnect
+    budget (300 s by default) instead of failing at once on HTTP 404 as it does
+    without the toxic. The toxic should only touch frames after a 101."""
+    sim, proxy = net
+    proxy.lose_pongs(2, "pubsub")
+    endpoint = proxy.url_for(sim.url.replace("ws://", "http://") + "/no-such-session")
+    with no_leaks(LEAK_GRACE):
+        # A subscription handle returns once subscribed, so a gone session fails the
+        # spawn itself, at once, with the 404.
+        with pytest.raises(ManagedSessionError, match="HTTP 404"):
+            spawn_transaction_subscription(endpoint, sim.addresses[:1], timing=FAST,
+                                           policy=FAULT_POLICY)

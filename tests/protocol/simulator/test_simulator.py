@@ -11,6 +11,8 @@ import psutil
 import pytest
 import websocket
 
+from actors import ConnectionChanged, ManagedBacktestSession, Reconnecting
+from actors import ReadyForContinue as ReadyEvent  # the wire's ReadyForContinue is below
 from protocol import (
     AccountDiffNotification,
     Attach,
@@ -35,7 +37,7 @@ from protocol import (
     encode_subscribe,
 )
 from protocol.messages import Close
-from protocol.simulator import LocalSimulator
+from protocol.simulator import DEFAULT_API_KEY, LocalSimulator
 from protocol.simulator.chain import Chain
 from protocol.simulator.engine import Session
 from tests.support.wire import control, create, drain_pubsub, read_until, subscribe
@@ -286,3 +288,31 @@ def test_unsubscribe_and_bad_pubsub_requests(sim: LocalSimulator) -> None:
     notes = drain_pubsub(sub)
     assert notes and all(isinstance(n, TransactionNotification) and n.subscription != 1
                          for n in notes)
+
+
+@pytest.mark.backtest_simulator(seed=14, slots=400)
+def test_local_simulator_timing_finds_a_silent_connection_in_about_a_second(
+        sim: LocalSimulator) -> None:
+    """The CLI's fast keepalive, from Python: ``timing=sim.timing``."""
+    timing = sim.timing
+    assert (timing.keepalive_interval, timing.keepalive_deadline) == (0.25, 1.0)
+    first, _ = sim.available_range()
+    session = ManagedBacktestSession.start(sim.url, DEFAULT_API_KEY,
+                                           CreateSession(first, first + 300),
+                                           timing=timing, policy=sim.policy)
+    try:
+        while not isinstance(session.next_event(timeout=10), ReadyEvent):
+            pass
+        sim.faults.blackhole("control")
+        silenced = time.monotonic()
+        while not (isinstance(event := session.next_event(timeout=5), ConnectionChanged)
+                   and isinstance(event.status, Reconnecting)):
+            pass
+        found = time.monotonic() - silenced
+        assert found < timing.keepalive_deadline + timing.keepalive_interval + 0.5, found
+    finally:
+        session.shutdown()
+
+
+def test_chain_addresses_are_what_the_simulator_lists() -> None:
+    assert LocalSimulator(seed=3).addresses == Chain(3).addresses
