@@ -136,11 +136,8 @@ class ManagedBacktestSession:
             raise TypeError(f"create: expected CreateSession, got {type(create).__name__}")
         # attrs validators ran at construction; this catches an instance changed since.
         attrs.validate(create)
-        options = SessionOptions(
-            policy=policy, timing=timing, listener=listener, sslopt=sslopt,
-            max_frame_size=max_frame_size, max_queue=max_queue, max_run_ahead=max_run_ahead,
-            on_lost_continue=on_lost_continue, on_starting=on_starting,
-            subscriptions=initial_subscriptions(transactions, account_diffs))
+        options = SessionOptions.of(locals(), subscriptions=initial_subscriptions(
+            transactions, account_diffs))
         return cls.from_core(SessionCore.launch(url, api_key, create, None, options))
 
     @classmethod
@@ -169,10 +166,7 @@ class ManagedBacktestSession:
         was sent then.
         """
         cursor = check_cursor(cursor)
-        options = SessionOptions(
-            policy=policy, timing=timing, listener=listener, sslopt=sslopt,
-            max_frame_size=max_frame_size, max_queue=max_queue, max_run_ahead=max_run_ahead,
-            on_lost_continue=on_lost_continue, on_starting=on_starting)
+        options = SessionOptions.of(locals())
         return cls.from_core(SessionCore.resume(url, api_key, cursor, options))
 
     # --- identity and status ------

@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, cast
 
 import attrs
@@ -142,6 +142,13 @@ class SessionOptions:
     control: bool = True
     subscriptions: tuple[SubscribeStream, ...] = ()
     close_at_completed: bool = True
+
+    @classmethod
+    def of(cls, arguments: Mapping[str, Any], **fixed: Any) -> SessionOptions:
+        """The options among a call's ``arguments`` (its ``locals()``): the public
+        signatures name every keyword once, for ``help()``, and this reads them once."""
+        names = {field.name for field in attrs.fields(cls)}
+        return cls(**{k: v for k, v in arguments.items() if k in names}, **fixed)
 
 
 def initial_subscriptions(transactions: Iterable[str], account_diffs: Iterable[str]

@@ -177,3 +177,37 @@ def no_leaks(grace: float) -> Iterator[None]:
              and len(pykka.ActorRegistry.get_all()) == actors_before, grace,
              f"threads back to {threads_before} (now {threading.active_count()}: "
              f"{[t.name for t in threading.enumerate()]}) and actors to {actors_before}")
+
+
+def bounded(call: Callable[[], Any], seconds: float) -> BaseException | None:
+    """Run ``call`` on a helper thread: its exception, or None; fail if it outlives the bound.
+
+    A call that hangs (as ``start(timing="x")`` did) fails the test instead of the run.
+    """
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    thread = threading.Thread(target=run, daemon=True, name="bounded-call")
+    thread.start()
+    thread.join(seconds)
+    assert outcome, f"call did not return within {seconds}s"
+    return outcome[0]
+
+
+def to_ready(control: Any, advance: int = 0) -> int:
+    """Read a control handle until ReadyForContinue (sending ``advance`` first if > 0); the
+    last Slot seen. A fresh session starts with a Ready: read it (advance=0) first."""
+    if advance:
+        control.send_continue(ContinueParams(advance_count=advance), timeout=5)
+    last = -1
+    while not isinstance(event := control.next_event(timeout=5), ReadyForContinue):
+        if isinstance(event, Slot):
+            last = event.slot
+    return last

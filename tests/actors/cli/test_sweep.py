@@ -121,16 +121,17 @@ def test_sweep_file_ranges_follow_each_other_and_override_defaults(tmp_path: Pat
         read_sweep_file(str(path))
 
 
-def readme_sweep_example() -> tuple[str, list[str]]:
-    text = (ROOT / "README.md").read_text()
+def guide_sweep_example() -> tuple[str, list[str]]:
+    """The sweep file example of actors/cli/sweep/SWEEPS.md and the command that runs it."""
+    text = (ROOT / "actors" / "cli" / "sweep" / "SWEEPS.md").read_text()
     toml = re.search(r"```toml\n(.*?)```", text, re.S)
     command = re.search(r"\n(backtest-actors sweep sweep\.toml [^\n]*)\n", text)
-    assert toml and command, "the README has no sweep file example"
+    assert toml and command, "SWEEPS.md has no sweep file example"
     return toml.group(1), command.group(1).split()[2:]
 
 
-def test_readme_sweep_file_example_runs(tmp_path: Path) -> None:
-    toml, args = readme_sweep_example()
+def test_the_guides_sweep_file_example_runs(tmp_path: Path) -> None:
+    toml, args = guide_sweep_example()
     (tmp_path / "sweep.toml").write_text(toml)
     result = subprocess.run([*CLI, *args], cwd=tmp_path, env={**ENV, "PYTHONPATH": str(ROOT)},
                             text=True, capture_output=True, timeout=120)

@@ -4,8 +4,6 @@ addresses, options, continue parameters."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -17,9 +15,8 @@ from actors import (
     ManagedEvent,
     ReadyForContinue,
     SessionInfo,
-    Slot,
 )
-from actors.frontdoors.handles import ControlHandle, spawn_control
+from actors.frontdoors.handles import spawn_control
 from protocol import ContinueParams, CreateSession
 from protocol.simulator import DEFAULT_API_KEY, LocalSimulator
 from tests.support.harness import (
@@ -27,9 +24,11 @@ from tests.support.harness import (
     FAULT_POLICY,
     FAULT_SERVER,
     QUICK_RETRY,
+    bounded,
     check_exact,
     no_leaks,
     start,
+    to_ready,
     wait_for,
 )
 
@@ -51,26 +50,6 @@ def test_next_event_with_a_huge_integer_timeout_waits_instead_of_overflowing() -
             session.shutdown()
 
 
-def _bounded(call: Callable[[], Any], seconds: float) -> BaseException | None:
-    """Run ``call`` on a helper thread: its exception, or None; fail if it outlives the bound.
-
-    A call that hangs (as ``start(timing="x")`` did) fails the test instead of the run.
-    """
-    outcome: list[BaseException | None] = []
-
-    def run() -> None:
-        try:
-            call()
-        except BaseException as exc:  # noqa: BLE001 - handed to the test
-            outcome.append(exc)
-        else:
-            outcome.append(None)
-
-    thread = threading.Thread(target=run, daemon=True, name="bounded-call")
-    thread.start()
-    thread.join(seconds)
-    assert outcome, f"call did not return within {seconds}s"
-    return outcome[0]
 
 
 @pytest.mark.backtest_simulator(seed=23, slots=300)
@@ -131,7 +110,7 @@ def test_start_rejects_bad_arguments_before_connecting(sim: LocalSimulator) -> N
         kwargs.update(override)
         url, key, made = kwargs.pop("url"), kwargs.pop("api_key"), kwargs.pop("create")
         with no_leaks(2.0):
-            error = _bounded(lambda: ManagedBacktestSession.start(  # noqa: B023
+            error = bounded(lambda: ManagedBacktestSession.start(  # noqa: B023
                 url, key, made, **kwargs), 5)  # noqa: B023
         assert type(error) is kind, (override, error)
         assert str(error).startswith(f"{field}:"), (override, str(error))
@@ -194,17 +173,6 @@ def test_send_continue_revalidates_params_before_sending(sim: LocalSimulator) ->
 LEAK_GRACE = FAST.graceful_close + 2
 
 
-def _to_ready(control: ControlHandle, advance: int = 0) -> int:
-    """Read until ReadyForContinue (sending ``advance`` first if > 0); the last Slot seen.
-
-    A fresh session starts with a Ready: read it (advance=0) before advancing."""
-    if advance:
-        control.send_continue(ContinueParams(advance_count=advance), timeout=5)
-    last = -1
-    while not isinstance(event := control.next_event(timeout=5), ReadyForContinue):
-        if isinstance(event, Slot):
-            last = event.slot
-    return last
 
 
 @pytest.mark.backtest_simulator(seed=61, slots=200, liveness=FAULT_SERVER)
@@ -218,7 +186,7 @@ def test_handle_waits_accept_any_finite_timeout(sim: LocalSimulator) -> None:
     with no_leaks(LEAK_GRACE):
         with spawn_control(sim.url, DEFAULT_API_KEY, CreateSession(first, first + 10),
                            timing=FAST, policy=FAULT_POLICY) as control:
-            _to_ready(control)
+            to_ready(control)
             control.send_continue(ContinueParams(advance_count=1), timeout=1e13)
             assert control.next_event(timeout=1e13) is not None
 

@@ -30,7 +30,6 @@ from actors import (
     Up,
 )
 from actors.frontdoors.handles import (
-    ControlHandle,
     spawn_account_diff_subscription,
     spawn_control,
     spawn_transaction_subscription,
@@ -39,7 +38,15 @@ from protocol import ContinueParams, CreateSession, Timing
 from protocol.simulator import DEFAULT_API_KEY, LocalSimulator
 from protocol.simulator.proxy import FaultProxy
 from tests.support import ROOT
-from tests.support.harness import FAST, FAULT_POLICY, FAULT_SERVER, check_exact, no_leaks, wait_for
+from tests.support.harness import (
+    FAST,
+    FAULT_POLICY,
+    FAULT_SERVER,
+    check_exact,
+    no_leaks,
+    to_ready,
+    wait_for,
+)
 
 pytestmark = pytest.mark.backtest_simulator(seed=43, slots=200)
 
@@ -181,17 +188,6 @@ PATIENT = Timing(connect=2.0, handshake=2.0, keepalive_interval=0.5, keepalive_d
 LEAK_GRACE = FAST.graceful_close + 2
 
 
-def _to_ready(control: ControlHandle, advance: int = 0) -> int:
-    """Read until ReadyForContinue (sending ``advance`` first if > 0); the last Slot seen.
-
-    A fresh session starts with a Ready: read it (advance=0) before advancing."""
-    if advance:
-        control.send_continue(ContinueParams(advance_count=advance), timeout=5)
-    last = -1
-    while not isinstance(event := control.next_event(timeout=5), ReadyForContinue):
-        if isinstance(event, Slot):
-            last = event.slot
-    return last
 
 
 @pytest.mark.backtest_simulator(seed=61, slots=200)
@@ -208,12 +204,12 @@ def test_live_subscription_handle_gets_every_event_after_spawn_returns(
     with no_leaks(LEAK_GRACE):
         with spawn_control(sim.url, DEFAULT_API_KEY, CreateSession(first, first + 40),
                            timing=FAST, policy=FAULT_POLICY) as control:
-            now = _to_ready(control)
+            now = to_ready(control)
             proxy.latency(150, which="pubsub")
             with spawn_transaction_subscription(
                     proxy.url_for(control.session_info.rpc_endpoint), tx, timing=PATIENT,
                     policy=FAULT_POLICY) as watcher:
-                end = _to_ready(control, advance=5)  # the caller continues right away
+                end = to_ready(control, advance=5)  # the caller continues right away
                 expected = sim.expected(now, end, transactions=tx).signatures
                 assert expected, "pick addresses with transactions in these slots"
                 got: list[str] = []
@@ -243,8 +239,8 @@ def test_live_subscription_handle_dropped_before_its_first_item_replays_no_histo
     with no_leaks(LEAK_GRACE):
         with spawn_control(sim.url, DEFAULT_API_KEY, CreateSession(first, first + 60),
                            timing=FAST, policy=FAULT_POLICY) as control:
-            _to_ready(control)  # the Ready the session starts with
-            subscribed_at = _to_ready(control, advance=30)
+            to_ready(control)  # the Ready the session starts with
+            subscribed_at = to_ready(control, advance=30)
             with spawn_transaction_subscription(
                     proxy.url_for(control.session_info.rpc_endpoint), tx, timing=FAST,
                     policy=FAULT_POLICY) as watcher:
@@ -252,7 +248,7 @@ def test_live_subscription_handle_dropped_before_its_first_item_replays_no_histo
                 assert proxy.reset("pubsub") == 1
                 wait_for(lambda: watcher.stats()["reconnects"]["transactions"] == 1
                          and watcher.status()["transactions"] == Up(), 5, "watcher up again")
-                end = _to_ready(control, advance=5)
+                end = to_ready(control, advance=5)
                 expected = sim.expected(subscribed_at, end, transactions=tx).signatures
                 assert expected
                 got: list[Transaction] = []
@@ -290,8 +286,8 @@ def test_watcher_within_the_replay_margin_gets_the_tail_of_a_session_a_control_h
                 proxy.url_for(control.session_info.rpc_endpoint), tx, replay_from_slot=first,
                 timing=PATIENT, policy=FAULT_POLICY) as watcher:
             wait_for(lambda: watcher.status()["transactions"] == Up(), 5, "watcher up")
-            _to_ready(control)  # the Ready the session starts with
-            _to_ready(control, advance=10)
+            to_ready(control)  # the Ready the session starts with
+            to_ready(control, advance=10)
             assert proxy.blackhole("pubsub") == 1
             control.send_continue(ContinueParams(advance_count=10), timeout=5)
             while type(control.next_event(timeout=5)).__name__ != "Completed":

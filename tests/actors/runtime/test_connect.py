@@ -8,8 +8,6 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
 
 from actors import (
     ManagedBacktestSession,
@@ -20,6 +18,7 @@ from protocol import CreateSession, ReconnectPolicy, Timing
 from protocol.simulator import DEFAULT_API_KEY, LocalSimulator
 from tests.support.harness import (
     Recorder,
+    bounded,
     no_leaks,
     start_connection,
     wait_for,
@@ -133,26 +132,6 @@ def test_expire_connect_racing_a_successful_upgrade() -> None:
         wait_for(lambda: _fds() <= fds, 3, f"fds back ({_fds()} vs {fds})")
 
 
-def _bounded(call: Callable[[], Any], seconds: float) -> BaseException | None:
-    """Run ``call`` on a helper thread: its exception, or None; fail if it outlives the bound.
-
-    A call that hangs (as ``start(timing="x")`` did) fails the test instead of the run.
-    """
-    outcome: list[BaseException | None] = []
-
-    def run() -> None:
-        try:
-            call()
-        except BaseException as exc:  # noqa: BLE001 - handed to the test
-            outcome.append(exc)
-        else:
-            outcome.append(None)
-
-    thread = threading.Thread(target=run, daemon=True, name="bounded-call")
-    thread.start()
-    thread.join(seconds)
-    assert outcome, f"call did not return within {seconds}s"
-    return outcome[0]
 
 
 class _TricklingServer:
@@ -231,7 +210,7 @@ def test_trickled_upgrade_reply_is_bounded_by_timing_connect() -> None:
     started = time.monotonic()
     try:
         with no_leaks(3.0):
-            error = _bounded(lambda: ManagedBacktestSession.start(
+            error = bounded(lambda: ManagedBacktestSession.start(
                 f"ws://127.0.0.1:{server.port}", "key", CreateSession(1, 2), timing=timing,
                 policy=policy), 20)
         elapsed = time.monotonic() - started
