@@ -17,7 +17,7 @@ from protocol.simulator.__main__ import add_server_arguments
 from protocol.simulator.arguments import int_at_least, seconds
 
 from ..decisions.pacer import DEFAULT_MAX_RUN_AHEAD
-from .plan import API_KEY_ENV, DEFAULT_SLOT_COUNT, RunPlan, UsageError
+from .plan import API_KEY_ENV, DEFAULT_CHAIN_SLOTS, DEFAULT_SLOT_COUNT, RunPlan, UsageError
 from .run import EXIT_INTERRUPTED
 
 
@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--chaos", action="store_true",
                      help="embedded mode: drop and silence connections during the run")
     run.add_argument("--seed", type=int, default=0, help="embedded chain and chaos seed")
+    run.add_argument("--chain-slots", type=_positive, metavar="N",
+                     help=f"embedded mode: how many slots the chain holds (default "
+                          f"{DEFAULT_CHAIN_SLOTS}); a longer one takes longer to build")
     run.add_argument("-v", "--verbose", action="store_true", help="log reconnects to stderr")
     output = run.add_mutually_exclusive_group()
     output.add_argument("--quiet", "-q", action="store_true",

@@ -35,6 +35,7 @@ from .run import Run
 
 API_KEY_ENV = "BACKTEST_API_KEY"
 DEFAULT_SLOT_COUNT = 300
+DEFAULT_CHAIN_SLOTS = 2000  # the embedded simulator's chain, as LocalSimulator's default
 
 
 class UsageError(Exception):
@@ -63,7 +64,8 @@ class RunPlan:
                                   ("--end-slot", args.end_slot), ("--out", args.out),
                                   ("--transactions", args.transactions),
                                   ("--account-diffs", args.account_diffs),
-                                  ("--chaos", args.chaos)):
+                                  ("--chaos", args.chaos),
+                                  ("--chain-slots", args.chain_slots)):
                 if value:
                     raise UsageError(f"backtest-actors run: --resume takes {option} from the "
                                      f"journal; leave it out")
@@ -76,9 +78,10 @@ class RunPlan:
             if args.api_key:
                 raise UsageError("backtest-actors run: --api-key needs --url")
             return cls(args, DEFAULT_API_KEY)
-        if args.chaos:
-            raise UsageError("backtest-actors run: --chaos works only with the embedded "
-                             "simulator (no --url)")
+        for option, value in (("--chaos", args.chaos), ("--chain-slots", args.chain_slots)):
+            if value:
+                raise UsageError(f"backtest-actors run: {option} works only with the embedded "
+                                 f"simulator (no --url)")
         try:
             backtest_ws_url(args.url)
         except ValueError as exc:
@@ -130,7 +133,8 @@ class RunPlan:
         simulator: LocalSimulator | None = None
         try:
             if args.url is None:
-                simulator = LocalSimulator(seed=args.seed).start()
+                simulator = LocalSimulator(
+                    seed=args.seed, slots=args.chain_slots or DEFAULT_CHAIN_SLOTS).start()
                 url, timing, policy = simulator.url, simulator.timing, simulator.policy
                 first, last = simulator.available_range()
                 start = first if args.start_slot is None else args.start_slot
@@ -162,7 +166,10 @@ class RunPlan:
                         args.seed, max_run_ahead=args.max_run_ahead,
                         on_lost_continue=args.on_lost_continue,
                         embedded=simulator is not None, quiet=args.quiet or args.json,
-                        json_summary=args.json).run()
+                        json_summary=args.json,
+                        expected=None if simulator is None else simulator.expected(
+                            start, end, transactions=tx_addrs, account_diffs=diff_addrs)
+                        ).run()
         except OSError as exc:
             sys.stderr.write(f"backtest-actors run: --out: {exc}\n")
             return 2
@@ -198,8 +205,11 @@ class RunPlan:
         if end < start:
             raise UsageError(f"--end-slot {end} is before the start slot {start}")
         if last is not None and end > last:
-            raise UsageError(f"--end-slot {end}: the embedded simulator holds slots up to "
-                             f"{last}")
+            # Name the flag the user passed, and how to get a longer chain.
+            given = (f"--end-slot {end}" if args.end_slot is not None else
+                     f"--slot-count {args.slot_count}: slots {start}..={end}")
+            raise UsageError(f"{given}: the embedded simulator holds slots up to {last} "
+                             f"(--chain-slots N makes a longer chain)")
         return end
 
 

@@ -23,7 +23,7 @@ from rich.table import Table
 from protocol import ContinueParams, CreateSession, ReconnectPolicy, Timing, backtest_ws_url
 from protocol.codec import dump_document
 from protocol.pubsub import PUBSUB_BUFFER_SLOTS
-from protocol.simulator import LocalSimulator
+from protocol.simulator import Expected, LocalSimulator
 
 from ..decisions.pacer import DEFAULT_MAX_RUN_AHEAD, LostContinuePolicy
 from ..events import (
@@ -42,6 +42,7 @@ from ..events import (
 from ..frontdoors.blocking import ManagedBacktestSession
 from ..frontdoors.drive import Drive
 from ..stats import SessionStats
+from ..testing.delivery import Delivery, differences
 from .journal import JournalHeader, JournalState, JournalWriter
 from .progress import LiveProgress, NoProgress, PlainProgress
 
@@ -62,8 +63,13 @@ class Run:
                  max_run_ahead: int = DEFAULT_MAX_RUN_AHEAD,
                  on_lost_continue: LostContinuePolicy = "resend", embedded: bool = False,
                  resume: JournalState | None = None, resume_path: str | None = None,
-                 quiet: bool = False, json_summary: bool = False) -> None:
+                 quiet: bool = False, json_summary: bool = False,
+                 expected: Expected | None = None) -> None:
         self.console = console
+        # The embedded simulator knows what a complete run delivers: the run checks it.
+        self.expected = expected
+        self.delivered = Delivery([], [], [])
+        self.differences: list[str] | None = None  # None: not checked (not embedded, or not done)
         self.quiet, self.json_summary = quiet, json_summary
         # Ctrl-C: the first asks for a clean stop (summary, exit 130), a second exits
         # at once. The handler interrupts only a wait (``_waiting``), never a journal write.
@@ -159,6 +165,8 @@ class Run:
                 completed = drive.run()
                 assert completed is not None  # never stopped: Ctrl-C raises instead
                 self.summary, self.completed = completed.summary, True
+                if self.expected is not None:
+                    self.differences = differences(self.delivered, self.expected)
                 update()
         except ManagedSessionError as exc:
             failure = exc
@@ -177,7 +185,7 @@ class Run:
     def _exit_code(self, failure: ManagedSessionError | None) -> int:
         if self.interrupted and not self.completed:
             return EXIT_INTERRUPTED
-        return 1 if failure or self.gaps else 0
+        return 1 if failure or self.gaps or self.differences else 0
 
     @staticmethod
     def _stats_or_none(session: ManagedBacktestSession) -> SessionStats | None:
@@ -247,13 +255,19 @@ class Run:
             self.journal.event(event, self.session.delivered_seq)
         if isinstance(event, Slot):
             self.counts["slots"] += 1
+            if self.expected is not None:
+                self.delivered.slots.append(event.slot)
             self._check_duplicate(event.slot, ("slot", event.slot))
             self.last_slot = event.slot
         elif isinstance(event, Transaction):
             self.counts["transactions"] += 1
+            if self.expected is not None:
+                self.delivered.signatures.append(event.signature)
             self._check_duplicate(event.slot, event.signature)
         elif isinstance(event, AccountDiff):
             self.counts["account_diffs"] += 1
+            if self.expected is not None:
+                self.delivered.diff_keys.append(event.key)
             self._check_duplicate(event.slot, event.key)
         elif isinstance(event, Status):
             self.stage = event.stage
@@ -309,6 +323,8 @@ class Run:
             return f"failed: {failure}"
         if self.gaps:
             return f"completed with {len(self.gaps)} gap(s): events may be missing"
+        if self.differences:
+            return "completed, but the delivery differs from the simulator's expected()"
         return "completed"
 
     def summary_document(self, session_id: str, stats: SessionStats | None, wall: float,
@@ -339,6 +355,8 @@ class Run:
             "lost_continues": counters.get("lost_continues", 0),
             "continues_resent": counters.get("continues_resent", 0),
             "double_advances": counters.get("double_advances", 0),
+            "delivery": (None if self.differences is None
+                         else "exact" if not self.differences else self.differences),
             "gaps": [{"stream": g.stream, "first_slot": g.first_slot,
                       "last_slot": g.last_slot, "slots": g.slots} for g in self.gaps],
             "wall_seconds": round(wall, 3),
@@ -378,6 +396,9 @@ class Run:
         table.add_row(f"lost continues ({self.on_lost_continue})",
                       f"{doc['lost_continues']} (resent {doc['continues_resent']})")
         table.add_row("double advances", str(doc["double_advances"]))
+        if self.differences is not None:
+            table.add_row("delivery vs expected()", "exact" if not self.differences
+                          else "\n".join(self.differences))
         table.add_row("wall time", f"{wall:.2f} s")
         for key, value in sorted((self.summary or {}).items()):
             table.add_row(f"server: {key}", str(value))

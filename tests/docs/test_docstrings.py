@@ -112,7 +112,7 @@ def test_help_of_local_simulator_shows_faults_targets_and_every_argument() -> No
 
 
 def test_the_python_help_command_shows_the_docstrings() -> None:
-    """What the issue runs: ``python -c "import actors, protocol, protocol.simulator;
+    """What a user runs: ``python -c "import actors, protocol, protocol.simulator;
     help(...)"``, one name of each package."""
     code = ("import actors, protocol, protocol.simulator; help(actors.SessionStats); "
             "help(protocol.Timing); help(protocol.simulator.LocalSimulator)")

@@ -3,6 +3,7 @@ exit 2, with nothing sent."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -20,6 +21,12 @@ FIRST = Chain(0).first_slot
                             "400000000..=400001999"),
     (["--end-slot", "400009999"], "--end-slot 400009999: the embedded simulator holds slots "
                                   "up to 400001999"),
+    # The flag the user passed is the one named, with the way to a longer chain.
+    (["--slot-count", "5000"], "--slot-count 5000: slots 400000000..=400004999: the embedded "
+                               "simulator holds slots up to 400001999 (--chain-slots N makes "
+                               "a longer chain)"),
+    (["--url", "ws://127.0.0.1:9/backtest", "--api-key", "k", "--start-slot", "1",
+      "--chain-slots", "3000"], "--chain-slots works only with the embedded simulator"),
     (["--transactions", "ADDR"], "--transactions: expected a base58 public key"),
     (["--account-diffs", "11111111111111111111111111111111"],
      "--account-diffs 11111111111111111111111111111111: not an address of the embedded "
@@ -71,3 +78,10 @@ def test_cli_refuses_a_bad_address_before_anything_starts(
     assert err.startswith("backtest-actors run: --account-diffs: expected a base58 public key")
     assert err.count("\n") == 1
     assert time.monotonic() - started < 1.0
+
+
+def test_chain_slots_makes_a_longer_embedded_chain() -> None:
+    result = run("run", "--chain-slots", "2600", "--slot-count", "2500", "--advance", "100",
+                 "--quiet", "--transactions", Chain(0).addresses[0])
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"slots done\s*│\s*2500/2500", result.stdout), result.stdout

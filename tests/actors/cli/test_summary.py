@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import math
 import re
+import subprocess
 from pathlib import Path
 
 from protocol.simulator.chain import Chain
-from tests.actors.cli.test_run import run, table_value
+from tests.actors.cli.test_run import COMMAND, ENV, run, table_value
+from tests.support import ROOT
 
 FIRST = Chain(0).first_slot
 
@@ -68,3 +70,17 @@ def test_the_summary_names_slots_and_blocks_and_splits_duplicates() -> None:
     assert table_value(result.stdout, "replays dropped") == "0"
     assert table_value(result.stdout, "same tx, other address") == str(
         expected_repeats(chain, FIRST, end, chain.addresses[:2]))
+
+
+def test_an_embedded_run_checks_its_delivery_against_the_simulator(tmp_path: Path) -> None:
+    """The embedded simulator knows what the range holds: the summary says ``exact`` (or what
+    differs, with exit code 1); against a server given by --url it cannot say."""
+    result = subprocess.run([*COMMAND, "run", "--slot-count", "120", "--advance", "7",
+                             "--json"], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["delivery"] == "exact" and document["result"] == "completed"
+    table = subprocess.run([*COMMAND, "run", "--slot-count", "60", "--quiet"], cwd=ROOT,
+                           env=ENV, capture_output=True, text=True, timeout=120)
+    assert re.search(r"delivery vs expected\(\)\s*│\s*exact", table.stdout), table.stdout

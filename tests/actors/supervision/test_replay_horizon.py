@@ -142,7 +142,7 @@ def test_the_cli_shows_the_gap_range_and_exits_1(sim: LocalSimulator,
 
 
 def test_ten_subscription_reconnects_deliver_a_clean_runs_events(sim: LocalSimulator) -> None:
-    """Event for event, within-slot order included (issue: replays came address by address)."""
+    """Event for event, within-slot order included (replays once came address by address)."""
     first, _ = sim.available_range()
     end = first + 200
     addresses = list(sim.addresses[:3])
