@@ -100,6 +100,9 @@ class RunPlan:
     def resume(self, console: Console) -> int:
         """``--resume FILE``: nothing is written to FILE unless the attach succeeded."""
         args = self.args
+        if not os.path.exists(args.resume):  # a wrong path is a bad argument, as a bad flag
+            sys.stderr.write(f"backtest-actors run: --resume {args.resume}: no such journal\n")
+            return 2
         try:
             state = read_journal(args.resume)
         except JournalError as exc:

@@ -155,6 +155,13 @@ class Run:
                     session.subscribe_transactions(self.tx_addrs)
                 if self.diff_addrs:
                     session.subscribe_account_diffs(self.diff_addrs)
+            if (self.resume is not None and self.resume.cursor.pending_continue is not None
+                    and not self.quiet):
+                # The lost-continue rule may keep the run quiet this long: say why at once.
+                self.console.print(
+                    f"resume: waiting up to {self.timing.quiet_window:g} s for the server to "
+                    f"confirm the last continue (it was sent before the run stopped)",
+                    highlight=False, soft_wrap=True)
             drive = _JournaledDrive(self, session)
             if self.resume is not None and self.resume.awaiting_continue:
                 drive.continue_with(drive.default)  # it died between Ready and its continue

@@ -34,6 +34,7 @@ from protocol import ContinueParams, CreateSession
 from protocol.simulator import DEFAULT_API_KEY, LocalSimulator
 from tests.support import ROOT
 from tests.support.harness import FAST, QUICK_RETRY, check_exact, drive, wait_for
+from tests.support.sweep_checks import check_journal
 
 OTHER_KEY = "another-key"
 
@@ -499,3 +500,47 @@ def test_attach_checks_its_arguments_before_connecting(sim: LocalSimulator) -> N
         ManagedBacktestSession.attach(sim.url, DEFAULT_API_KEY, bad)
     with pytest.raises(TypeError, match="cursor: expected Cursor"):
         ManagedBacktestSession.attach(sim.url, DEFAULT_API_KEY, "{}")  # type: ignore[arg-type]
+
+
+def test_resume_with_a_continue_in_flight_says_why_it_waits_and_ends_exact(
+        sim: LocalSimulator, tmp_path: Path) -> None:
+    """A run killed right after it wrote a continue ahead into its journal: the resume
+    may have to wait for the lost-continue rule, so it says so at once, then finishes
+    with the same journal a clean run writes."""
+    first, _ = sim.available_range()
+    journal = tmp_path / "j.jsonl"
+    key = ["--api-key", DEFAULT_API_KEY]
+    proc = start_cli("--url", sim.url, *key, "--start-slot", str(first), "--slot-count", "200",
+                     "--advance", "1", "--out", str(journal))
+    try:
+        wait_for(lambda: line_count(journal) > 80 or proc.poll() is not None, 60,
+                 "the run to be under way")
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    lines = journal.read_text().splitlines(keepends=True)
+    # Cut the journal right after its last ContinueSent: as if killed between the
+    # continue's write-ahead record and any of its answers (every continue the run sent
+    # is in the journal: it is written before the continue is handed over).
+    cut = max(i for i, line in enumerate(lines) if '"ContinueSent"' in line)
+    journal.write_text("".join(lines[:cut + 1]))
+    started = time.monotonic()
+    resumed = subprocess.Popen([*CLI, "run", "--resume", str(journal), *key,
+                                "--continue-quiet", "0.5"], cwd=ROOT, env=CLI_ENV, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert resumed.stderr is not None and resumed.stdout is not None
+    first_line = resumed.stderr.readline()
+    said_after = time.monotonic() - started
+    rest = resumed.stderr.read()
+    assert resumed.wait(timeout=60) == 0, first_line + rest + resumed.stdout.read()
+    assert first_line.startswith("resume: waiting up to 0.5 s for the server to confirm the "
+                                 "last continue"), first_line
+    assert said_after < 5.0  # process start and the attach, then the line at once
+    check_journal(journal, sim.chain, DEFAULT_API_KEY)
+
+
+def test_resume_of_a_journal_that_does_not_exist_is_a_bad_argument(tmp_path: Path) -> None:
+    result = run_cli("--resume", str(tmp_path / "nope.jsonl"), "--api-key", "k")
+    assert result.returncode == 2
+    path = tmp_path / "nope.jsonl"
+    assert result.stderr == f"backtest-actors run: --resume {path}: no such journal\n"
