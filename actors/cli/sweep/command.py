@@ -42,7 +42,7 @@ def add_parser(sub: Any, positive: Any, slot: Any) -> None:
     p.add_argument("--slot-count", type=positive,
                    help=f"... of this many slots each (default {DEFAULT_SLOT_COUNT})")
     p.add_argument("--start-slot", type=slot, help="first slot (default: start of range)")
-    p.add_argument("--advance", type=positive, help="slots per continue (default 1)")
+    p.add_argument("--advance", type=positive, help="produced blocks per continue (default 1)")
     p.add_argument("--transactions", action="append", default=[], metavar="ADDR")
     p.add_argument("--account-diffs", action="append", default=[], metavar="ADDR")
     p.add_argument("--concurrency", type=positive,

@@ -8,7 +8,7 @@ same sessions again without the original flags (never the key).
 Sweep file (TOML, read with :mod:`tomllib`)::
 
     concurrency = 4              # optional; --concurrency wins
-    advance = 10                 # slots per continue, default for every range
+    advance = 10                 # produced blocks per continue, default for every range
     transactions = ["<addr>"]    # default addresses per stream, for every range
     account_diffs = ["<addr>"]
 

@@ -125,7 +125,7 @@ def guide_sweep_example() -> tuple[str, list[str]]:
     """The sweep file example of actors/cli/sweep/SWEEPS.md and the command that runs it."""
     text = (ROOT / "actors" / "cli" / "sweep" / "SWEEPS.md").read_text()
     toml = re.search(r"```toml\n(.*?)```", text, re.S)
-    command = re.search(r"\n(backtest-actors sweep sweep\.toml [^\n]*)\n", text)
+    command = re.search(r"\n\.venv/bin/(backtest-actors sweep sweep\.toml [^\n]*)\n", text)
     assert toml and command, "SWEEPS.md has no sweep file example"
     return toml.group(1), command.group(1).split()[2:]
 
