@@ -123,6 +123,7 @@ class SessionSupervisor(FailSafeActor):
         self._shutdown: Shutdown | None = None
         self._shutdown_timer: TimerHandle | None = None
         self._stats = {"malformed_frames": 0, "continues_refused": 0}
+        self._completed_delivered = False  # Completed was put: no event may follow it
         self._streams = Streams(self._children, self._outbox, self._pacer, self._log)
         self._permits = RestartPermits(  # past the ungated attempts: the policy's gate
             config.policy, lambda: self._log.session_id,
@@ -203,6 +204,7 @@ class SessionSupervisor(FailSafeActor):
             self._children.tell(name, Barrier(token))
         if self._pacer.completed_event is not None and self._pacer.completed_due():
             self._outbox.put(None, self._pacer.completed_event)
+            self._completed_delivered = True
             if self._config.close_at_completed:
                 self._children.tell_all(CloseLink())
         if self._failure is None and self._listener is not None and (
@@ -239,7 +241,9 @@ class SessionSupervisor(FailSafeActor):
             url=pubsub_url(self._info.rpc_endpoint), **common)
 
     def _set_status(self, name: str, status: ConnectionStatus) -> None:
-        if self._children.set_status(name, status):
+        # Completed is the last event the application gets: the links closing after it
+        # change their status (status() shows it) without another event.
+        if self._children.set_status(name, status) and not self._completed_delivered:
             self._outbox.put(None, ConnectionChanged(name, status))
             if self._started is not None and self._config.on_starting is not None:
                 self._config.on_starting(ConnectionChanged(name, status))

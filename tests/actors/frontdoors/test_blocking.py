@@ -432,6 +432,23 @@ def test_for_event_in_session_ends_with_completed(sim: LocalSimulator) -> None:
 
 
 @pytest.mark.backtest_simulator(seed=14, slots=400)
+def test_nothing_follows_completed_in_a_manual_next_event_loop(sim: LocalSimulator) -> None:
+    """Completed is the last event: the links closing after it change status() but
+    deliver no ConnectionChanged after it."""
+    first, _ = sim.available_range()
+    with start(sim, first, first + 40) as session:
+        session.subscribe_transactions(sim.addresses[:1])
+        while not isinstance(event := session.next_event(timeout=10), Completed):
+            if isinstance(event, ReadyForContinue):
+                session.send_continue(ContinueParams(advance_count=10))
+        wait_for(lambda: session.status().get("control") == Closed(), 5,
+                 "the control link to close after Completed")
+        with pytest.raises((TimeoutError, ManagedSessionError)):
+            late = session.next_event(timeout=0.5)
+            raise AssertionError(f"an event after Completed: {late}")
+
+
+@pytest.mark.backtest_simulator(seed=14, slots=400)
 def test_run_drives_to_the_end_and_injects_what_on_event_returns(sim: LocalSimulator) -> None:
     first, _ = sim.available_range()
     end = first + 90
