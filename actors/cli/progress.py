@@ -11,6 +11,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 if TYPE_CHECKING:
     from .run import Run
 
+WIDE = 110  # terminal columns from which the live line also shows the stage and events
 PLAIN_PROGRESS_EVERY = 2.0  # seconds between progress lines when stderr is not a terminal
 
 
@@ -29,12 +30,17 @@ class LiveProgress:
 
     def __init__(self, run: Run, session_id: str) -> None:
         self.run = run
+        # One line that fits the terminal: below WIDE columns the bar is short and the
+        # stage and event count (the least needed) are left out, instead of rich cutting
+        # every column down to an ellipsis.
+        wide = run.console.width >= WIDE
+        detail = (TextColumn("{task.fields[stage]} · {task.fields[events]} events · "
+                             "{task.fields[reconnects]} reconnects") if wide else
+                  TextColumn("{task.fields[reconnects]} reconnects"))
         self.progress = Progress(
-            TextColumn("[bold]{task.fields[sid]}"), BarColumn(),
-            TextColumn("{task.completed}/{task.total} slots {task.percentage:>5.1f}%"),
-            TextColumn("{task.fields[rate]:.1f} slots/s"), TimeRemainingColumn(),
-            TextColumn("{task.fields[stage]} · {task.fields[events]} events · "
-                       "{task.fields[reconnects]} reconnects"),
+            TextColumn("[bold]{task.fields[sid]}"), BarColumn(bar_width=None if wide else 10),
+            TextColumn("{task.completed}/{task.total} slots {task.percentage:>3.0f}%"),
+            TextColumn("{task.fields[rate]:.0f}/s"), TimeRemainingColumn(), detail,
             console=run.console, transient=False)
         self.task = self.progress.add_task("run", total=run.total, sid=f"…{session_id[-8:]}",
                                            rate=0.0, stage="starting", events=0, reconnects=0)
@@ -80,11 +86,11 @@ class PlainProgress:
         self.last = now = time.monotonic()
         done = run._done()
         rate = done / max(1e-6, now - self.started)
-        eta = (run.total - done) / rate if rate > 0 else float("nan")
+        eta = f"{(run.total - done) / rate:.0f}s" if rate > 0 else "unknown"
         stage = run.stage if run.last_slot is None else f"slot {run.last_slot}"
         sys.stderr.write(
             f"progress …{self.session_tail}: {done}/{run.total} slots "
-            f"({100 * done / run.total:.1f}%), {rate:.1f} slots/s, ETA {eta:.0f}s, {stage}, "
+            f"({100 * done / run.total:.1f}%), {rate:.1f} slots/s, ETA {eta}, {stage}, "
             f"{run.counts['events']} events, {run.counts['reconnects']} reconnects\n")
         sys.stderr.flush()
 
