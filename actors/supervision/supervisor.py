@@ -207,6 +207,10 @@ class SessionSupervisor(FailSafeActor):
             self._completed_delivered = True
             if self._config.close_at_completed:
                 self._children.tell_all(CloseLink())
+        if self._completed_delivered and not self._children.alive():
+            # Nothing more will come: a take still waiting (a next_event() with no
+            # timeout) is answered now, as a take made from now on is (_on_take).
+            self._outbox.close_takers(self._completed_error())
         if self._failure is None and self._listener is not None and (
                 self._outbox.listener_lost or not self._listener.is_alive()):
             self._fail("closed", reason="the listener actor is gone")
@@ -360,8 +364,12 @@ class SessionSupervisor(FailSafeActor):
         if self._shutdown is not None:
             closed = ManagedSessionError("closed", "session shut down")
         elif self._pacer.completed_done and not self._children.alive():
-            closed = ManagedSessionError("closed", "session completed: nothing more will come")
+            closed = self._completed_error()
         self._outbox.take(message.reply, message.limit, closed)
+
+    @staticmethod
+    def _completed_error() -> ManagedSessionError:
+        return ManagedSessionError("closed", "session completed: nothing more will come")
 
     # --- continue ------
 

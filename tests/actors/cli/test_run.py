@@ -122,8 +122,8 @@ def test_progress_line_on_a_terminal() -> None:
     assert proc.returncode == 0
     assert "\r" in text or "\x1b[" in screen.decode("utf-8", "replace")  # redrawn in place
     assert re.search(r"…\w{8}", text)  # session id tail
-    assert re.search(r"400/400 slots\s+100\.0%", text)
-    assert "slots/s" in text and "events" in text and "reconnects" in text
+    assert re.search(r"400/400 slots\s+100%", text)
+    assert re.search(r"\d+/s", text) and "events" in text and "reconnects" in text
     assert "duplicates delivered" in text
 
 
