@@ -67,6 +67,9 @@ class JournalHeader:
     account_diffs: tuple[str, ...]
     advance: int
     embedded: bool = False
+    # The run's flaky-link settings (keepalive_interval, keepalive_deadline,
+    # reconnect_attempts, continue_quiet): what a resume uses unless told otherwise.
+    knobs: dict[str, float] = attrs.field(factory=dict)
 
     def to_line(self) -> str:
         return dump_document({"type": HEADER, "format": JOURNAL_FORMAT, "url": self.url,
@@ -74,7 +77,7 @@ class JournalHeader:
                            "startSlot": self.start_slot, "endSlot": self.end_slot,
                            "transactions": list(self.transactions),
                            "accountDiffs": list(self.account_diffs), "advance": self.advance,
-                           "embedded": self.embedded})
+                           "embedded": self.embedded, "knobs": dict(self.knobs)})
 
     @classmethod
     def from_record(cls, record: Any) -> JournalHeader:
@@ -85,12 +88,16 @@ class JournalHeader:
             header = cls(record["url"], record["sessionId"], record["rpcEndpoint"],
                          record["startSlot"], record["endSlot"],
                          tuple(record["transactions"]), tuple(record["accountDiffs"]),
-                         record["advance"], bool(record.get("embedded", False)))
+                         record["advance"], bool(record.get("embedded", False)),
+                         dict(record.get("knobs") or {}))
         except (KeyError, TypeError) as exc:
             raise JournalError(f"journal header: missing or bad field {exc}") from None
         for name in ("url", "session_id", "rpc_endpoint"):
             if not isinstance(getattr(header, name), str):
                 raise JournalError(f"journal header: {name}: expected a string")
+        if not all(isinstance(k, str) and type(v) in (int, float)
+                   for k, v in header.knobs.items()):
+            raise JournalError("journal header: knobs: expected numbers by name")
         for name in ("start_slot", "end_slot", "advance"):
             if type(getattr(header, name)) is not int:
                 raise JournalError(f"journal header: {name}: expected an integer")

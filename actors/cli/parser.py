@@ -72,6 +72,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--continue-quiet", type=seconds, metavar="SECONDS",
                      help="after a re-attach, how long nothing new proves a continue in "
                           "flight was lost (default: the keepalive deadline)")
+    flaky = run.add_argument_group(
+        "a flaky link", "the Timing and ReconnectPolicy fields of the same names; --resume "
+        "keeps what the run was started with")
+    flaky.add_argument("--keepalive-interval", type=seconds, metavar="SECONDS",
+                       help="ping each connection this often (default: 15 against a server, "
+                            "0.25 embedded)")
+    flaky.add_argument("--keepalive-deadline", type=seconds, metavar="SECONDS",
+                       help="a connection silent this long is dead and restarted (default: 45 "
+                            "against a server, 1 embedded)")
+    flaky.add_argument("--reconnect-attempts", type=_positive, metavar="N",
+                       help="restarts of one outage before the run fails (default 10); a link "
+                            "Up for the policy's uptime_reset starts a fresh count")
     run.add_argument("--chaos", action="store_true",
                      help="embedded mode: drop and silence connections during the run")
     run.add_argument("--seed", type=int, default=0, help="embedded chain and chaos seed")

@@ -24,17 +24,20 @@ import os
 import sys
 from typing import IO
 
+import attrs
 from rich.console import Console
 
 from protocol import CreateSession, ReconnectPolicy, Timing, backtest_ws_url
 from protocol.messages import pubkey_problem
 from protocol.simulator import DEFAULT_API_KEY, LocalSimulator
 
-from .journal import JournalError, read_journal
+from .journal import JournalError, JournalHeader, read_journal
 from .run import Run
 
 API_KEY_ENV = "BACKTEST_API_KEY"
 DEFAULT_SLOT_COUNT = 300
+# The flaky-link flags a journal's header keeps for --resume (continue_quiet too).
+KNOBS = ("keepalive_interval", "keepalive_deadline", "reconnect_attempts", "continue_quiet")
 DEFAULT_CHAIN_SLOTS = 2000  # the embedded simulator's chain, as LocalSimulator's default
 
 
@@ -93,9 +96,36 @@ class RunPlan:
             raise UsageError("backtest-actors run: --url needs --start-slot")
         return cls(args, key)
 
-    def _timing(self) -> Timing:
-        quiet = self.args.continue_quiet
-        return Timing() if quiet is None else Timing(continue_quiet=quiet)
+    def _timing(self, base: Timing | None = None, header: JournalHeader | None = None
+                ) -> Timing:
+        """``base`` (the defaults, or the embedded simulator's) with what the flags (or,
+        on resume, the journal's header) set."""
+        args = self.args
+        changes: dict[str, float] = {}
+        for name in ("keepalive_interval", "keepalive_deadline", "continue_quiet"):
+            value = getattr(args, name)
+            if value is None and header is not None:
+                value = header.knobs.get(name)
+            if value is not None:
+                changes[name] = value
+        try:
+            return attrs.evolve(base or Timing(), **changes)
+        except ValueError as exc:  # e.g. a deadline not after the interval
+            raise UsageError(f"backtest-actors run: --keepalive-interval / "
+                             f"--keepalive-deadline: {exc}") from None
+
+    def _policy(self, base: ReconnectPolicy | None = None,
+                header: JournalHeader | None = None) -> ReconnectPolicy:
+        attempts = self.args.reconnect_attempts
+        if attempts is None and header is not None:
+            attempts = header.knobs.get("reconnect_attempts")
+        policy = base or ReconnectPolicy()
+        return policy if attempts is None else attrs.evolve(policy, max_attempts=int(attempts))
+
+    def knobs(self) -> dict[str, float]:
+        """The flaky-link flags given, for the journal's header (a resume keeps them)."""
+        return {name: getattr(self.args, name) for name in KNOBS
+                if getattr(self.args, name) is not None}
 
     def resume(self, console: Console) -> int:
         """``--resume FILE``: nothing is written to FILE unless the attach succeeded."""
@@ -118,12 +148,17 @@ class RunPlan:
             return 0
         header = state.header
         create = CreateSession(header.start_slot, header.end_slot)
-        return Run(console, header.url, self.api_key, create, self._timing(),
-                    ReconnectPolicy(), list(header.transactions), list(header.account_diffs),
+        try:
+            timing, policy = self._timing(header=header), self._policy(header=header)
+        except UsageError as exc:
+            sys.stderr.write(f"{exc}\n")
+            return 2
+        return Run(console, header.url, self.api_key, create, timing,
+                    policy, list(header.transactions), list(header.account_diffs),
                     header.advance, None, None, args.seed, max_run_ahead=args.max_run_ahead,
                     on_lost_continue=args.on_lost_continue, resume=state,
                     resume_path=args.resume, quiet=args.quiet or args.json,
-                    json_summary=args.json).run()
+                    json_summary=args.json, knobs={**header.knobs, **self.knobs()}).run()
 
     def execute(self) -> int:
         args = self.args
@@ -138,14 +173,16 @@ class RunPlan:
             if args.url is None:
                 simulator = LocalSimulator(
                     seed=args.seed, slots=args.chain_slots or DEFAULT_CHAIN_SLOTS).start()
-                url, timing, policy = simulator.url, simulator.timing, simulator.policy
+                url = simulator.url
+                timing = self._timing(simulator.timing)
+                policy = self._policy(simulator.policy)
                 first, last = simulator.available_range()
                 start = first if args.start_slot is None else args.start_slot
                 if not first <= start <= last:
                     raise UsageError(f"--start-slot {start}: the embedded simulator holds "
                                      f"slots {first}..={last}")
             else:
-                url, timing, policy = args.url, self._timing(), ReconnectPolicy()
+                url, timing, policy = args.url, self._timing(), self._policy()
                 start, last = args.start_slot, None
             end = self._end(start, last)
             create = CreateSession(start, end)
@@ -169,7 +206,7 @@ class RunPlan:
                         args.seed, max_run_ahead=args.max_run_ahead,
                         on_lost_continue=args.on_lost_continue,
                         embedded=simulator is not None, quiet=args.quiet or args.json,
-                        json_summary=args.json,
+                        json_summary=args.json, knobs=self.knobs(),
                         expected=None if simulator is None else simulator.expected(
                             start, end, transactions=tx_addrs, account_diffs=diff_addrs)
                         ).run()

@@ -64,10 +64,12 @@ class Run:
                  on_lost_continue: LostContinuePolicy = "resend", embedded: bool = False,
                  resume: JournalState | None = None, resume_path: str | None = None,
                  quiet: bool = False, json_summary: bool = False,
-                 expected: Expected | None = None) -> None:
+                 expected: Expected | None = None,
+                 knobs: dict[str, float] | None = None) -> None:
         self.console = console
         # The embedded simulator knows what a complete run delivers: the run checks it.
         self.expected = expected
+        self.knobs = knobs or {}  # the flaky-link flags, kept in the journal's header
         self.delivered = Delivery([], [], [])
         self.differences: list[str] | None = None  # None: not checked (not embedded, or not done)
         self.quiet, self.json_summary = quiet, json_summary
@@ -246,7 +248,7 @@ class Run:
         self.journal.header(JournalHeader(
             backtest_ws_url(self.url), info.session_id, info.rpc_endpoint,
             self.create.start_slot, self.create.end_slot, tuple(self.tx_addrs),
-            tuple(self.diff_addrs), self.advance, self.embedded))
+            tuple(self.diff_addrs), self.advance, self.embedded, dict(self.knobs)))
 
     def _starting(self, change: ConnectionChanged) -> None:
         """Retries before the session exists, as they happen (terminal or pipe)."""
