@@ -17,7 +17,14 @@ from protocol.simulator.__main__ import add_server_arguments
 from protocol.simulator.arguments import int_at_least, seconds
 
 from ..decisions.pacer import DEFAULT_MAX_RUN_AHEAD
-from .plan import API_KEY_ENV, DEFAULT_CHAIN_SLOTS, DEFAULT_SLOT_COUNT, RunPlan, UsageError
+from .plan import (
+    API_KEY_ENV,
+    DEFAULT_CHAIN_SLOTS,
+    DEFAULT_SLOT_COUNT,
+    DEFAULT_STARTUP_TIMEOUT,
+    RunPlan,
+    UsageError,
+)
 from .run import EXIT_INTERRUPTED
 
 
@@ -84,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     flaky.add_argument("--reconnect-attempts", type=_positive, metavar="N",
                        help="restarts of one outage before the run fails (default 10); a link "
                             "Up for the policy's uptime_reset starts a fresh count")
+    run.add_argument("--startup-timeout", type=seconds, default=DEFAULT_STARTUP_TIMEOUT,
+                     metavar="SECONDS",
+                     help=f"give up if the session does not exist after this long (default "
+                          f"{DEFAULT_STARTUP_TIMEOUT:g}); every retry is shown meanwhile")
     run.add_argument("--chaos", action="store_true",
                      help="embedded mode: drop and silence connections during the run")
     run.add_argument("--seed", type=int, default=0, help="embedded chain and chaos seed")

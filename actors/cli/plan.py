@@ -38,7 +38,10 @@ API_KEY_ENV = "BACKTEST_API_KEY"
 DEFAULT_SLOT_COUNT = 300
 # The flaky-link flags a journal's header keeps for --resume (continue_quiet too).
 KNOBS = ("keepalive_interval", "keepalive_deadline", "reconnect_attempts", "continue_quiet")
-DEFAULT_CHAIN_SLOTS = 2000  # the embedded simulator's chain, as LocalSimulator's default
+DEFAULT_CHAIN_SLOTS = 2000
+# A command line that cannot reach its server says so in seconds, not after the policy's
+# whole outage budget (300 s) meant for a server that is restarting.
+DEFAULT_STARTUP_TIMEOUT = 15.0  # the embedded simulator's chain, as LocalSimulator's default
 
 
 class UsageError(Exception):
@@ -158,7 +161,8 @@ class RunPlan:
                     header.advance, None, None, args.seed, max_run_ahead=args.max_run_ahead,
                     on_lost_continue=args.on_lost_continue, resume=state,
                     resume_path=args.resume, quiet=args.quiet or args.json,
-                    json_summary=args.json, knobs={**header.knobs, **self.knobs()}).run()
+                    json_summary=args.json, knobs={**header.knobs, **self.knobs()},
+                    start_timeout=args.startup_timeout).run()
 
     def execute(self) -> int:
         args = self.args
@@ -207,6 +211,7 @@ class RunPlan:
                         on_lost_continue=args.on_lost_continue,
                         embedded=simulator is not None, quiet=args.quiet or args.json,
                         json_summary=args.json, knobs=self.knobs(),
+                        start_timeout=args.startup_timeout,
                         expected=None if simulator is None else simulator.expected(
                             start, end, transactions=tx_addrs, account_diffs=diff_addrs)
                         ).run()

@@ -65,11 +65,13 @@ class Run:
                  resume: JournalState | None = None, resume_path: str | None = None,
                  quiet: bool = False, json_summary: bool = False,
                  expected: Expected | None = None,
-                 knobs: dict[str, float] | None = None) -> None:
+                 knobs: dict[str, float] | None = None,
+                 start_timeout: float | None = None) -> None:
         self.console = console
         # The embedded simulator knows what a complete run delivers: the run checks it.
         self.expected = expected
         self.knobs = knobs or {}  # the flaky-link flags, kept in the journal's header
+        self.start_timeout = start_timeout
         self.delivered = Delivery([], [], [])
         self.differences: list[str] | None = None  # None: not checked (not embedded, or not done)
         self.quiet, self.json_summary = quiet, json_summary
@@ -215,7 +217,9 @@ class Run:
             return 2
         what = "not created" if self.resume is None else "cannot be resumed"
         hint = {"sessionNotFound": " (it expired, or the server never had it)",
-                "sessionOwnerMismatch": " (another API key owns it)"}
+                "sessionOwnerMismatch": " (another API key owns it)",
+                "no session within": f" (nothing answered at {self.url} within "
+                                     f"--startup-timeout: is the URL right and the server up?)"}
         extra = next((h for k, h in hint.items() if k in reason), "")
         sys.stderr.write(f"backtest-actors run: session {what}: {reason}{extra}\n")
         return 1
@@ -223,7 +227,7 @@ class Run:
     def _open(self) -> ManagedBacktestSession:
         common: dict[str, Any] = {
             "timing": self.timing, "policy": self.policy, "max_run_ahead": self.max_run_ahead,
-            "on_lost_continue": self.on_lost_continue}
+            "on_lost_continue": self.on_lost_continue, "start_timeout": self.start_timeout}
         if self.resume is None:
             return ManagedBacktestSession.start(self.url, self.api_key, self.create,
                                                 on_starting=self._starting, **common)

@@ -85,8 +85,8 @@ class ManagedBacktestSession:
               max_run_ahead: int = DEFAULT_MAX_RUN_AHEAD,
               on_lost_continue: LostContinuePolicy = "resend",
               on_starting: Callable[[ConnectionChanged], None] | None = None,
-              transactions: Iterable[str] = (), account_diffs: Iterable[str] = ()
-              ) -> ManagedBacktestSession:
+              transactions: Iterable[str] = (), account_diffs: Iterable[str] = (),
+              start_timeout: float | None = None) -> ManagedBacktestSession:
         """Connect, create the session, return once its identity is known.
 
         ``url``: a host (``wss://<host>/backtest``) or a ``ws(s)://`` URL;
@@ -131,6 +131,11 @@ class ManagedBacktestSession:
           The way for a listener that answers at once; the same as
           :meth:`subscribe_transactions` / :meth:`subscribe_account_diffs`
           called before the first continue.
+        * ``start_timeout=None``: the longest wait for the session to exist; None
+          is the policy's whole outage budget (300 s by default), meant for a
+          server that is restarting. A command line uses a short one, so that a
+          wrong URL or a server that is not running fails in seconds; each retry
+          is still shown through ``on_starting``.
         """
         if not isinstance(create, CreateSession):
             raise TypeError(f"create: expected CreateSession, got {type(create).__name__}")
@@ -149,8 +154,8 @@ class ManagedBacktestSession:
                max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
                max_run_ahead: int = DEFAULT_MAX_RUN_AHEAD,
                on_lost_continue: LostContinuePolicy = "resend",
-               on_starting: Callable[[ConnectionChanged], None] | None = None
-               ) -> ManagedBacktestSession:
+               on_starting: Callable[[ConnectionChanged], None] | None = None,
+               start_timeout: float | None = None) -> ManagedBacktestSession:
         """Resume the session ``cursor`` names, right after the event it was taken at.
 
         The control connection attaches (``Attach(session_id, last_seq)`` and

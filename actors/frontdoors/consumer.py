@@ -110,6 +110,11 @@ def _int_at_least(minimum: int) -> Callable[[Any, Any, Any], None]:
     return check
 
 
+def _positive_seconds(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and (type(value) not in (int, float) or not 0 < value < float("inf")):
+        raise ValueError(f"{attribute.name}: expected seconds > 0 or None, got {value!r}")
+
+
 def _lost_continue(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value not in ("resend", "raise"):
         raise ValueError(f"on_lost_continue: expected 'resend' or 'raise', got {value!r}")
@@ -137,6 +142,7 @@ class SessionOptions:
     on_lost_continue: LostContinuePolicy = attrs.field(default="resend",
                                                        validator=_lost_continue)
     on_starting: Callable[[ConnectionChanged], None] | None = None
+    start_timeout: float | None = attrs.field(default=None, validator=_positive_seconds)
     # What the front doors set, never the user: no control link (a subscription
     # handle), streams subscribed as the session is named, Completed left open.
     control: bool = True
@@ -251,6 +257,8 @@ class SessionCore:
         """Start the supervisor and wait (blocking) until the session is known or failed."""
         started: pykka.ThreadingFuture[SessionInfo] = pykka.ThreadingFuture()
         core, bound = cls.begin(url, api_key, create, resume, started, options)
+        if options.start_timeout is not None:
+            bound = min(bound, options.start_timeout)
         try:
             core.info = started.get(timeout=bound)
         except BaseException as exc:

@@ -76,6 +76,9 @@ class ConnectFailed:
     reason: str
     status: int | None = None  # the HTTP status when the upgrade was answered
     terminal: bool = False  # no retry can fix it (e.g. the certificate does not verify)
+    # No retry can fix it if it happens before the session exists (a URL with the wrong
+    # scheme, a name that does not resolve); later the same error may be the network's.
+    hopeless_at_start: bool = False
 
 
 @attrs.frozen
@@ -138,6 +141,18 @@ class _UpgradeHeaders(list[str]):
 
 # HTTP redirects websocket-client would follow; the connection refuses them instead.
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+
+
+def _classified(exc: Exception) -> ConnectFailed:
+    """A failed connect, with a hint where the error says what no retry can fix."""
+    reason = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, socket.gaierror):
+        return ConnectFailed(f"{reason}: the host name does not resolve",
+                             hopeless_at_start=True)
+    if isinstance(exc, ssl.SSLError):  # a certificate that does not verify is caught before
+        return ConnectFailed(f"{reason}: the server does not speak TLS here (for a plain "
+                             f"server use ws://host:port)", hopeless_at_start=True)
+    return ConnectFailed(reason)
 
 
 def _not_started() -> None:
@@ -336,7 +351,7 @@ class Connection:
                     f"upgrade answered HTTP {redirect}, a redirect: not followed (the URL "
                     "must be the server's own)", redirect))
             else:
-                self._failed(ConnectFailed(f"{type(exc).__name__}: {exc}"))
+                self._failed(_classified(exc))
             return
         assert self._ws is not None
         sock = self._ws.sock

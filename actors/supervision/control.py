@@ -242,7 +242,8 @@ class ControlActor(LinkActor):
             self.log.warning("continue write failed; treated as written, not re-sent")
         self.report(ContinueWritten(self.generation))
 
-    def lost(self, reason: str, *, terminal: bool = False, request_written: bool = False
-             ) -> None:
+    def lost(self, reason: str, *, terminal: bool = False, request_written: bool = False,
+             hopeless_at_start: bool = False) -> None:
         super().lost(reason, terminal=terminal,
-                     request_written=request_written or self._create_written)
+                     request_written=request_written or self._create_written,
+                     hopeless_at_start=hopeless_at_start)

@@ -65,6 +65,7 @@ class ChildLost:
     reason: str
     terminal: bool = False
     request_written: bool = False  # control: the create request reached the wire
+    hopeless_at_start: bool = False  # terminal while the session does not exist yet
 
 
 @attrs.frozen
@@ -219,7 +220,8 @@ class LinkActor(SimpleInboxActor):
             self.on_opened()
         elif isinstance(message, ConnectFailed):
             self.lost(f"connect failed: {message.reason}",
-                      terminal=message.terminal or message.status in TERMINAL_HTTP_STATUSES)
+                      terminal=message.terminal or message.status in TERMINAL_HTTP_STATUSES,
+                      hopeless_at_start=message.hopeless_at_start)
         elif isinstance(message, Disconnected):
             self.on_disconnected(message.reason)
         elif isinstance(message, ReaderPaused):
@@ -309,13 +311,14 @@ class LinkActor(SimpleInboxActor):
         self.conn.grant(len(errors))
         self.report(FramesMalformed(self.name, self._generation, len(errors)))
 
-    def lost(self, reason: str, *, terminal: bool = False, request_written: bool = False
-             ) -> None:
+    def lost(self, reason: str, *, terminal: bool = False, request_written: bool = False,
+             hopeless_at_start: bool = False) -> None:
         if self._phase in ("closing", "done"):
             return
         self._phase = "done"
         self._log.info("connection lost: %s", reason)
-        self.report(ChildLost(self.name, self._generation, reason, terminal, request_written))
+        self.report(ChildLost(self.name, self._generation, reason, terminal, request_written,
+                              hopeless_at_start))
         self.stop()
 
     def on_disconnected(self, reason: str) -> None:

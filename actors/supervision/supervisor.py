@@ -291,7 +291,8 @@ class SessionSupervisor(FailSafeActor):
         if not self._link_ended(name, message.generation) or self._failure is not None:
             return
         decision = self._children.lost(
-            name, message.reason, time.monotonic(), terminal=message.terminal,
+            name, message.reason, time.monotonic(),
+            terminal=message.terminal or (message.hopeless_at_start and self._info is None),
             created=self._info is not None, create_written=message.request_written,
             completed=self._pacer.completed_event is not None and (
                 name == CONTROL or self._pacer.completed_done))
