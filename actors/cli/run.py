@@ -159,6 +159,10 @@ class Run:
                     session.subscribe_transactions(self.tx_addrs)
                 if self.diff_addrs:
                     session.subscribe_account_diffs(self.diff_addrs)
+                if not self.tx_addrs and not self.diff_addrs and not self.quiet:
+                    self.console.print("note: no --transactions and no --account-diffs: this "
+                                       "run delivers slots and statuses only",
+                                       highlight=False, soft_wrap=True)
             if (self.resume is not None and self.resume.cursor.pending_continue is not None
                     and not self.quiet):
                 # The lost-continue rule may keep the run quiet this long: say why at once.

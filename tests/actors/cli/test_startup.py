@@ -66,3 +66,14 @@ def test_the_start_timeout_option_is_checked_before_anything_connects() -> None:
     with pytest.raises(ValueError, match="start_timeout: expected seconds > 0 or None"):
         ManagedBacktestSession.start("ws://127.0.0.1:1/backtest", "k", CreateSession(1, 2),
                                      start_timeout=0)
+
+
+def test_a_url_run_without_addresses_says_it_delivers_slots_only() -> None:
+    with LocalSimulator() as sim:
+        first, _ = sim.available_range()
+        result = subprocess.run([*CLI, "--url", sim.url, "--api-key", DEFAULT_API_KEY,
+                                 "--start-slot", str(first), "--slot-count", "20"], cwd=ROOT,
+                                capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert ("note: no --transactions and no --account-diffs: this run delivers slots and "
+            "statuses only") in result.stderr
