@@ -113,6 +113,9 @@ class JournalState:
     awaiting_continue: bool  # a ReadyForContinue was journaled, its continue was not
     completed: bool
     valid_bytes: int  # the length without a torn last line
+    # Events journaled by the runs before, by kind ("Slot", "Transaction", ...): a resumed
+    # run's summary counts the whole session, not only its own process.
+    history: dict[str, int] = attrs.field(factory=dict)
 
 
 class JournalWriter:
@@ -185,6 +188,7 @@ def read_journal(path: str, *, allow_embedded: bool = False) -> JournalState:
         if addresses:
             tracker.subscribed(name, addresses)
     awaiting = completed = False
+    history: dict[str, int] = {}
     for number, record in enumerate(records[1:], 2):
         if not isinstance(record, dict) or not isinstance(record.get("type"), str):
             raise JournalError(f"the journal is corrupt at line {number}")
@@ -204,6 +208,7 @@ def read_journal(path: str, *, allow_embedded: bool = False) -> JournalState:
             tracker.continue_sent(params)
             awaiting = False
             continue
+        history[kind] = history.get(kind, 0) + 1
         if seq is not None:
             tracker.apply(SeqDelta(seq))
         try:
@@ -222,7 +227,7 @@ def read_journal(path: str, *, allow_embedded: bool = False) -> JournalState:
             completed = completed or kind == "Completed"
     cursor = tracker.cursor(SessionInfo(header.session_id, header.rpc_endpoint))
     return JournalState(header, cursor, awaiting and cursor.pending_continue is None,
-                        completed, valid)
+                        completed, valid, history)
 
 
 def _create(header: JournalHeader) -> Any:

@@ -92,6 +92,12 @@ class Run:
         self.total = create.end_slot - create.start_slot + 1
         self.counts = {"events": 0, "slots": 0, "transactions": 0, "account_diffs": 0,
                        "errors": 0, "reconnects": 0, "duplicates_delivered": 0}
+        if resume is not None:  # the whole session: what the runs before journaled too
+            history = resume.history
+            self.counts.update(events=sum(history.values()), slots=history.get("Slot", 0),
+                               transactions=history.get("Transaction", 0),
+                               account_diffs=history.get("AccountDiff", 0),
+                               errors=history.get("Error", 0))
         # Items seen per slot, kept for the last DUPLICATE_HORIZON slots: a replayed
         # duplicate can only come from within the server's replay buffer.
         self.seen: dict[int, set[Any]] = {}
@@ -348,9 +354,9 @@ class Run:
                          failure: ManagedSessionError | None) -> dict[str, Any]:
         """The summary as plain data: what ``--json`` prints and the table shows."""
         counters = stats.as_dict() if stats is not None else {}
-        # The first Slot of a created session is the start slot (the anchor), not a block;
-        # a resumed run had its anchor before.
-        anchor = 1 if self.resume is None and self.counts["slots"] else 0
+        # The session's first Slot is the start slot (the anchor), not a block; a resumed
+        # run counts from the journal's history, which holds it.
+        anchor = 1 if self.counts["slots"] else 0
         blocks = self.counts["slots"] - anchor
         return {
             "result": ("interrupted" if self.interrupted and not self.completed

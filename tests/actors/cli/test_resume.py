@@ -544,3 +544,30 @@ def test_resume_of_a_journal_that_does_not_exist_is_a_bad_argument(tmp_path: Pat
     assert result.returncode == 2
     path = tmp_path / "nope.jsonl"
     assert result.stderr == f"backtest-actors run: --resume {path}: no such journal\n"
+
+
+def test_the_summary_after_resume_counts_the_whole_session(sim: LocalSimulator,
+                                                           tmp_path: Path) -> None:
+    """Blocks executed, transactions and account diffs of every process of the session, as
+    the server counts them, not only the last process's."""
+    first, _ = sim.available_range()
+    journal = tmp_path / "j.jsonl"
+    key = ["--api-key", DEFAULT_API_KEY]
+    tx, diffs = sim.addresses[0], sim.addresses[2]
+    proc = start_cli("--url", sim.url, *key, "--start-slot", str(first), "--slot-count", "300",
+                     "--advance", "1", "--transactions", tx, "--account-diffs", diffs,
+                     "--out", str(journal))
+    try:
+        wait_for(lambda: line_count(journal) > 150 or proc.poll() is not None, 60,
+                 "the run to be under way")
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    result = run_cli("--resume", str(journal), *key, "--continue-quiet", "0.5", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    expected = sim.expected(first, first + 299, transactions=[tx], account_diffs=[diffs])
+    assert summary["blocks_executed"] == summary["server"]["blocks_executed"]
+    assert summary["blocks_executed"] == len(expected.slots) - 1
+    assert summary["transactions"] == len(expected.signatures)
+    assert summary["account_diffs"] == len(expected.diff_keys)
