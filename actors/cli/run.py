@@ -72,6 +72,7 @@ class Run:
         self.expected = expected
         self.knobs = knobs or {}  # the flaky-link flags, kept in the journal's header
         self.start_timeout = start_timeout
+        self._busy_seen = False  # an attach met another owner: a later "not found" is its doing
         self.delivered = Delivery([], [], [])
         self.differences: list[str] | None = None  # None: not checked (not embedded, or not done)
         self.quiet, self.json_summary = quiet, json_summary
@@ -231,6 +232,11 @@ class Run:
                 "no session within": f" (nothing answered at {self.url} within "
                                      f"--startup-timeout: is the URL right and the server up?)"}
         extra = next((h for k, h in hint.items() if k in reason), "")
+        if self._busy_seen and "sessionNotFound" in reason:
+            extra = (" (another process was resuming it at the same time and owned it; the "
+                     "session is gone now: that process finished or closed it)")
+        elif self._busy_seen and "no session within" in reason:
+            extra = " (another process owns the session: it is being resumed there now)"
         sys.stderr.write(f"backtest-actors run: session {what}: {reason}{extra}\n")
         return 1
 
@@ -242,7 +248,7 @@ class Run:
             return ManagedBacktestSession.start(self.url, self.api_key, self.create,
                                                 on_starting=self._starting, **common)
         session = ManagedBacktestSession.attach(self.url, self.api_key, self.resume.cursor,
-                                                **common)
+                                                on_starting=self._starting, **common)
         try:
             # Only now is the journal touched: a torn last line is cut off, then appended to.
             assert self.resume_path is not None
@@ -267,6 +273,8 @@ class Run:
     def _starting(self, change: ConnectionChanged) -> None:
         """Retries before the session exists, as they happen (terminal or pipe)."""
         status = change.status
+        if isinstance(status, Reconnecting) and "sessionOwnershipBusy" in status.reason:
+            self._busy_seen = True
         if isinstance(status, Reconnecting) and not self.quiet:
             self.console.print(
                 f"connecting: attempt {status.attempt} failed ({status.reason}); next try "
