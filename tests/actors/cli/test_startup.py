@@ -77,3 +77,20 @@ def test_a_url_run_without_addresses_says_it_delivers_slots_only() -> None:
     assert result.returncode == 0, result.stderr
     assert ("note: no --transactions and no --account-diffs: this run delivers slots and "
             "statuses only") in result.stderr
+
+
+def test_ctrl_c_while_starting_says_so_in_one_line_without_a_traceback() -> None:
+    import signal
+
+    proc = subprocess.Popen([*CLI, "--url", f"ws://127.0.0.1:{closed_port()}", "--api-key",
+                             "k", "--start-slot", "1"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    first = proc.stderr.readline()  # a retry line: it is starting, its handler is in place
+    assert first.startswith("connecting: attempt 1 failed"), first
+    proc.send_signal(signal.SIGINT)
+    _, rest = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert "Traceback" not in rest
+    assert rest.rstrip().splitlines()[-1] == ("backtest-actors run: interrupted before the "
+                                              "session existed")
