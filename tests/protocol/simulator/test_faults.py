@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from actors import ManagedBacktestSession
+from actors import ManagedBacktestSession, ReadyForContinue
 from actors.testing import DeliveryMismatch, assert_exact, delivery_of
-from protocol import CreateSession
+from protocol import ContinueParams, CreateSession
 from protocol.simulator import DEFAULT_API_KEY, LocalSimulator
 
 pytestmark = pytest.mark.backtest_simulator(seed=4)
@@ -55,9 +55,15 @@ def test_moments_a_session_has_passed_or_never_reaches_are_refused(sim: LocalSim
             sim.faults.drop("control", at_slot=expected.slots[0], session_id=sid)
         with pytest.raises(ValueError, match="session_id: no session 'nope'"):
             sim.faults.drop("control", at_block=1, session_id="nope")
-        session.run(advance=blocks)
+        # Run 5 blocks and stop at the next Ready: the session still exists (a finished
+        # one is gone from the server, and an aim at it is refused as unknown).
+        while not isinstance(session.next_event(timeout=10), ReadyForContinue):
+            pass
+        session.send_continue(ContinueParams(advance_count=5), timeout=10)
+        while not isinstance(session.next_event(timeout=10), ReadyForContinue):
+            pass
         with pytest.raises(ValueError, match=rf"session {sid} can never reach block 2 "
-                                              rf"\({blocks} blocks executed"):
+                                              r"\(5 blocks executed"):
             sim.faults.drop("control", at_block=2, session_id=sid)
     finally:
         session.shutdown()
