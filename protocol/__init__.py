@@ -3,8 +3,9 @@
 The top of this package is sans-I/O: it turns bytes and text into typed events
 and back, and touches no socket and no thread. Its one I/O sub-package is
 :mod:`protocol.simulator`, the local backtest server (an asyncio server, its
-fault injection and a TCP fault proxy), which the client never imports. The
-wire decisions are in ``protocol/WIRE.md``. ``help(name)``
+fault injection and a TCP fault proxy), which a session never imports (the
+command line's embedded run and the test kit start it). The wire decisions are
+in ``protocol/WIRE.md``. ``help(name)``
 documents each class and function; the constants are the defaults of
 :class:`Timing` and :class:`ReconnectPolicy`, named as in the reference crate:
 

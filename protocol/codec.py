@@ -521,7 +521,7 @@ def _pubsub_decoder() -> Callable[[str | bytes], PubsubMessage]:
         a fast path; anything it does not accept outright, valid or not, takes
         the field-by-field path, which alone decides what is valid and names
         the field at fault. The fast path accepts only what that path accepts
-        (tests/test_fuzz_codec.py compares the two on mutated frames).
+        (tests/protocol/test_fuzz_codec.py compares the two on mutated frames).
         """
         try:
             obj = loads(frame)

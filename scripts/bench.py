@@ -231,7 +231,7 @@ def bench_inbox(runs: int, tells: int = 100_000) -> list[list[str]]:
     """A flood of tells into one actor: pykka's default inbox against the library's.
 
     The cost of a hand-off between two threads, which every batch of the
-    managed path pays once per stage (actors/inbox.py says why it differs).
+    managed path pays once per stage (actors/runtime/inbox.py says why it differs).
     """
     import pykka
 

@@ -28,7 +28,7 @@ class FailSafeActor(SimpleInboxActor):
 
     def _handle_failure(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
         # pykka's hook for a told message or on_start that raised (private, stable
-        # since pykka 1.x, exercised by tests/test_misuse.py).
+        # since pykka 1.x, exercised by tests/actors/runtime/test_failsafe.py).
         if self.actor_stopped.is_set() or not isinstance(exc_value, Exception):
             super()._handle_failure(exc_type, exc_value, traceback)
             return

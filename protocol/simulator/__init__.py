@@ -1,5 +1,10 @@
 """The local backtest simulator: a protocol-faithful server with fault injection.
 
+The one I/O sub-package of :mod:`protocol`: an asyncio server on ``websockets``,
+its fault injection and a TCP fault proxy (:mod:`protocol.simulator.proxy`).
+A session never imports it (the command line's embedded run and
+:mod:`actors.testing` start it); the top of :mod:`protocol` stays sans-I/O.
+
 It is both the embedded default of the command-line job (try the library with
 no key and no network) and the harness every actor test runs against over
 real sockets.

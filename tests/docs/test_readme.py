@@ -8,6 +8,7 @@ key or file. The README's examples as users first copied them are kept verbatim 
 
 from __future__ import annotations
 
+import hashlib
 import re
 import subprocess
 import sys
@@ -40,12 +41,66 @@ def test_every_python_example_in_the_docs_runs(doc: Path, index: int, block: str
     assert result.stdout.strip()
 
 
+# The digests of the README's python blocks as users first copied them (one file each in
+# readme_examples/, after its three header lines): a reformatting of the copies fails here.
+FIRST_EXAMPLE_DIGESTS = {
+    "example_blocking": "c4ded88c3f28dc97a104216937a7d0d3547965137aaa1de16a245e3f8fd184da",
+    "example_run_loop_injection":
+        "8d260a6440dfa1367bd005213257c4e8df8eb437a74ca358244e2329aa3f2d96",
+    "example_application_actor":
+        "87a4718021c9d31465b020deb140062e74c1bf75fa3258f68c372ea53861a773",
+    "example_asyncio": "b688c8953afdebac144912e60aad789d9d50a9c992fddd00c78e2045c01d8b5f",
+    "example_handles": "e5e4ba35ef9aa287ef125a471c3f44aa8a3c622ba51b7456c8d9384ebd0b2b92",
+    "example_resume": "d900d7239366d69c4595c0fae661052f56c0c867667a19647d220a0f8a9522a7",
+}
+HEADER_LINES = 3
+
+
 @pytest.mark.parametrize("path", FIRST_EXAMPLES, ids=lambda p: p.stem)
 def test_the_readme_examples_users_first_copied_still_run(path: Path) -> None:
     result = subprocess.run([sys.executable, str(path)], capture_output=True, text=True,
                             timeout=60, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()
+
+
+def test_the_first_readme_examples_are_kept_verbatim() -> None:
+    assert sorted(p.stem for p in FIRST_EXAMPLES) == sorted(FIRST_EXAMPLE_DIGESTS)
+    for path in FIRST_EXAMPLES:
+        code = path.read_text().split("\n", HEADER_LINES)[HEADER_LINES]
+        assert hashlib.sha256(code.encode()).hexdigest() == FIRST_EXAMPLE_DIGESTS[path.stem], \
+            f"{path.name} is no longer the README's example as first copied"
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_link_between_the_docs_resolves(doc: Path) -> None:
+    """A guide moved beside its code keeps its links: every relative link of every Markdown
+    file names a file of the repository."""
+    for link in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", doc.read_text()):
+        assert (doc.parent / link).exists(), f"{doc.relative_to(ROOT)}: {link}"
+
+
+def test_code_cites_only_design_sections_that_exist() -> None:
+    """Code cites the design documents inside the repository by their path from the top
+    (``actors/DESIGN.md`` with a section number it has, ``protocol/WIRE.md``), never one
+    outside it; the Markdown files link to them (checked above) and name sections that exist."""
+    sections = set(re.findall(r"^## (§\d+) ", (ROOT / "actors/DESIGN.md").read_text(), re.M))
+    assert sections
+    sources = [p for folder in ("actors", "protocol", "scripts", "tests")
+               for p in (ROOT / folder).rglob("*")
+               if p.is_file() and p.suffix in {".py", ".md", ""}]
+    cited = 0
+    for path in sources:
+        for line in path.read_text(errors="replace").splitlines():
+            for where, name, section in re.findall(
+                    r"([\w./]*?)(DESIGN|WIRE)\.md(?:\)?,? (§\d+))?", line):
+                if path.suffix != ".md":
+                    assert where + name == {"DESIGN": "actors/DESIGN",
+                                            "WIRE": "protocol/WIRE"}[name], (path, line)
+                if name == "DESIGN" and section:
+                    assert section in sections, (path, line)
+                    cited += 1
+    assert cited >= 5
 
 
 def test_the_readme_is_a_front_page() -> None:
@@ -113,3 +168,17 @@ def test_readme_scripts_run_commands_work_as_written(args: list[str]) -> None:
     assert result.returncode == 0, result.stderr
     if "--json" in args:
         assert result.stderr == "" and result.stdout.startswith("{")
+
+
+def test_library_comments_give_reasons_not_history() -> None:
+    """Comments and docs of the library and scripts keep the reason and drop the history: no
+    issue number, review round or review test file (history stays in git)."""
+    history = re.compile(r"(?i)\b(?:issues?|rounds?|review|sitting)\s*#?\d+|(?<![\w&])#\d+\b"
+                         r"|test_review|review round")
+    found = [f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
+             for folder in ("actors", "protocol", "scripts")
+             for path in (ROOT / folder).rglob("*")
+             if path.is_file() and path.suffix in {".py", ".md", ""}
+             for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1)
+             if history.search(line)]
+    assert not found, "\n".join(found)

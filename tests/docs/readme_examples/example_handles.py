@@ -1,5 +1,6 @@
-# The README's handles example as users first copied it (kept verbatim: it must
-# keep running unchanged whatever the layout under actors/ becomes).
+# The README's handles example as users first copied it. Everything after these
+# three lines is verbatim and must keep running unchanged, whatever the layout under actors/.
+# ruff: noqa: I001
 from actors import ReadyForContinue, Transaction, spawn_control, spawn_transaction_subscription
 from protocol import ContinueParams, CreateSession
 from protocol.simulator import LocalSimulator
