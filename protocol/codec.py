@@ -47,9 +47,13 @@ from .messages import (
     Close,
     Completed,
     ContinueParams,
+    ContinueToParams,
     CreateSession,
+    DiscoveryBatch,
+    DiscoveryFilter,
     EncodedBinary,
     Error,
+    Paused,
     ReadyForContinue,
     Request,
     Response,
@@ -101,7 +105,8 @@ def _lower_first(name: str) -> str:
 # Params structs whose fields are camelCase on the wire (serde rename_all on the
 # inner struct); every other struct is written snake_case.
 _CAMEL_CASE_CLASSES: frozenset[type] = frozenset(
-    {CreateSession, ContinueParams, AccountData, EncodedBinary}
+    {CreateSession, ContinueParams, ContinueToParams, AccountData, EncodedBinary,
+     DiscoveryFilter}
 )
 
 # --- the converter ---------------------------------------------------------------
@@ -143,8 +148,10 @@ def _unstructure_hook_factory(cls: type) -> Callable[[Any], Any]:
     overrides = {
         field.name: override(
             rename=camel_case(field.name) if camel else None,
-            # Conservative writer: an unset optional field is not sent at all.
-            omit_if_default=field.default is None,
+            # Conservative writer: an unset optional field is not sent at all, nor
+            # an empty one that an older server would not know.
+            omit_if_default=field.default is None
+            or bool(field.metadata.get("omit_if_empty")),
         )
         for field in attrs.fields(cls)
     }
@@ -234,6 +241,7 @@ def _field(obj: Mapping[str, Any], name: str, kind: type[T], path: str,
 _REQUEST_METHODS: dict[type, str] = {
     CreateSession: "createBacktestSession",
     ContinueParams: "continue",
+    ContinueToParams: "continueTo",
     Attach: "attachBacktestSession",
     Resume: "resumeAttachedSession",
     Close: "closeBacktestSession",
@@ -250,6 +258,8 @@ _RESPONSE_METHODS: dict[type, str] = {
     Completed: "completed",
     Success: "success",
     Error: "error",
+    Paused: "paused",
+    DiscoveryBatch: "discoveryBatch",
 }
 
 
@@ -353,9 +363,32 @@ def decode_response(frame: str | bytes) -> tuple[int | None, Response]:
         msg = Completed(summary)
     elif method == "error":
         msg = Error(decode_backtest_error(params, frame))
+    elif method == "paused":
+        msg = _structure(params, Paused, "$.params", frame)
+    elif method == "discoveryBatch":
+        msg = _discovery_batch(params, frame)
     else:
         msg = UnknownResponse(method, params)
     return seq_id, msg
+
+
+def _discovery_batch(params: Any, frame: str | bytes) -> DiscoveryBatch:
+    """``discoveryBatch``: typed, except ``matched`` filters of a kind this client does
+    not know, which stay raw JSON (a newer server must not make it fail)."""
+    body = _object(params, "$.params", frame)
+    matched = body.get("matched", [])
+    if not isinstance(matched, list):
+        raise ProtocolError("$.params.matched", "expected an array", frame)
+    known = []
+    for index, item in enumerate(matched):
+        if isinstance(item, dict) and len(item) == 1 and snake_case(
+                next(iter(item))) == "program_executed":
+            known.append(_structure(item, DiscoveryFilter, f"$.params.matched[{index}]", frame))
+        else:
+            known.append(item)
+    rest = {k: v for k, v in body.items() if k != "matched"}
+    batch = _structure(rest, DiscoveryBatch, "$.params", frame)
+    return attrs.evolve(batch, matched=tuple(known))
 
 
 def encode_record(obj: Any, **extra: Any) -> str:

@@ -138,6 +138,44 @@ def is_base64(text: str) -> bool:
 
 
 @attrs.frozen
+class DiscoveryFilter:
+    """A discovery filter of ``CreateSession.discoveries``: announce every upcoming batch
+    with a transaction that invokes ``program_executed`` (a base58 program id).
+
+    The reference's ``DiscoveryFilter::ProgramExecuted(Address)``, an externally
+    tagged enum: on the wire ``{"programExecuted": "<program id>"}`` (camelCase
+    variant, as every enum of this protocol; the casing could not be read from
+    the reference, see protocol/WIRE.md, Stepping). It is the one kind the
+    reference's 0.7-0.21 API has; a kind this client does not know, received in
+    ``discoveryBatch.matched``, is kept as its raw JSON.
+    """
+
+    program_executed: str = attrs.field(validator=_pubkey)
+
+
+def _filters(value: Any) -> Any:
+    if isinstance(value, DiscoveryFilter):
+        return (value,)
+    return _to_tuple(value)
+
+
+def _filter_tuple(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, tuple):
+        raise ValueError(f"{attribute.name}: expected a sequence of DiscoveryFilter")
+    for index, item in enumerate(value):
+        if not isinstance(item, DiscoveryFilter):
+            raise ValueError(f"{attribute.name}[{index}]: expected a DiscoveryFilter "
+                             f"(e.g. DiscoveryFilter(program_executed=...)), got {item!r:.60}")
+    if len(set(value)) != len(value):
+        raise ValueError(f"{attribute.name}: duplicate filters")
+
+
+# Fields a conservative writer leaves out when empty: a server that predates them
+# must not see them (the codec reads this metadata).
+OMIT_IF_EMPTY = {"omit_if_empty": True}
+
+
+@attrs.frozen
 class CreateSession:
     """``createBacktestSession``: replay ``start_slot..=end_slot`` (slots, skipped ones
     included; only produced blocks run).
@@ -152,6 +190,9 @@ class CreateSession:
     default), ``extra_compute_units=None`` (a compute budget added per
     transaction; None: none). Every argument is checked on construction
     (``ValueError`` naming the field), before anything is sent.
+    ``discoveries=()``: :class:`DiscoveryFilter` values; the session then announces
+    each upcoming matching batch (``discoveryBatch``) so that a ``continueTo`` can
+    stop right before it.
     """
 
     start_slot: int = attrs.field(validator=_int_in(0, U64_MAX))
@@ -166,6 +207,9 @@ class CreateSession:
     )
     extra_compute_units: int | None = attrs.field(
         default=None, validator=_optional(_int_in(0, U32_MAX))
+    )
+    discoveries: tuple[DiscoveryFilter, ...] = attrs.field(
+        default=(), converter=_filters, validator=_filter_tuple, metadata=OMIT_IF_EMPTY
     )
 
     @end_slot.validator
@@ -260,6 +304,39 @@ class ContinueParams:
 
 
 @attrs.frozen
+class ContinueToParams:
+    """``continueTo``: execute up to, but not including, batch ``batch_index`` of
+    ``slot``, then pause (the server answers ``paused``).
+
+    ``(slot, batch_index)`` is usually a :class:`DiscoveryBatch`'s. Everything
+    before the target runs: whole blocks of earlier slots, then the batches of
+    ``slot`` before ``batch_index``; the state those leave is what RPC reads see
+    at the pause. ``transactions=()`` (base64, as for ``continue``) run first, at
+    the session's current position: at a pause, right before the batch it
+    paused at. Checked on construction (``ValueError`` naming the field); the
+    session also refuses, before sending, a target that is not ahead of its
+    position or lies past its range.
+
+    The wire shape is this project's choice where the reference could not be
+    read (protocol/WIRE.md, Stepping): camelCase ``{"slot", "batchIndex",
+    "transactions"}``, ``transactions`` left out when empty.
+    """
+
+    slot: int = attrs.field(validator=_int_in(0, U64_MAX))
+    batch_index: int = attrs.field(validator=_int_in(0, U32_MAX))
+    transactions: tuple[str, ...] = attrs.field(
+        default=(), converter=_to_tuple, validator=_transactions, metadata=OMIT_IF_EMPTY
+    )
+
+    def after(self, slot: int, batch_index: int | None) -> bool:
+        """True when the target lies strictly after the point ``(slot, batch_index)``
+        (``batch_index`` None: after the whole of ``slot``)."""
+        if batch_index is None:
+            return self.slot > slot
+        return (self.slot, self.batch_index) > (slot, batch_index)
+
+
+@attrs.frozen
 class Attach:
     """``attachBacktestSession``: replay responses after ``last_sequence``."""
 
@@ -277,7 +354,7 @@ class Close:
     """``closeBacktestSession`` (unit variant)."""
 
 
-Request = CreateSession | ContinueParams | Attach | Resume | Close
+Request = CreateSession | ContinueParams | ContinueToParams | Attach | Resume | Close
 
 # --- responses (server -> client) --------------------------------------------------
 
@@ -326,6 +403,34 @@ class Completed:
     when the create asked for no summary)."""
 
     summary: dict[str, Any] | None = None
+
+
+@attrs.frozen
+class Paused:
+    """``paused``: the session stopped at a ``continueTo`` target, before batch
+    ``batch_index`` of ``slot``; it accepts the next ``continue`` or ``continueTo``."""
+
+    slot: int
+    batch_index: int | None = None
+
+
+@attrs.frozen
+class DiscoveryBatch:
+    """``discoveryBatch``: an upcoming batch matches a discovery filter.
+
+    ``(slot, batch_index)`` fed to ``continueTo`` pauses right before it.
+    ``matched``: the filters it matched (a kind this client does not know stays
+    raw JSON). ``transactions``: the matching transactions, encoded;
+    ``transaction_indices``: their positions in the slot's block. The server
+    announces it ahead of execution, before it answers the continue that
+    brought the session near it (protocol/WIRE.md, Stepping).
+    """
+
+    slot: int
+    batch_index: int
+    matched: tuple[Any, ...] = ()
+    transactions: tuple[EncodedBinary, ...] = ()
+    transaction_indices: tuple[int, ...] = ()
 
 
 @attrs.frozen
@@ -396,5 +501,7 @@ Response = (
     | Completed
     | Success
     | Error
+    | Paused
+    | DiscoveryBatch
     | UnknownResponse
 )
