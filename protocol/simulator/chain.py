@@ -11,9 +11,10 @@ import base64
 import bisect
 import functools
 import hashlib
+import json
 import random
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import attrs
 
@@ -21,6 +22,16 @@ FIRST_SLOT = 400_000_000
 ADDRESS_COUNT = 6
 SKIP_RATE = 0.1  # about one slot in ten has no produced block, as on mainnet
 _B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+# Every transaction invokes one of these programs, the first most often: a discovery
+# filter on the last one (about one transaction in ten) pauses at a few blocks in
+# three, on the first at nearly every block.
+PROGRAM_WEIGHTS = (0.6, 0.3, 0.1)
+# A block runs as batches (entries) of 1 to MAX_BATCH transactions.
+MAX_BATCH = 3
+# The local simulator's own transaction encoding (a real server decodes Solana
+# transactions): what user_transaction() writes, so that an injected transaction can
+# name the accounts it mentions and so reach a subscription.
+USER_TX_MAGIC = b"simtx1:"
 
 
 _CHUNK_DIGITS = 10
@@ -71,11 +82,56 @@ class Tx:
 
 @attrs.frozen
 class Expected:
-    """What a complete session over a range must deliver."""
+    """What a complete session over a range must deliver.
+
+    ``discoveries``: the ``(slot, batch_index)`` of every batch a discovery filter
+    matches, in order: where a run that pauses before each one stops.
+    """
 
     slots: list[int]
     signatures: list[str]
     diff_keys: list[tuple[str, str]]  # (signature, account)
+    discoveries: list[tuple[int, int]] = attrs.field(factory=list)
+
+
+@attrs.frozen
+class Batch:
+    """One batch (entry) of a block: transactions ``start..stop`` of the block."""
+
+    index: int
+    start: int
+    stop: int
+
+
+def user_transaction(mentions: Sequence[str], note: str = "") -> str:
+    """A transaction for the local simulator to inject (base64): it mentions
+    ``mentions`` (so a transaction subscription on one of them sees it); ``note``
+    makes two otherwise equal transactions differ."""
+    body = json.dumps({"mentions": list(mentions), "note": note}).encode()
+    return base64.b64encode(USER_TX_MAGIC + body).decode()
+
+
+def user_transaction_mentions(transaction: str) -> tuple[str, ...]:
+    """The accounts an injected transaction mentions: those of :func:`user_transaction`'s
+    encoding, none for any other bytes (run, but seen by no subscription)."""
+    try:
+        raw = base64.b64decode(transaction, validate=True)
+    except ValueError:
+        return ()
+    if not raw.startswith(USER_TX_MAGIC):
+        return ()
+    try:
+        mentions = json.loads(raw[len(USER_TX_MAGIC):]).get("mentions", [])
+    except (ValueError, AttributeError):
+        return ()
+    return tuple(m for m in mentions if isinstance(m, str))
+
+
+def injected_signature(transaction: str, slot: int, batch_index: int) -> str:
+    """The signature an injected transaction gets where it ran: the same bytes injected
+    at two pauses are two executions, each seen once."""
+    raw = _digest("injected", transaction, slot, batch_index, size=64) + b"in"
+    return base64.b64encode(raw).translate(_B64_TO_B58).decode()
 
 
 class Chain:
@@ -90,6 +146,8 @@ class Chain:
         self.last_slot = first_slot + slots - 1
         self.txs_per_slot = txs_per_slot
         self.addresses = tuple(b58(_digest(seed, "address", i)) for i in range(ADDRESS_COUNT))
+        self.programs = tuple(b58(_digest(seed, "program", i))
+                              for i in range(len(PROGRAM_WEIGHTS)))
         rng = random.Random(f"{seed}:skips")
         # The first slot always has a block so that a range starting there is valid.
         self.produced: list[int] = [
@@ -131,22 +189,69 @@ class Chain:
             txs.append(Tx(signatures[88 * i:88 * i + 88], mentions, diffs))
         return tuple(txs)
 
+    # Drawn from their own random streams, so the blocks (signatures, accounts) are
+    # the same as before programs and batches existed.
+    @functools.lru_cache(maxsize=256)  # noqa: B019 - one Chain per simulator, bounded
+    def programs_of(self, slot: int) -> tuple[str, ...]:
+        """The program each transaction of ``slot``'s block invokes."""
+        rng = random.Random(f"{self.seed}:{slot}:programs")
+        return tuple(rng.choices(self.programs, PROGRAM_WEIGHTS, k=len(self.block(slot))))
+
+    @functools.lru_cache(maxsize=256)  # noqa: B019 - one Chain per simulator, bounded
+    def batches(self, slot: int) -> tuple[Batch, ...]:
+        """The batches ``slot``'s block executes in, in order (none for a skipped slot)."""
+        if slot not in self.produced_set:
+            return ()
+        rng = random.Random(f"{self.seed}:{slot}:batches")
+        count, start = len(self.block(slot)), 0
+        out: list[Batch] = []
+        while start < count:
+            stop = min(count, start + rng.randint(1, MAX_BATCH))
+            out.append(Batch(len(out), start, stop))
+            start = stop
+        return tuple(out)
+
+    def batch_matches(self, slot: int, batch: Batch, programs: Sequence[str]) -> list[str]:
+        """The programs of ``programs`` that transactions of ``batch`` invoke, in the
+        order given."""
+        invoked = set(self.programs_of(slot)[batch.start:batch.stop])
+        return [p for p in programs if p in invoked]
+
+    def discoveries(self, start_slot: int, end_slot: int, programs: Sequence[str]
+                    ) -> list[tuple[int, int]]:
+        """``(slot, batch_index)`` of every batch in the executed slots of the range that
+        invokes one of ``programs``."""
+        return [(slot, batch.index) for slot in self.produced_in(start_slot + 1, end_slot)
+                for batch in self.batches(slot) if self.batch_matches(slot, batch, programs)]
+
     def expected(self, start_slot: int, end_slot: int, *,
-                 transactions: Iterable[str] = (), account_diffs: Iterable[str] = ()
-                 ) -> Expected:
+                 transactions: Iterable[str] = (), account_diffs: Iterable[str] = (),
+                 discover: Sequence[str] = (), inject: Sequence[str] = ()) -> Expected:
         """The anchor slot, then every produced slot in ``(start_slot, end_slot]``.
 
         Transactions and diffs come only from executed blocks (after the anchor),
         each once, in slot order, whatever number of addresses it matches.
+        ``discover`` (program ids): the batches a run with those discovery filters
+        pauses before (``Expected.discoveries``). ``inject``: transactions such a
+        run injects at each pause; each runs right before the paused-at batch and
+        is expected where it mentions a subscribed address (:func:`user_transaction`).
         """
         tx_filter, diff_filter = set(transactions), set(account_diffs)
         executed = self.produced_in(start_slot + 1, end_slot)
+        discoveries = self.discoveries(start_slot, end_slot, discover) if discover else []
+        pauses = {point for point in discoveries} if inject else set()
         signatures: list[str] = []
         diff_keys: list[tuple[str, str]] = []
         for slot in executed:
-            for tx in self.block(slot):
-                if tx_filter.intersection(tx.mentions):
-                    signatures.append(tx.signature)
-                diff_keys.extend((tx.signature, d.account) for d in tx.diffs
-                                 if d.account in diff_filter)
-        return Expected([start_slot, *executed], signatures, diff_keys)
+            txs = self.block(slot)
+            for batch in self.batches(slot):
+                if (slot, batch.index) in pauses:
+                    signatures.extend(
+                        injected_signature(tx, slot, batch.index) for tx in inject
+                        if tx_filter.intersection(user_transaction_mentions(tx)))
+                for tx in txs[batch.start:batch.stop]:
+                    if tx_filter.intersection(tx.mentions):
+                        signatures.append(tx.signature)
+                    diff_keys.extend((tx.signature, d.account) for d in tx.diffs
+                                     if d.account in diff_filter)
+        return Expected([start_slot, *executed], signatures, diff_keys, discoveries)

@@ -22,10 +22,12 @@ them without a socket:
 
 from __future__ import annotations
 
+import base64
+import json
 import math
 import uuid
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Literal, Protocol
 
 import attrs
@@ -35,8 +37,13 @@ from ..messages import (
     BacktestError,
     Completed,
     ContinueParams,
+    ContinueToParams,
     CreateSession,
+    DiscoveryBatch,
+    DiscoveryFilter,
+    EncodedBinary,
     Error,
+    Paused,
     ReadyForContinue,
     Response,
     SessionCreated,
@@ -50,7 +57,7 @@ from ..pubsub import (
     StreamKind,
     TransactionNotification,
 )
-from .chain import Chain, Tx
+from .chain import Chain, Tx, injected_signature, user_transaction_mentions
 
 STARTUP_STAGES = ("preparingBundle", "bundleReady", "startingRuntime")
 CONTINUE_STAGES = (
@@ -128,30 +135,49 @@ class Conn(Protocol):
 
 
 class ExecutedSlot:
-    """A block that was executed, kept for live delivery and the replay buffer.
+    """A block that was executed (or is being executed, batch by batch), kept for live
+    delivery and the replay buffer.
+
+    ``entries``: what ran in the slot so far, in order: the block's transactions
+    (with their index in the block) and transactions injected at a pause (index
+    None). A paused session executes part of a block; the rest is appended here,
+    so the replay buffer holds one entry per slot whatever the pauses.
 
     A notification's ``result`` is encoded on first use and then reused for every
     subscriber and every replay, so the cost is paid only for what is sent.
     """
 
-    __slots__ = ("slot", "txs", "_tx_json", "_diff_json", "_first_write")
+    __slots__ = ("slot", "entries", "_tx_json", "_diff_json", "_first_write")
 
-    def __init__(self, slot: int, txs: tuple[Tx, ...]) -> None:
+    def __init__(self, slot: int, txs: tuple[Tx, ...] = ()) -> None:
         self.slot = slot
-        self.txs = txs
+        self.entries: list[tuple[Tx, int | None]] = []
         self._tx_json: dict[int, str] = {}
         self._diff_json: dict[tuple[int, int], str] = {}
-        # Position of each transaction's first account write in the slot.
+        # Position of each entry's first account write in the slot.
         self._first_write = [0]
-        for tx in txs:
-            self._first_write.append(self._first_write[-1] + len(tx.diffs))
+        self.extend(enumerate(txs))
 
-    def notifications(self, subs: Mapping[tuple[StreamKind, str], list[int]]
+    @property
+    def txs(self) -> list[Tx]:
+        return [tx for tx, _ in self.entries]
+
+    def extend(self, entries: Iterable[tuple[int | None, Tx]]) -> int:
+        """Append what ran next; returns where it starts (for :meth:`notifications`)."""
+        start = len(self.entries)
+        for index, tx in entries:
+            self.entries.append((tx, index))
+            self._first_write.append(self._first_write[-1] + len(tx.diffs))
+        return start
+
+    def notifications(self, subs: Mapping[tuple[StreamKind, str], list[int]], start: int = 0
                       ) -> Iterator[tuple[str, str, int]]:
-        """``(method, result_json, subscription)`` for each match, in chain order."""
+        """``(method, result_json, subscription)`` for each match from entry ``start``
+        on, in chain order."""
         tx_method = NOTIFICATION_METHOD["transactions"]
         diff_method = NOTIFICATION_METHOD["account_diffs"]
-        for i, tx in enumerate(self.txs):
+        for i in range(start, len(self.entries)):
+            tx = self.entries[i][0]
             for address in tx.mentions:
                 for sub_id in subs.get(("transactions", address), ()):
                     yield tx_method, self._tx_result(i), sub_id
@@ -162,18 +188,18 @@ class ExecutedSlot:
     def _tx_result(self, i: int) -> str:
         cached = self._tx_json.get(i)
         if cached is None:
-            tx = self.txs[i]
+            tx, index = self.entries[i]
             cached = self._tx_json[i] = encode_notification_result(TransactionNotification(
                 0, self.slot, tx.signature,
                 {"signatures": [tx.signature], "message": {"accountKeys": list(tx.mentions)}},
-                {"err": None, "fee": 5000}, index=i,
+                {"err": None, "fee": 5000}, index=index,
             ))
         return cached
 
     def _diff_result(self, i: int, j: int) -> str:
         cached = self._diff_json.get((i, j))
         if cached is None:
-            tx = self.txs[i]
+            tx = self.entries[i][0]
             diff = tx.diffs[j]
             cached = self._diff_json[(i, j)] = encode_notification_result(
                 AccountDiffNotification(0, self.slot, diff.account, tx.signature,
@@ -184,9 +210,12 @@ class ExecutedSlot:
 
 @attrs.frozen
 class SlotStep:
-    """A block was executed: push its notifications, then send its slot notification."""
+    """Part of a block ran: push the notifications of ``executed``'s entries from
+    ``start`` on; when ``complete``, the block is done: send its slot notification."""
 
     executed: ExecutedSlot
+    start: int = 0
+    complete: bool = True
 
 
 Step = Response | SlotStep
@@ -215,6 +244,15 @@ class Session:
     transactions_executed: int = 0
     owner: Conn | None = None
     commands_refused: int = 0
+    # Precise stepping: batches of pending_slots[0] already run, that slot's entry
+    # in the buffer, where a continueTo paused, the last batch a discoveryBatch named.
+    position_batch: int = 0
+    open_slot: ExecutedSlot | None = None
+    paused_at: tuple[int, int] | None = None
+    announced: tuple[int, int] = (-1, -1)
+    scan_exhausted: bool = False
+    discoveries_sent: int = 0
+    pauses: int = 0
 
     @classmethod
     def open(cls, create: CreateSession, api_key: str, chain: Chain
@@ -322,34 +360,152 @@ class Session:
             return BacktestError("invalidRequest", {"error": "continue while not ready"})
         return None
 
+    def check_continue_to(self, params: ContinueToParams) -> BacktestError | None:
+        """Why ``params`` cannot run now (None: it can); the session does not move.
+
+        The target must not lie behind the session's position (equal is allowed:
+        it pauses there at once), nor past the range, and a batch index must
+        exist in its slot (0 for a slot without a block).
+        """
+        refusal = self.check_continue()
+        if refusal is not None:
+            return refusal
+        target = (params.slot, params.batch_index)
+        here = (self.pending_slots[0], self.position_batch)
+        if target < here or target == self.paused_at:
+            return BacktestError("invalidRequest", {"error": (
+                f"continueTo: target slot {params.slot} batch {params.batch_index} is not "
+                f"ahead of the session's position (slot {here[0]} batch {here[1]})")})
+        if params.slot > self.create.end_slot:
+            return BacktestError("invalidRequest", {"error": (
+                f"continueTo: slot {params.slot} is past the session's end slot "
+                f"{self.create.end_slot}")})
+        batches = len(self.chain.batches(params.slot))
+        if params.batch_index >= max(batches, 1):
+            return BacktestError("invalidRequest", {"error": (
+                f"continueTo: batch_index {params.batch_index} is out of range: slot "
+                f"{params.slot} has {batches} batches")})
+        return None
+
     def run_continue(self, params: ContinueParams) -> Iterator[Step]:
         """Advance ``advance_count`` produced blocks (fewer at the end of the range).
 
+        From a pause, the rest of the paused block is the first of them, and the
+        transactions run right before the batch the session paused at.
         The state changes at once (not when the steps are consumed), so a second
         continue arriving while these steps are still being sent is refused.
         """
-        self.ready = False
-        self.continues_received += 1
-        self.user_transactions += len(params.transactions)
-        self.injected.extend(params.transactions)
-        return self._advance(params.advance_count)
+        self._start_step(params.transactions)
+        return self._advance(params.advance_count, params.transactions)
 
-    def _advance(self, advance_count: int) -> Iterator[Step]:
+    def run_continue_to(self, params: ContinueToParams) -> Iterator[Step]:
+        """Run everything before batch ``batch_index`` of ``slot``, then pause (the
+        caller checked it with :meth:`check_continue_to`)."""
+        self._start_step(params.transactions)
+        return self._advance_to(params, params.transactions)
+
+    def _start_step(self, transactions: tuple[str, ...]) -> None:
+        self.ready = False
+        self.paused_at = None
+        self.continues_received += 1
+        self.user_transactions += len(transactions)
+        self.injected.extend(transactions)
+
+    def _advance(self, advance_count: int, transactions: tuple[str, ...]) -> Iterator[Step]:
         for stage in CONTINUE_STAGES:
             yield Status(stage)
-        for _ in range(min(advance_count, len(self.pending_slots))):
-            slot = self.pending_slots.popleft()
-            executed = ExecutedSlot(slot, self.chain.block(slot))
-            self.buffer.append(executed)
-            self.blocks_executed += 1
-            self.transactions_executed += len(executed.txs)
-            yield SlotStep(executed)
+        for n in range(min(advance_count, len(self.pending_slots))):
+            yield self._run_block_part(None, transactions if n == 0 else ())
         yield Status(FINAL_STAGE)
         yield from self._pause()
+
+    def _advance_to(self, target: ContinueToParams, transactions: tuple[str, ...]
+                    ) -> Iterator[Step]:
+        for stage in CONTINUE_STAGES:
+            yield Status(stage)
+        while self.pending_slots and self.pending_slots[0] < target.slot:
+            yield self._run_block_part(None, transactions)
+            transactions = ()
+        if self.pending_slots and self.pending_slots[0] == target.slot:
+            if transactions or self.position_batch < target.batch_index:
+                yield self._run_block_part(target.batch_index, transactions)
+        elif transactions and self.pending_slots:
+            yield self._run_block_part(0, transactions)
+        yield Status(FINAL_STAGE)
+        if not self.pending_slots:
+            yield from self._pause()
+            return
+        self.paused_at = (target.slot, target.batch_index)
+        self.pauses += 1
+        self.ready = True
+        yield from self._announce()
+        yield Paused(target.slot, target.batch_index)
+
+    def _run_block_part(self, stop_batch: int | None, transactions: tuple[str, ...]
+                        ) -> SlotStep:
+        """Run ``transactions``, then the batches of the next block from the session's
+        position up to ``stop_batch`` (None: to the end of the block)."""
+        slot = self.pending_slots[0]
+        executed = self.open_slot
+        if executed is None:
+            executed = self.open_slot = ExecutedSlot(slot)
+            self.buffer.append(executed)
+        batches = self.chain.batches(slot)
+        stop = len(batches) if stop_batch is None else stop_batch
+        block = self.chain.block(slot)
+        entries: list[tuple[int | None, Tx]] = [
+            (None, Tx(injected_signature(tx, slot, self.position_batch),
+                      user_transaction_mentions(tx), ())) for tx in transactions]
+        for batch in batches[self.position_batch:stop]:
+            entries.extend((i, block[i]) for i in range(batch.start, batch.stop))
+            self.transactions_executed += batch.stop - batch.start
+        start = executed.extend(entries)
+        self.position_batch = max(self.position_batch, stop)
+        if stop < len(batches):
+            return SlotStep(executed, start, complete=False)
+        self.pending_slots.popleft()
+        self.open_slot, self.position_batch = None, 0
+        self.blocks_executed += 1
+        return SlotStep(executed, start)
+
+    def _announce(self) -> Iterator[Response]:
+        """The next batch a discovery filter matches, at or after the session's position
+        and after the last one announced: announced once, before the answer that
+        brings the session to a pause, so a client deciding at the pause has it."""
+        programs = [f.program_executed for f in self.create.discoveries]
+        if not programs or self.scan_exhausted or not self.pending_slots:
+            return
+        here = (self.pending_slots[0], self.position_batch)
+        for slot in self.pending_slots:
+            for batch in self.chain.batches(slot):
+                point = (slot, batch.index)
+                if point < here or point <= self.announced:
+                    continue
+                matched = self.chain.batch_matches(slot, batch, programs)
+                if matched:
+                    self.announced = point
+                    self.discoveries_sent += 1
+                    yield self._discovery(slot, batch.index, matched)
+                    return
+        self.scan_exhausted = True  # the position only moves on: nothing will match
+
+    def _discovery(self, slot: int, batch_index: int, matched: list[str]) -> DiscoveryBatch:
+        batch = self.chain.batches(slot)[batch_index]
+        programs = self.chain.programs_of(slot)
+        block = self.chain.block(slot)
+        indices = [i for i in range(batch.start, batch.stop) if programs[i] in matched]
+        encoded = tuple(
+            EncodedBinary(base64.b64encode(json.dumps({
+                "signature": block[i].signature, "program": programs[i],
+                "accountKeys": list(block[i].mentions)}).encode()).decode())
+            for i in indices)
+        return DiscoveryBatch(slot, batch_index, tuple(DiscoveryFilter(p) for p in matched),
+                              encoded, tuple(indices))
 
     def _pause(self) -> Iterator[Response]:
         if self.pending_slots:
             self.ready = True
+            yield from self._announce()
             yield ReadyForContinue()
         else:
             self.completed = True

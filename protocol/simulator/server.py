@@ -85,6 +85,7 @@ from ..messages import (
     BacktestError,
     Close,
     ContinueParams,
+    ContinueToParams,
     CreateSession,
     Resume,
     SessionAttached,
@@ -443,10 +444,13 @@ def _client_of(connection: ServerConnection) -> str:
 @attrs.frozen
 class SessionStats:
     """The server's view of one session (``LocalSimulator.session_stats``): what it
-    received and ran. ``user_transactions``: transactions injected with continues;
-    ``injected_transactions``: the last 64 of them, base64 as received (the
-    simulator records them and counts them in the summary's
-    ``correct_simulation``; it does not execute them)."""
+    received and ran. ``continues_received`` counts ``continue`` and ``continueTo``
+    alike; ``blocks_executed`` only whole blocks (a partly run block counts when it
+    ends). ``user_transactions``: transactions injected with continues;
+    ``injected_transactions``: the last 64 of them, base64 as received (each runs
+    where it was injected, and a subscription sees one made with
+    ``protocol.simulator.chain.user_transaction``). ``pauses``: ``paused`` answers;
+    ``discoveries``: ``discoveryBatch`` announcements."""
 
     session_id: str
     continues_received: int
@@ -459,6 +463,8 @@ class SessionStats:
     replay_log_entries: int = 0  # sequenced responses kept for an attach to replay
     user_transactions: int = 0
     injected_transactions: tuple[str, ...] = ()
+    pauses: int = 0
+    discoveries: int = 0
 
 
 @attrs.define
@@ -608,7 +614,7 @@ class SimulatorServer:
         return SessionStats(session_id, s.continues_received, s.blocks_executed, s.completed,
                             s.owner_alive, len(state.subscribers), state.notifications_sent,
                             s.commands_refused, len(s.log), s.user_transactions,
-                            tuple(s.injected))
+                            tuple(s.injected), s.pauses, s.discoveries_sent)
 
     # --- keepalive and flow control ----------------------------------------------
 
@@ -909,15 +915,20 @@ class SimulatorServer:
                      type(request).__name__)
             peer.write_frame(refusal_frame(refusal))
             return state
-        if isinstance(request, ContinueParams):
+        if isinstance(request, ContinueParams | ContinueToParams):
             if self._take_lost_continue(session.id):
                 peer.drop()
                 return state
-            refusal = session.check_continue()
+            if isinstance(request, ContinueParams):
+                refusal = session.check_continue()
+            else:
+                refusal = session.check_continue_to(request)
             if refusal is not None:
                 peer.write_frame(error_frame(session, refusal))
             else:
-                self._spawn(self._run(state, session.run_continue(request)))
+                self._spawn(self._run(state, session.run_continue(request)
+                                      if isinstance(request, ContinueParams)
+                                      else session.run_continue_to(request)))
                 # Accepted, not yet answered: the answers are what a drop here loses.
                 self._fire_triggers(session.id, "continue", session.continues_received)
         elif isinstance(request, Resume):
@@ -1028,10 +1039,11 @@ class SimulatorServer:
             async with state.lock:
                 if isinstance(step, SlotStep):
                     slot = step.executed.slot
-                    self._publish(state, step.executed)
-                    self._emit(state, session.record(SlotNotification(slot)))
-                    self._fire_triggers(session.id, "slot", slot)
-                    self._fire_triggers(session.id, "block", session.blocks_executed)
+                    self._publish(state, step.executed, start=step.start)
+                    if step.complete:
+                        self._emit(state, session.record(SlotNotification(slot)))
+                        self._fire_triggers(session.id, "slot", slot)
+                        self._fire_triggers(session.id, "block", session.blocks_executed)
                 else:
                     self._emit(state, session.record(step))
             slow = [p for p in state.peers() if p.ws.paused]
@@ -1048,13 +1060,13 @@ class SimulatorServer:
             owner.write_frame(frame)
 
     def _publish(self, state: SessionState, executed: ExecutedSlot,
-                 only: tuple[Peer, int] | None = None) -> None:
+                 only: tuple[Peer, int] | None = None, start: int = 0) -> None:
         peers = [only[0]] if only else list(state.subscribers)
         for peer in peers:
             if not peer.writable:  # closing: no frame would go, so none is built
                 continue
             frames = [notification_frame(method, result_json, sub_id)
-                      for method, result_json, sub_id in executed.notifications(peer.subs)
+                      for method, result_json, sub_id in executed.notifications(peer.subs, start)
                       if only is None or only[1] == sub_id]
             if frames:
                 state.notifications_sent += peer.write(frames)
