@@ -11,7 +11,8 @@ Two names are type aliases, not classes:
 
 * ``ManagedEvent``: any event a session delivers, the union of
   ``ReadyForContinue``, ``Slot``, ``Status``, ``Transaction``, ``AccountDiff``,
-  ``Completed``, ``Error``, ``ConnectionChanged``, ``Gap`` and ``ContinueLost``.
+  ``Completed``, ``Error``, ``ConnectionChanged``, ``Gap``, ``ContinueLost``,
+  ``Paused`` and ``DiscoveryBatch``.
 * ``ConnectionStatus``: a connection's state in ``ConnectionChanged`` and
   ``status()``, the union of ``Connecting``, ``Up``, ``Reconnecting``,
   ``Failed`` and ``Closed``.
@@ -19,7 +20,10 @@ Two names are type aliases, not classes:
 
 import logging
 
+from protocol import ContinueToParams, DiscoveryFilter
+
 from .decisions.cursor import Cursor, CursorError
+from .decisions.stepping import DiscoveryStep
 from .events import (
     AccountDiff,
     Closed,
@@ -28,11 +32,14 @@ from .events import (
     ConnectionChanged,
     ConnectionStatus,
     ContinueLost,
+    DiscoveryBatch,
     Error,
     Failed,
     Gap,
+    InvalidArgument,
     ManagedEvent,
     ManagedSessionError,
+    Paused,
     ReadyForContinue,
     Reconnecting,
     SessionFailed,
@@ -71,9 +78,10 @@ logging.getLogger("backtest_actors").addHandler(logging.NullHandler())
 __all__ = [
     "AccountDiff", "AsyncBacktestSession", "Closed", "Completed", "Connecting",
     "ConnectionChanged", "ConnectionStatus", "ContinueLost", "ContinueRefused",
-    "ControlHandle", "Cursor", "CursorError", "Error", "Failed", "Gap", "GetCursor",
-    "GetStats", "GetStatus", "ListenerAttached", "ManagedBacktestSession", "ManagedEvent",
-    "ManagedSessionError", "ReadyForContinue", "Reconnecting", "SendContinue", "SessionFailed",
+    "ContinueToParams", "ControlHandle", "Cursor", "CursorError", "DiscoveryBatch",
+    "DiscoveryFilter", "DiscoveryStep", "Error", "Failed", "Gap", "GetCursor",
+    "GetStats", "GetStatus", "InvalidArgument", "ListenerAttached", "ManagedBacktestSession",
+    "ManagedEvent", "ManagedSessionError", "Paused", "ReadyForContinue", "Reconnecting", "SendContinue", "SessionFailed",
     "SessionInfo", "SessionListener", "SessionStats", "SessionSupervisor", "Slot", "Status",
     "SubscribeStream", "SubscriptionHandle", "Transaction", "UnsubscribeStream", "Up",
     "spawn_account_diff_subscription", "spawn_control", "spawn_transaction_subscription",

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import attrs
 
-from protocol import BacktestError, ContinueParams
+from protocol import BacktestError, ContinueParams, ContinueToParams, EncodedBinary
 
 # --- connection status ----------------------------------------------------------------
 
@@ -66,6 +66,41 @@ class SessionInfo:
 @attrs.frozen
 class ReadyForContinue:
     """The session is paused and accepts the next continue."""
+
+
+@attrs.frozen
+class Paused:
+    """The session stopped at a ``send_continue_to`` target: right before batch
+    ``batch_index`` of ``slot``. What ran before it is visible to RPC reads now; it
+    accepts the next ``send_continue`` (which finishes this block first) or
+    ``send_continue_to``."""
+
+    slot: int
+    batch_index: int | None = None
+
+
+@attrs.frozen
+class DiscoveryBatch:
+    """An upcoming batch matches a discovery filter of ``CreateSession.discoveries``.
+
+    ``send_continue_to(ContinueToParams(slot, batch_index))`` pauses right before
+    it. The server announces the next one before the answer (``ReadyForContinue``
+    or ``Paused``) that brings the session to rest, so at rest the latest
+    announcement is the next discovery; none since the last rest: no more
+    (``advance_to_discovery`` relies on it). ``matched``: the filters it matched;
+    ``transactions``: the matching transactions, encoded; ``transaction_indices``:
+    their positions in the block.
+    """
+
+    slot: int
+    batch_index: int
+    matched: tuple[Any, ...] = ()
+    transactions: tuple[EncodedBinary, ...] = ()
+    transaction_indices: tuple[int, ...] = ()
+
+    def continue_to(self, transactions: tuple[str, ...] = ()) -> ContinueToParams:
+        """The ``ContinueToParams`` that pause right before this batch."""
+        return ContinueToParams(self.slot, self.batch_index, transactions)
 
 
 @attrs.frozen
@@ -175,7 +210,7 @@ class ContinueLost:
     the application decides: ``send_continue(params)`` again, or shut down.
     """
 
-    params: ContinueParams
+    params: ContinueParams | ContinueToParams
     resent: bool
 
 
@@ -192,14 +227,14 @@ CONTROL = "control"  # the control connection's name in ConnectionChanged and st
 
 ManagedEvent = (
     ReadyForContinue | Slot | Status | Transaction | AccountDiff | Completed | Error
-    | ConnectionChanged | Gap | ContinueLost
+    | ConnectionChanged | Gap | ContinueLost | Paused | DiscoveryBatch
 )
 
 # --- errors -------------------------------------------------------------------------------
 
 ErrorKind = Literal[
     "create", "control_failed", "subscription_failed", "cancelled", "closed",
-    "continue_outstanding", "internal", "attach",
+    "continue_outstanding", "internal", "attach", "invalid_argument",
 ]
 
 
@@ -210,7 +245,10 @@ class ManagedSessionError(Exception):
     ``subscription_failed``: a connection failed for good. ``cancelled`` /
     ``closed``: the session was shut down. ``continue_outstanding``: a continue
     was sent while another one had not been answered yet. ``attach``: a cursor's
-    session could not be attached (expired, unknown, or another key's). ``internal``: a bug
+    session could not be attached (expired, unknown, or another key's).
+    ``invalid_argument``: a request the session refused before sending it (a
+    ``continue_to`` target behind the session or past its range; the reason
+    names the field); it is also a ``ValueError``. ``internal``: a bug
     inside the session (the cause is chained as ``__cause__`` and named in the
     reason); it is raised only after every event queued before it.
     """
@@ -219,6 +257,14 @@ class ManagedSessionError(Exception):
         self.kind = kind
         self.reason = reason
         super().__init__(f"{kind}: {reason}" if reason else kind)
+
+
+class InvalidArgument(ManagedSessionError, ValueError):
+    """``ManagedSessionError(kind="invalid_argument")``: refused before anything was sent;
+    ``reason`` starts with the field at fault."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("invalid_argument", reason)
 
 
 @attrs.frozen

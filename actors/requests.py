@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, get_args
 
 import attrs
 
-from protocol import ContinueParams
+from protocol import ContinueParams, ContinueToParams
 from protocol.messages import pubkey_problem
 from protocol.pubsub import StreamKind
 
@@ -24,13 +24,16 @@ if TYPE_CHECKING:  # annotations only: the plain classes below the actors import
 
 @attrs.frozen
 class SendContinue:
-    """Hand a continue to the session; ``reply`` (optional) resolves once it is written.
+    """Hand a continue (``ContinueParams``) or a continue-to (``ContinueToParams``) to the
+    session; ``reply`` (optional) resolves once it is written.
 
-    A refusal (one is outstanding, the session is over) fails ``reply``; without
-    one it is logged and a listener is told a :class:`ContinueRefused`.
+    A refusal (one is outstanding, the session is over, a continue-to target that
+    is not ahead of the session or past its range) fails ``reply``; without one
+    it is logged and a listener is told a :class:`ContinueRefused`.
     """
 
-    params: ContinueParams = attrs.field(validator=attrs.validators.instance_of(ContinueParams))
+    params: ContinueParams | ContinueToParams = attrs.field(
+        validator=attrs.validators.instance_of((ContinueParams, ContinueToParams)))
     reply: pykka.Future[None] | None = attrs.field(default=None, eq=False)
 
 
@@ -38,7 +41,7 @@ class SendContinue:
 class ContinueRefused:
     """Told to a listener when a ``SendContinue`` without ``reply`` was refused."""
 
-    params: ContinueParams
+    params: ContinueParams | ContinueToParams
     error: ManagedSessionError = attrs.field(eq=False)
 
 

@@ -31,11 +31,12 @@ a bad line anywhere else means the file is corrupt or not a journal.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import IO, Any
 
 import attrs
 
-from protocol import ContinueParams
+from protocol import ContinueParams, ContinueToParams
 from protocol.codec import (
     dump_document,
     encode_record,
@@ -45,7 +46,8 @@ from protocol.codec import (
 )
 
 from ..decisions.cursor import STREAMS, Cursor, CursorTracker, ItemDelta, SeqDelta
-from ..events import ManagedEvent, SessionInfo
+from ..decisions.stepping import DiscoveryTracker
+from ..events import DiscoveryBatch, ManagedEvent, Paused, SessionInfo, Slot
 
 JOURNAL_FORMAT = "backtest-actors-journal"
 HEADER = "JournalHeader"
@@ -116,6 +118,9 @@ class JournalState:
     # Events journaled by the runs before, by kind ("Slot", "Transaction", ...): a resumed
     # run's summary counts the whole session, not only its own process.
     history: dict[str, int] = attrs.field(factory=dict)
+    # Discoveries announced and where the session rests: a resumed --discover run
+    # pauses before the same batches as one that was never interrupted.
+    stepping: DiscoveryTracker = attrs.field(factory=DiscoveryTracker, eq=False)
 
 
 class JournalWriter:
@@ -130,7 +135,7 @@ class JournalWriter:
     def event(self, event: ManagedEvent, seq: int | None) -> None:
         self._line(encode_record(event, seq=seq), sync=False)
 
-    def continue_sent(self, params: ContinueParams, seq: int | None) -> None:
+    def continue_sent(self, params: ContinueParams | ContinueToParams, seq: int | None) -> None:
         self._line(dump_document({"type": CONTINUE_SENT, "seq": seq,
                                   "params": request_document(params)}), sync=True)
 
@@ -189,6 +194,7 @@ def read_journal(path: str, *, allow_embedded: bool = False) -> JournalState:
             tracker.subscribed(name, addresses)
     awaiting = completed = False
     history: dict[str, int] = {}
+    stepping = DiscoveryTracker()
     for number, record in enumerate(records[1:], 2):
         if not isinstance(record, dict) or not isinstance(record.get("type"), str):
             raise JournalError(f"the journal is corrupt at line {number}")
@@ -202,7 +208,7 @@ def read_journal(path: str, *, allow_embedded: bool = False) -> JournalState:
             except Exception:  # noqa: BLE001 - ProtocolError, KeyError
                 raise JournalError(f"the journal is corrupt at line {number} "
                                    f"(continue params)") from None
-            if not isinstance(params, ContinueParams):
+            if not isinstance(params, ContinueParams | ContinueToParams):
                 raise JournalError(f"the journal is corrupt at line {number}")
             tracker.last_seq = seq
             tracker.continue_sent(params)
@@ -218,16 +224,29 @@ def read_journal(path: str, *, allow_embedded: bool = False) -> JournalState:
             elif kind == "AccountDiff":
                 tracker.apply(ItemDelta("account_diffs", "", record["slot"],
                                         (record["signature"], record["account"])))
-        except KeyError:
+            elif kind in _STEPPING:  # where the session rests, and what it announced
+                event = _STEPPING[kind](record)
+                tracker.returned(event, None)
+                stepping.seen(event)
+        except (KeyError, TypeError, ValueError):
             raise JournalError(f"the journal is corrupt at line {number}") from None
-        if kind in ("ReadyForContinue", "Completed", "Error") or (
+        if kind in ("ReadyForContinue", "Paused", "Completed", "Error") or (
                 kind == "ContinueLost" and record.get("resent") is False):
             tracker.pending = None
-            awaiting = kind == "ReadyForContinue"
+            awaiting = kind in ("ReadyForContinue", "Paused")
             completed = completed or kind == "Completed"
     cursor = tracker.cursor(SessionInfo(header.session_id, header.rpc_endpoint))
     return JournalState(header, cursor, awaiting and cursor.pending_continue is None,
-                        completed, valid, history)
+                        completed, valid, history, stepping)
+
+
+# Journal records that say where the session rests or what it announced, rebuilt as
+# the events the run saw (only the fields that matter to resuming).
+_STEPPING: dict[str, Callable[[dict[str, Any]], ManagedEvent]] = {
+    "Slot": lambda r: Slot(r["slot"]),
+    "Paused": lambda r: Paused(r["slot"], r.get("batch_index")),
+    "DiscoveryBatch": lambda r: DiscoveryBatch(r["slot"], r["batch_index"]),
+}
 
 
 def _create(header: JournalHeader) -> Any:

@@ -20,7 +20,7 @@ from typing import IO, Any
 from rich.console import Console
 from rich.table import Table
 
-from protocol import ContinueParams, CreateSession, ReconnectPolicy, Timing, backtest_ws_url
+from protocol import CreateSession, ReconnectPolicy, Timing, backtest_ws_url
 from protocol.codec import dump_document
 from protocol.pubsub import PUBSUB_BUFFER_SLOTS
 from protocol.simulator import Expected, LocalSimulator
@@ -40,7 +40,7 @@ from ..events import (
     Transaction,
 )
 from ..frontdoors.blocking import ManagedBacktestSession
-from ..frontdoors.drive import Drive
+from ..frontdoors.drive import AnyContinue, Drive
 from ..stats import SessionStats
 from ..testing.delivery import Delivery, differences
 from .journal import JournalHeader, JournalState, JournalWriter
@@ -449,19 +449,19 @@ class _JournaledDrive(Drive):
         event: ManagedEvent = self._run._wait(self.session.next_event)
         return event
 
-    def event(self, event: ManagedEvent) -> ContinueParams | None:
+    def event(self, event: ManagedEvent) -> AnyContinue | None:
         self._run._count(event)
         self.update()
         return None
 
-    def before_continue(self, params: ContinueParams) -> None:
+    def before_continue(self, params: AnyContinue) -> None:
         if self._run.journal is not None:
             self._run.journal.continue_sent(params, self.session.delivered_seq)
 
-    def send_continue(self, params: ContinueParams) -> None:
-        self._run._wait(lambda: self.session.send_continue(params))
+    def send_continue(self, params: AnyContinue) -> None:
+        self._run._wait(lambda: Drive.send_continue(self, params))
 
-    def lost(self, event: ContinueLost, params: ContinueParams | None) -> None:
+    def lost(self, event: ContinueLost, params: AnyContinue | None) -> None:
         raise ManagedSessionError("control_failed", "a continue was lost in flight "
                                   "(--on-lost-continue raise)")
 

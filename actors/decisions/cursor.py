@@ -39,7 +39,7 @@ from typing import Any, Literal, NamedTuple
 
 import attrs
 
-from protocol import ContinueParams, CreateSession
+from protocol import ContinueParams, ContinueToParams, CreateSession
 from protocol.codec import dump_document, load_document, request_document, request_from_document
 
 from ..events import (
@@ -48,8 +48,10 @@ from ..events import (
     ContinueLost,
     Error,
     ManagedEvent,
+    Paused,
     ReadyForContinue,
     SessionInfo,
+    Slot,
     Transaction,
 )
 
@@ -115,7 +117,7 @@ class StreamCursor:
 class PendingContinue:
     """A continue the application sent that no delivered event answered yet."""
 
-    params: ContinueParams
+    params: ContinueParams | ContinueToParams
     write_seq: int | None
 
 
@@ -131,6 +133,10 @@ class Cursor:
     last_seq: int | None = None
     streams: dict[str, StreamCursor] = attrs.field(factory=dict)
     pending_continue: PendingContinue | None = None
+    # Where the session rests as the application saw it (a continue-to's target is
+    # checked against it): the newest slot reported, and a continue-to pause.
+    last_slot: int = -1
+    paused_at: tuple[int, int | None] | None = None
 
     @property
     def create(self) -> CreateSession:
@@ -159,7 +165,9 @@ class Cursor:
             "format": CURSOR_FORMAT, "version": CURSOR_VERSION, "url": self.url,
             "sessionId": self.session_id, "rpcEndpoint": self.rpc_endpoint,
             "startSlot": self.start_slot, "endSlot": self.end_slot,
-            "lastSeq": self.last_seq, "streams": streams, "continue": pending})
+            "lastSeq": self.last_seq, "streams": streams, "continue": pending,
+            "lastSlot": self.last_slot,
+            "pausedAt": None if self.paused_at is None else list(self.paused_at)})
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Cursor:
@@ -213,17 +221,25 @@ class Cursor:
                 params = request_from_document(raw_pending.get("params"))
             except Exception as exc:  # noqa: BLE001 - ProtocolError or a validator's
                 raise CursorError("continue.params", str(exc)) from None
-            if not isinstance(params, ContinueParams):
+            if not isinstance(params, ContinueParams | ContinueToParams):
                 raise CursorError("continue.params", "not a continue request")
             pending = PendingContinue(params, _get(raw_pending, "writeSeq", int, "continue",
                                                    optional=True))
+        paused_at = doc.get("pausedAt")
+        if paused_at is not None and not (
+                isinstance(paused_at, list) and len(paused_at) == 2 and _is_int(paused_at[0])
+                and (paused_at[1] is None or _is_int(paused_at[1]))):
+            raise CursorError("pausedAt", "expected [slot, batch_index] or null")
+        last_slot = _get(doc, "lastSlot", int, optional=True)
         try:
             return cls(url=_get(doc, "url", str), session_id=_get(doc, "sessionId", str),
                        rpc_endpoint=_get(doc, "rpcEndpoint", str),
                        start_slot=_get(doc, "startSlot", int),
                        end_slot=_get(doc, "endSlot", int),
                        last_seq=_get(doc, "lastSeq", int, optional=True),
-                       streams=streams, pending_continue=pending)
+                       streams=streams, pending_continue=pending,
+                       last_slot=-1 if last_slot is None else last_slot,
+                       paused_at=None if paused_at is None else (paused_at[0], paused_at[1]))
         except CursorError:
             raise
 
@@ -272,10 +288,13 @@ class CursorTracker:
         self.start_slot, self.end_slot = create.start_slot, create.end_slot
         self.last_seq: int | None = None
         self.pending: PendingContinue | None = None
+        self.last_slot = -1
+        self.paused_at: tuple[int, int | None] | None = None
         self._streams: dict[str, _StreamTrack] = {}
         self._removed: set[str] = set()  # unsubscribed: its late items move nothing
         if resumed is not None:
             self.last_seq, self.pending = resumed.last_seq, resumed.pending_continue
+            self.last_slot, self.paused_at = resumed.last_slot, resumed.paused_at
             for name, s in resumed.streams.items():
                 self._streams[name] = _StreamTrack(s.addresses, s.boundary_slot,
                                                    s.boundary_keys)
@@ -290,7 +309,7 @@ class CursorTracker:
         self._streams.pop(stream, None)
         self._removed.add(stream)
 
-    def continue_sent(self, params: ContinueParams) -> None:
+    def continue_sent(self, params: ContinueParams | ContinueToParams) -> None:
         """Recorded before the continue is handed over (write-ahead: a crash between
         the two leaves a pending continue, which the lost-continue rule settles)."""
         self.pending = PendingContinue(params, self.last_seq)
@@ -304,7 +323,13 @@ class CursorTracker:
             self._item(delta)
             return
         self.apply(delta)
-        if isinstance(event, ReadyForContinue | Completed | Error) or (
+        if isinstance(event, Slot):
+            self.last_slot = max(self.last_slot, event.slot)
+        elif isinstance(event, Paused):
+            self.paused_at = (event.slot, event.batch_index)
+        elif isinstance(event, ReadyForContinue):
+            self.paused_at = None
+        if isinstance(event, ReadyForContinue | Paused | Completed | Error) or (
                 isinstance(event, ContinueLost) and not event.resent):
             self.pending = None  # the continue was answered (or handed back)
 
@@ -336,7 +361,8 @@ class CursorTracker:
             streams[name] = StreamCursor(s.addresses, dict.fromkeys(s.addresses, replay),
                                          s.slot, frozenset(s.keys))
         return Cursor(self.url, info.session_id, info.rpc_endpoint,
-                      self.start_slot, self.end_slot, self.last_seq, streams, pending)
+                      self.start_slot, self.end_slot, self.last_seq, streams, pending,
+                      self.last_slot, self.paused_at)
 
 
 def check_cursor(value: object) -> Cursor:

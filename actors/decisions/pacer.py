@@ -59,7 +59,7 @@ from typing import Any, Literal
 
 import attrs
 
-from protocol import BacktestError, ContinueParams
+from protocol import BacktestError, ContinueParams, ContinueToParams
 from protocol.pubsub import PUBSUB_BUFFER_SLOTS
 
 from ..events import (
@@ -67,8 +67,10 @@ from ..events import (
     ContinueLost,
     Error,
     Gap,
+    InvalidArgument,
     ManagedEvent,
     ManagedSessionError,
+    Paused,
     ReadyForContinue,
     Slot,
 )
@@ -80,6 +82,7 @@ SESSION_ENDING_ERRORS = frozenset({
     "sessionOwnerMismatch", "bundleNotFound", "noProducedBlocksInRange"})
 
 ContinueState = Literal["idle", "pending", "handed", "outstanding"]
+AnyContinue = ContinueParams | ContinueToParams
 LostContinuePolicy = Literal["resend", "raise"]
 
 
@@ -109,7 +112,7 @@ class ContinuePacer:
         self._written_at: tuple[int, int | None, bool] = (0, None, False)
         self._resent_chunk = 0  # blocks given back for a resend not yet written
         self.state: ContinueState = "idle"
-        self.params: ContinueParams | None = None  # the user's continue being carried out
+        self.params: AnyContinue | None = None  # the user's continue being carried out
         self.reply: Any = None
         self._remaining = 0  # blocks of the user's continue not yet written
         self._first_chunk = True
@@ -128,6 +131,10 @@ class ContinuePacer:
                       "gap_slots": 0, "lost_continues": 0, "continues_resent": 0,
                       "double_advances": 0, "continues_written": 0}
         self._holding = False
+        # Where the session rests: the newest slot the control reported (the anchor
+        # first), and the (slot, batch) of a continue-to pause (None: between blocks).
+        self.last_slot = -1
+        self.paused_at: tuple[int, int | None] | None = None
 
     # --- what happened ------
 
@@ -194,6 +201,10 @@ class ContinuePacer:
         if isinstance(event, Slot):
             self.on_slot(event.slot)
         elif isinstance(event, ReadyForContinue):
+            self.paused_at = None
+            return event if self.on_ready() else None
+        elif isinstance(event, Paused):
+            self.paused_at = (event.slot, event.batch_index)
             return event if self.on_ready() else None
         elif isinstance(event, Completed):
             self.on_completed()
@@ -224,8 +235,32 @@ class ContinuePacer:
                                        "the previous continue has not been answered yet")
         return None
 
+    def check_target(self, params: ContinueToParams, end_slot: int) -> InvalidArgument | None:
+        """Why a continue-to cannot go from where the session rests (None: it can).
+
+        Checked before anything is sent, against what the application has been
+        told: between blocks, the target must be in a later slot than the last
+        executed one; at a pause, after the paused-at batch. A batch index past
+        the slot's batches only the server knows: it answers with an error and
+        the session does not move.
+        """
+        if params.slot > end_slot:
+            return InvalidArgument(f"slot: {params.slot} is past the session's end slot "
+                                   f"{end_slot}")
+        if self.paused_at is not None and not params.after(*self.paused_at):
+            slot, batch = self.paused_at
+            return InvalidArgument(
+                f"slot: slot {params.slot} batch_index {params.batch_index} is not ahead of "
+                f"the session, paused at slot {slot} batch_index {batch}")
+        if self.paused_at is None and params.slot <= self.last_slot:
+            return InvalidArgument(
+                f"slot: {params.slot} is not ahead of the session, which executed slot "
+                f"{self.last_slot}")
+        return None
+
     def on_slot(self, slot: int) -> None:
         """The control reported ``slot``; the anchor slot before any continue is not a block."""
+        self.last_slot = max(self.last_slot, slot)
         if not self._written_any:
             return
         self._slots.append(slot)
@@ -276,11 +311,15 @@ class ContinuePacer:
 
     # --- the user's continue ------
 
-    def submit(self, params: ContinueParams, reply: Any) -> None:
-        """Take a user continue; the caller checked that the state is idle."""
+    def submit(self, params: AnyContinue, reply: Any) -> None:
+        """Take a user continue; the caller checked that the state is idle.
+
+        A continue-to is one chunk (``_remaining`` 1): it cannot be split, since
+        only the server knows how many blocks lie before its target.
+        """
         self.state = "pending"
         self.params, self.reply = params, reply
-        self._remaining = params.advance_count
+        self._remaining = params.advance_count if isinstance(params, ContinueParams) else 1
         self._first_chunk = True
 
     def handed(self) -> None:
@@ -329,9 +368,13 @@ class ContinuePacer:
                 or last_seq != written_seq or self.params is None):
             return None
         self.stats["lost_continues"] += 1
-        lost = ContinueParams(advance_count=self._remaining + self._chunk)
-        if first:
-            lost = attrs.evolve(self.params, advance_count=lost.advance_count)
+        lost: AnyContinue
+        if isinstance(self.params, ContinueToParams):
+            lost = self.params if first else attrs.evolve(self.params, transactions=())
+        else:
+            lost = ContinueParams(advance_count=self._remaining + self._chunk)
+            if first:
+                lost = attrs.evolve(self.params, advance_count=lost.advance_count)
         if self.on_lost_continue == "resend":
             self.stats["continues_resent"] += 1
             self.state = "pending"
@@ -342,15 +385,20 @@ class ContinuePacer:
         self._finish()
         return ContinueLost(lost, resent=False)
 
-    def resume(self, pending: PendingContinue | None) -> None:
+    def resume(self, pending: PendingContinue | None, last_slot: int = -1,
+               paused_at: tuple[int, int | None] | None = None) -> None:
         """Attach from a cursor: the session has run; a continue the application sent
         and saw no answer to counts as written at ``write_seq`` on an older connection,
-        so the replay answers it or :meth:`quiet_window_over` judges it lost."""
+        so the replay answers it or :meth:`quiet_window_over` judges it lost. The
+        session rests where the cursor says (``last_slot``, ``paused_at``)."""
         self._written_any = True
+        self.last_slot, self.paused_at = last_slot, paused_at
         if pending is None:
             return
         self.state, self.params, self.reply = "outstanding", pending.params, None
-        self._remaining, self._chunk = 0, pending.params.advance_count
+        self._remaining = 0
+        self._chunk = (pending.params.advance_count
+                       if isinstance(pending.params, ContinueParams) else 1)
         self._first_chunk = False
         self._written_at = (0, pending.write_seq, True)
 
@@ -368,13 +416,15 @@ class ContinuePacer:
 
     # --- what to do next ------
 
-    def next_chunk(self) -> ContinueParams | None:
+    def next_chunk(self) -> AnyContinue | None:
         """The chunk to write now, or None (gated, or nothing pending)."""
         if self.state != "pending" or self.params is None:
             return None
         if not self._control_up or not all(s.up and not s.closing
                                            for s in self._streams.values()):
             return None
+        if isinstance(self.params, ContinueToParams):
+            return self._continue_to_chunk(self.params)
         n = self._remaining
         if self._streams:
             n = min(n, self.max_run_ahead - self._lag())
@@ -389,6 +439,28 @@ class ContinuePacer:
         if self._first_chunk:
             return attrs.evolve(self.params, advance_count=n)
         return ContinueParams(advance_count=n)
+
+    def _continue_to_chunk(self, params: ContinueToParams) -> ContinueToParams | None:
+        """The continue-to, once the streams can take what it may run.
+
+        It runs at most ``slot - rest`` blocks (``rest``: the paused-at or last
+        executed slot), so it waits until the streams' lag leaves room for that,
+        as a chunk of that size would; one spanning more than ``max_run_ahead``
+        goes when every stream confirmed everything (lag 0). Such a one is the one
+        case where the run-ahead bound does not hold: a link lost during it can
+        miss items, reported as a ``Gap``, never silently.
+        """
+        if self._streams:
+            rest = self.paused_at[0] if self.paused_at is not None else self.last_slot
+            span = min(max(params.slot - rest, 1), self.max_run_ahead)
+            if self._lag() + span > self.max_run_ahead:
+                if not self._holding:
+                    self._holding = True
+                    self.stats["chunk_holds"] += 1
+                return None
+        self._holding = False
+        self._remaining, self._chunk = 0, 1
+        return params if self._first_chunk else attrs.evolve(params, transactions=())
 
     def barriers_due(self) -> list[tuple[str, bytes]]:
         """Barriers to send now: early at half the budget, and whatever holds a chunk or

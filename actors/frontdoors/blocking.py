@@ -18,17 +18,20 @@ from typing import Any
 import attrs
 import pykka
 
-from protocol import ContinueParams, CreateSession, ReconnectPolicy, Timing
+from protocol import ContinueParams, ContinueToParams, CreateSession, ReconnectPolicy, Timing
 from protocol.pubsub import StreamKind
 
 from ..decisions.cursor import Cursor, CursorTracker, check_cursor
 from ..decisions.pacer import DEFAULT_MAX_RUN_AHEAD, LostContinuePolicy
+from ..decisions.stepping import DiscoveryStep
 from ..events import (
     Completed,
     ConnectionChanged,
     ConnectionStatus,
+    Error,
     ManagedEvent,
     ManagedSessionError,
+    Paused,
     SessionInfo,
 )
 from ..requests import CancelTake, SubscribeStream, TakeEvents, UnsubscribeStream
@@ -396,6 +399,61 @@ class ManagedBacktestSession:
         Raises ``ManagedSessionError(kind="continue_outstanding")`` while the
         previous continue has not been answered, or the session's error.
         """
+        self._send(params, timeout)
+
+    def send_continue_to(self, params: ContinueToParams, timeout: float | None = None) -> None:
+        """Write a continue-to once every connection is Up; returns when it is written.
+
+        The session runs up to, not including, batch ``params.batch_index`` of
+        ``params.slot`` and answers with a ``Paused`` event. The same rules as a
+        continue (gated on live connections, never written twice blindly, a lost
+        one reported as ``ContinueLost``), plus: a target that is not ahead of the
+        session or past its range raises ``InvalidArgument`` (a ``ValueError``)
+        before anything is sent; a batch index the slot does not have is answered
+        with an ``Error`` event, and the session does not move.
+        """
+        if not isinstance(params, ContinueToParams):
+            raise TypeError(f"params: expected ContinueToParams, got {type(params).__name__}")
+        self._send(params, timeout)
+
+    def advance_to_discovery(self, transactions: Iterable[str] = (),
+                             timeout: float | None = None) -> DiscoveryStep:
+        """Pause right before the next discovered batch, or say there is none.
+
+        The reference's ``advance_to_discovery``: take events until the session
+        rests (``ReadyForContinue`` or ``Paused``), then continue-to the next
+        announced ``DiscoveryBatch`` ahead of it and take events until ``Paused``.
+        ``transactions`` (base64) run first, where the session rests: at a pause,
+        right before the paused-at batch. Every event taken is in the result's
+        ``events``. No discovery ahead: the result is ``exhausted`` and nothing was
+        sent (go on with ``send_continue``). ``timeout`` bounds each wait.
+        """
+        txs = tuple(transactions) if not isinstance(transactions, str | bytes) else None
+        if txs is None:
+            raise TypeError("transactions: expected a list of base64 strings, got one string")
+        wait = check_timeout(timeout)
+        core, events = self._core, []
+        core.apply_returned()
+        while not core.stepping.at_rest:
+            event = self.next_event(wait)
+            events.append(event)
+            core.apply_returned()
+            if isinstance(event, Completed):
+                return DiscoveryStep(None, None, tuple(events))
+        discovery = core.stepping.next_discovery()
+        if discovery is None:
+            return DiscoveryStep(None, None, tuple(events))
+        self._send(discovery.continue_to(txs), timeout)
+        while True:
+            event = self.next_event(wait)
+            events.append(event)
+            if isinstance(event, Paused | Completed | Error):
+                core.apply_returned()
+                return DiscoveryStep(discovery, event if isinstance(event, Paused) else None,
+                                     tuple(events))
+
+    def _send(self, params: ContinueParams | ContinueToParams | None,
+              timeout: float | None) -> None:
         wait = check_timeout(timeout)
         reply: pykka.ThreadingFuture[None] = pykka.ThreadingFuture()
         self._core.hand_over_continue(params, reply)

@@ -26,11 +26,19 @@ from typing import Any, cast
 import attrs
 import pykka
 
-from protocol import ContinueParams, CreateSession, ReconnectPolicy, Timing, backtest_ws_url
+from protocol import (
+    ContinueParams,
+    ContinueToParams,
+    CreateSession,
+    ReconnectPolicy,
+    Timing,
+    backtest_ws_url,
+)
 from protocol.pubsub import StreamKind
 
 from ..decisions.cursor import Cursor, CursorTracker, Delta, PendingContinue
 from ..decisions.pacer import DEFAULT_MAX_RUN_AHEAD, LostContinuePolicy
+from ..decisions.stepping import DiscoveryTracker
 from ..events import (
     ConnectionChanged,
     ConnectionStatus,
@@ -203,6 +211,8 @@ class SessionCore:
         self.tracker = tracker or CursorTracker("", CreateSession(0, 0))
         # Taken from the supervisor in batches; bounded by TAKE_BATCH, counted in max_queue.
         self.taken: deque[tuple[ManagedEvent, Delta | None]] = deque()
+        # Discoveries and rests as the application saw them (advance_to_discovery).
+        self.stepping = DiscoveryTracker()
         # The last event returned, its delta not yet applied: applied by the next call
         # that reads the cursor (no call between removing an event and returning it).
         self._returned: tuple[ManagedEvent, Delta | None] | None = None
@@ -328,6 +338,7 @@ class SessionCore:
         returned, self._returned = self._returned, None
         if returned is not None:
             self.tracker.returned(*returned)
+            self.stepping.seen(returned[0])
 
     def add_taken(self, batch: list[ManagedEvent]) -> None:
         """A take's batch arrived: its events wait here to be returned one by one."""
@@ -347,13 +358,14 @@ class SessionCore:
 
     # --- continues ------
 
-    def hand_over_continue(self, params: ContinueParams | None,
+    def hand_over_continue(self, params: ContinueParams | ContinueToParams | None,
                            reply: pykka.Future[None]) -> None:
         """Check ``params``, note the continue as sent (write-ahead), hand it over; each
         front door waits for ``reply`` its own way."""
         params = ContinueParams() if params is None else params
-        if not isinstance(params, ContinueParams):
-            raise TypeError(f"params: expected ContinueParams, got {type(params).__name__}")
+        if not isinstance(params, ContinueParams | ContinueToParams):
+            raise TypeError("params: expected ContinueParams or ContinueToParams, got "
+                            f"{type(params).__name__}")
         # attrs validators ran at construction; this catches an instance changed since
         # (object.__setattr__), before the value can reach the wire.
         attrs.validate(params)
@@ -370,6 +382,7 @@ class SessionCore:
             self.tracker.pending = before
             raise
         self._handed.append(handed)
+        self.stepping.continued()
 
     def settle_continues(self) -> None:
         """Apply the supervisor's answers to continues handed over, waited for or not.

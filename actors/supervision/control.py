@@ -22,6 +22,7 @@ from protocol import (
     BacktestError,
     Close,
     ContinueParams,
+    ContinueToParams,
     CreateSession,
     Error,
     ProtocolError,
@@ -35,6 +36,8 @@ from protocol import (
     resolve_rpc_url,
 )
 from protocol import Completed as WireCompleted
+from protocol import DiscoveryBatch as WireDiscoveryBatch
+from protocol import Paused as WirePaused
 from protocol import ReadyForContinue as WireReady
 from protocol import Status as WireStatus
 from protocol.messages import Request, Response
@@ -42,7 +45,9 @@ from protocol.messages import Request, Response
 from ..events import (
     CONTROL,
     Completed,
+    DiscoveryBatch,
     ManagedEvent,
+    Paused,
     ReadyForContinue,
     SessionInfo,
     Slot,
@@ -82,6 +87,11 @@ def to_event(msg: Response) -> ManagedEvent | None:
         return Completed(msg.summary)
     if isinstance(msg, Error):
         return ErrorEvent(msg.error)
+    if isinstance(msg, WirePaused):
+        return Paused(msg.slot, msg.batch_index)
+    if isinstance(msg, WireDiscoveryBatch):
+        return DiscoveryBatch(msg.slot, msg.batch_index, msg.matched, msg.transactions,
+                              msg.transaction_indices)
     return None  # unknown methods and stray lifecycle answers: nothing to deliver
 
 
@@ -100,7 +110,7 @@ class ContinueNotWritten:
 
 @attrs.frozen
 class WriteContinue:
-    params: ContinueParams
+    params: ContinueParams | ContinueToParams
 
 
 @attrs.frozen
@@ -232,7 +242,7 @@ class ControlActor(LinkActor):
             self.log.info("write of %s failed: %s", type(request).__name__, exc)
             return False
 
-    def _write_continue(self, params: ContinueParams) -> None:
+    def _write_continue(self, params: ContinueParams | ContinueToParams) -> None:
         if self.phase != "up":
             self.report(ContinueNotWritten(self.generation))
             return

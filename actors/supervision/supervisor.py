@@ -22,7 +22,7 @@ from typing import Any
 
 import pykka
 
-from protocol import Attach, pubsub_url
+from protocol import Attach, ContinueToParams, pubsub_url
 
 from ..decisions.children import Children, GiveUp, StayClosed
 from ..decisions.outbox import Outbox, fail_reply
@@ -378,6 +378,8 @@ class SessionSupervisor(FailSafeActor):
         error = self._failure or self._pacer.refusal(self._shutdown is not None) or (
             None if CONTROL in self._children else ManagedSessionError(
                 "closed", "a subscription handle has no control connection to continue on"))
+        if error is None and isinstance(message.params, ContinueToParams):
+            error = self._pacer.check_target(message.params, self._config.create.end_slot)
         if error is None:
             self._pacer.submit(message.params, message.reply)
             return

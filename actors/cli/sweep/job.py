@@ -28,7 +28,14 @@ from typing import IO, Any, Literal
 
 import attrs
 
-from protocol import ContinueParams, CreateSession, ReconnectGate, ReconnectPolicy, Timing
+from protocol import (
+    ContinueParams,
+    ContinueToParams,
+    CreateSession,
+    ReconnectGate,
+    ReconnectPolicy,
+    Timing,
+)
 
 from ...events import (
     ConnectionChanged,
@@ -41,7 +48,7 @@ from ...events import (
     Status,
 )
 from ...frontdoors.blocking import ManagedBacktestSession
-from ...frontdoors.drive import Drive
+from ...frontdoors.drive import AnyContinue, Drive
 from ...logs import SessionLogger
 from ..journal import JournalError, JournalHeader, JournalWriter, read_journal
 from .plan import SessionSpec
@@ -279,18 +286,21 @@ class _SweepDrive(Drive):
                 f"{event.last_slot} lost"))
         return None
 
-    def before_continue(self, params: ContinueParams) -> None:
+    def before_continue(self, params: AnyContinue) -> None:
         self._writer.continue_sent(params, self.session.delivered_seq)  # write-ahead
 
-    def send_continue(self, params: ContinueParams) -> None:
+    def send_continue(self, params: AnyContinue) -> None:
         try:
             # Handed over at once; written when every link is up. Not waited for longer:
             # the events of an outage must keep flowing to the journal and the display.
-            self.session.send_continue(params, timeout=POLL)
+            if isinstance(params, ContinueToParams):
+                self.session.send_continue_to(params, timeout=POLL)
+            else:
+                self.session.send_continue(params, timeout=POLL)
         except TimeoutError:
             pass
 
-    def lost(self, event: ContinueLost, params: ContinueParams | None) -> None:
+    def lost(self, event: ContinueLost, params: AnyContinue | None) -> None:
         raise _Finished(self._job._outcome("retryable", "a continue was lost in flight"))
 
 

@@ -1,0 +1,88 @@
+"""DiscoveryTracker: which announced batch is the next one to pause before.
+
+A plain class fed the events the application receives, in order. The server
+announces a discovered batch ahead of execution (a ``DiscoveryBatch`` event),
+before the answer that brings the session to rest; a continue may run past an
+announced batch without stopping. So the next batch to pause before is the
+oldest announcement still ahead of where the session rests; with none, there
+are no more discoveries (the server would have announced the next one before
+this rest). This is the reference's ``advance_to_discovery`` decision
+(simulator-client ``transaction_step.rs``), kept in one place for every front
+door and the command line.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import attrs
+
+from ..events import DiscoveryBatch, Error, ManagedEvent, Paused, ReadyForContinue, Slot
+
+
+class DiscoveryTracker:
+    """Announced discoveries not yet passed, and where the session rests."""
+
+    def __init__(self) -> None:
+        self._ahead: deque[DiscoveryBatch] = deque()
+        self.last_slot = -1
+        self.paused_at: tuple[int, int | None] | None = None
+        self.at_rest = False  # a ReadyForContinue or Paused came since the last continue
+        self.discoveries = 0
+        self.pauses = 0
+
+    def seen(self, event: ManagedEvent) -> None:
+        """An event the application received."""
+        if isinstance(event, DiscoveryBatch):
+            self.discoveries += 1
+            self._ahead.append(event)
+        elif isinstance(event, Slot):
+            self.last_slot = max(self.last_slot, event.slot)
+            self._drop_passed()
+        elif isinstance(event, Paused):
+            self.pauses += 1
+            self.paused_at, self.at_rest = (event.slot, event.batch_index), True
+            self._drop_passed()
+        elif isinstance(event, ReadyForContinue):
+            self.paused_at, self.at_rest = None, True
+            self._drop_passed()
+        elif isinstance(event, Error):
+            self.at_rest = True  # it answered the continue: the session did not move
+
+    def continued(self) -> None:
+        """A continue or continue-to was sent: the session is no longer at rest."""
+        self.at_rest = False
+
+    def next_discovery(self) -> DiscoveryBatch | None:
+        """The next announced batch ahead of the session, or None (no more)."""
+        self._drop_passed()
+        return self._ahead[0] if self._ahead else None
+
+    def _drop_passed(self) -> None:
+        while self._ahead and not self._ahead_of_rest(self._ahead[0]):
+            self._ahead.popleft()
+
+    def _ahead_of_rest(self, batch: DiscoveryBatch) -> bool:
+        if self.paused_at is not None:
+            slot, index = self.paused_at
+            # Paused right before it: reached (pausing there again would be refused).
+            return (batch.slot, batch.batch_index) > (slot, index if index is not None else 0)
+        return batch.slot > self.last_slot
+
+
+@attrs.frozen
+class DiscoveryStep:
+    """What ``advance_to_discovery`` did: paused before ``discovery`` (``paused`` is the
+    answer), or found no more discoveries (``discovery`` None: the session rests
+    where it was; go on with ``send_continue``). ``events``: every event it took
+    meanwhile, in order, the ``DiscoveryBatch`` and ``Paused`` included: nothing
+    is lost by letting it pump the session."""
+
+    discovery: DiscoveryBatch | None
+    paused: Paused | None
+    events: tuple[ManagedEvent, ...] = ()
+
+    @property
+    def exhausted(self) -> bool:
+        """No discovery was left ahead of the session (the reference's ``Completed``)."""
+        return self.discovery is None

@@ -1,0 +1,105 @@
+"""Precise stepping through the blocking front door: pause before every discovered
+batch, inject there, go on; exact against ``expected()``."""
+
+from __future__ import annotations
+
+import pytest
+
+from actors import (
+    Completed,
+    ContinueToParams,
+    DiscoveryBatch,
+    DiscoveryFilter,
+    Error,
+    InvalidArgument,
+    ManagedBacktestSession,
+    ManagedEvent,
+    Paused,
+    ReadyForContinue,
+    Transaction,
+)
+from protocol import ContinueParams, CreateSession
+from protocol.simulator import DEFAULT_API_KEY, LocalSimulator
+from protocol.simulator.chain import user_transaction
+from tests.support.harness import FAST, QUICK_RETRY, check_exact, no_leaks
+
+pytestmark = pytest.mark.backtest_simulator(seed=4, slots=400)
+SPAN = 150
+
+
+def _start(sim: LocalSimulator, programs: list[str], **kwargs: object
+           ) -> ManagedBacktestSession:
+    first, _ = sim.available_range()
+    create = CreateSession(first, first + SPAN,
+                           discoveries=[DiscoveryFilter(p) for p in programs])
+    return ManagedBacktestSession.start(sim.url, DEFAULT_API_KEY, create, timing=FAST,
+                                        policy=QUICK_RETRY, **kwargs)  # type: ignore[arg-type]
+
+
+def test_advance_to_discovery_pauses_before_each_batch_once_and_injects(
+        sim: LocalSimulator) -> None:
+    first, _ = sim.available_range()
+    program, address = sim.programs[-1], sim.addresses[0]
+    probe = [user_transaction([address], "probe")]
+    expected = sim.expected(first, first + SPAN, transactions=[address], discover=[program],
+                            inject=probe)
+    assert len(expected.discoveries) >= 10
+    events: list[ManagedEvent] = []
+    pauses = []
+    with no_leaks(FAST.graceful_close + 1), _start(sim, [program],
+                                                   transactions=[address]) as session:
+        inject: tuple[str, ...] = ()
+        while True:
+            step = session.advance_to_discovery(inject, timeout=10)
+            events.extend(step.events)
+            if step.exhausted:
+                break
+            assert step.paused is not None and step.discovery is not None
+            assert (step.paused.slot, step.paused.batch_index) == (
+                step.discovery.slot, step.discovery.batch_index)
+            pauses.append((step.paused.slot, step.paused.batch_index))
+            inject = tuple(probe)
+        session.send_continue(ContinueParams(10_000, inject), timeout=10)
+        while not isinstance(events[-1], Completed):
+            events.append(session.next_event(timeout=10))
+        stats = sim.session_stats(session.session_info.session_id)
+    assert pauses == expected.discoveries
+    discovered = [(e.slot, e.batch_index) for e in events if isinstance(e, DiscoveryBatch)]
+    assert discovered == expected.discoveries
+    assert [(e.slot, e.batch_index) for e in events if isinstance(e, Paused)] == pauses
+    check_exact(events, expected)
+    assert [e.signature for e in events if isinstance(e, Transaction)] == expected.signatures
+    assert stats.pauses == len(pauses) and stats.discoveries == len(discovered)
+    # One continue-to per discovery and one continue to the end: nothing advanced twice.
+    assert stats.continues_received == len(pauses) + 1
+    assert stats.blocks_executed == len(expected.slots) - 1
+
+
+def test_bad_continue_to_is_refused_before_anything_is_sent(sim: LocalSimulator) -> None:
+    first, _ = sim.available_range()
+    with _start(sim, []) as session:
+        while not isinstance(session.next_event(timeout=10), ReadyForContinue):
+            pass
+        sent_before = sim.session_stats(session.session_info.session_id).continues_received
+        for params, field in ((ContinueToParams(first, 0), "slot: 400000000 is not ahead"),
+                              (ContinueToParams(first + SPAN + 1, 0), "past the session's end")):
+            with pytest.raises(InvalidArgument, match=field):
+                session.send_continue_to(params, timeout=5)
+        with pytest.raises(TypeError, match="params: expected ContinueToParams"):
+            session.send_continue_to(ContinueParams(), timeout=5)  # type: ignore[arg-type]
+        assert sim.session_stats(session.session_info.session_id).continues_received == sent_before
+        # A batch index the slot does not have: the server's error, the session stays put.
+        slot = sim.chain.produced_in(first + 1, first + SPAN)[0]
+        batches = len(sim.chain.batches(slot))
+        session.send_continue_to(ContinueToParams(slot, batches), timeout=5)
+        event = session.next_event(timeout=10)
+        while not isinstance(event, Error):
+            event = session.next_event(timeout=10)
+        assert "out of range" in str(event.error)
+        session.send_continue_to(ContinueToParams(slot, batches - 1), timeout=5)
+        event = session.next_event(timeout=10)
+        while not isinstance(event, Paused):
+            event = session.next_event(timeout=10)
+        assert (event.slot, event.batch_index) == (slot, batches - 1)
+        with pytest.raises(InvalidArgument, match="not ahead of the session, paused at"):
+            session.send_continue_to(ContinueToParams(slot, batches - 1), timeout=5)
