@@ -72,6 +72,9 @@ class JournalHeader:
     # The run's flaky-link settings (keepalive_interval, keepalive_deadline,
     # reconnect_attempts, continue_quiet): what a resume uses unless told otherwise.
     knobs: dict[str, float] = attrs.field(factory=dict)
+    # --discover programs and --inject transactions: a resume steps the same way.
+    discover: tuple[str, ...] = ()
+    inject: tuple[str, ...] = ()
 
     def to_line(self) -> str:
         return dump_document({"type": HEADER, "format": JOURNAL_FORMAT, "url": self.url,
@@ -79,7 +82,8 @@ class JournalHeader:
                            "startSlot": self.start_slot, "endSlot": self.end_slot,
                            "transactions": list(self.transactions),
                            "accountDiffs": list(self.account_diffs), "advance": self.advance,
-                           "embedded": self.embedded, "knobs": dict(self.knobs)})
+                           "embedded": self.embedded, "knobs": dict(self.knobs),
+                           "discover": list(self.discover), "inject": list(self.inject)})
 
     @classmethod
     def from_record(cls, record: Any) -> JournalHeader:
@@ -91,12 +95,15 @@ class JournalHeader:
                          record["startSlot"], record["endSlot"],
                          tuple(record["transactions"]), tuple(record["accountDiffs"]),
                          record["advance"], bool(record.get("embedded", False)),
-                         dict(record.get("knobs") or {}))
+                         dict(record.get("knobs") or {}),
+                         tuple(record.get("discover") or ()), tuple(record.get("inject") or ()))
         except (KeyError, TypeError) as exc:
             raise JournalError(f"journal header: missing or bad field {exc}") from None
         for name in ("url", "session_id", "rpc_endpoint"):
             if not isinstance(getattr(header, name), str):
                 raise JournalError(f"journal header: {name}: expected a string")
+        if not all(isinstance(v, str) for v in header.discover + header.inject):
+            raise JournalError("journal header: discover/inject: expected strings")
         if not all(isinstance(k, str) and type(v) in (int, float)
                    for k, v in header.knobs.items()):
             raise JournalError("journal header: knobs: expected numbers by name")

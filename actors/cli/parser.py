@@ -62,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--account-diffs", action="append", default=[], metavar="ADDR",
                      help="subscribe to account diffs of ADDR (repeatable; embedded default: "
                           "its addresses 3 and 4)")
+    run.add_argument("--discover", action="append", default=[], metavar="PROGRAM",
+                     help="pause before every batch that invokes PROGRAM (repeatable; the "
+                          "embedded chain's programs: 'simulator --list-addresses')")
+    run.add_argument("--inject", metavar="FILE",
+                     help="with --discover: send the base64 transactions in FILE (one per "
+                          "line, '#' comments) at each pause, to run right before the batch")
     run.add_argument("--max-run-ahead", type=_positive, default=DEFAULT_MAX_RUN_AHEAD,
                      metavar="SLOTS",
                      help=f"executed slots the session may run past what every subscription "

@@ -27,8 +27,8 @@ from typing import IO
 import attrs
 from rich.console import Console
 
-from protocol import CreateSession, ReconnectPolicy, Timing, backtest_ws_url
-from protocol.messages import pubkey_problem
+from protocol import CreateSession, DiscoveryFilter, ReconnectPolicy, Timing, backtest_ws_url
+from protocol.messages import is_base64, pubkey_problem
 from protocol.simulator import DEFAULT_API_KEY, LocalSimulator
 
 from .journal import JournalError, JournalHeader, read_journal
@@ -150,7 +150,8 @@ class RunPlan:
                              f"{state.header.session_id} already completed; nothing to do\n")
             return 0
         header = state.header
-        create = CreateSession(header.start_slot, header.end_slot)
+        create = CreateSession(header.start_slot, header.end_slot,
+                               discoveries=[DiscoveryFilter(p) for p in header.discover])
         try:
             timing, policy = self._timing(header=header), self._policy(header=header)
         except UsageError as exc:
@@ -162,7 +163,7 @@ class RunPlan:
                     on_lost_continue=args.on_lost_continue, resume=state,
                     resume_path=args.resume, quiet=args.quiet or args.json,
                     json_summary=args.json, knobs={**header.knobs, **self.knobs()},
-                    start_timeout=args.startup_timeout).run()
+                    start_timeout=args.startup_timeout, inject=header.inject).run()
 
     def execute(self) -> int:
         args = self.args
@@ -189,7 +190,9 @@ class RunPlan:
                 url, timing, policy = args.url, self._timing(), self._policy()
                 start, last = args.start_slot, None
             end = self._end(start, last)
-            create = CreateSession(start, end)
+            discover, inject = self._discover()
+            create = CreateSession(start, end,
+                                   discoveries=[DiscoveryFilter(p) for p in discover])
             tx_addrs, diff_addrs = args.transactions, args.account_diffs
             if simulator is not None:
                 self._check_embedded(simulator, start, end, tx_addrs + diff_addrs)
@@ -211,9 +214,10 @@ class RunPlan:
                         on_lost_continue=args.on_lost_continue,
                         embedded=simulator is not None, quiet=args.quiet or args.json,
                         json_summary=args.json, knobs=self.knobs(),
-                        start_timeout=args.startup_timeout,
+                        start_timeout=args.startup_timeout, inject=inject,
                         expected=None if simulator is None else simulator.expected(
-                            start, end, transactions=tx_addrs, account_diffs=diff_addrs)
+                            start, end, transactions=tx_addrs, account_diffs=diff_addrs,
+                            discover=discover, inject=inject)
                         ).run()
         except OSError as exc:
             sys.stderr.write(f"backtest-actors run: --out: {exc}\n")
@@ -223,6 +227,38 @@ class RunPlan:
                 out.close()
             if simulator is not None:
                 simulator.close()
+
+    def _discover(self) -> tuple[list[str], tuple[str, ...]]:
+        """``--discover`` programs and ``--inject`` transactions, checked before anything is
+        sent: a bad program id or a line of FILE that is not base64 is named."""
+        args = self.args
+        for program in args.discover:
+            problem = pubkey_problem(program)
+            if problem is not None:
+                raise UsageError(f"--discover {program!r}: {problem}")
+        if len(set(args.discover)) != len(args.discover):
+            raise UsageError("--discover: the same program twice")
+        if args.inject is None:
+            return list(args.discover), ()
+        if not args.discover:
+            raise UsageError("--inject: only with --discover (it is sent at each pause)")
+        try:
+            with open(args.inject, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"--inject {args.inject}: cannot read it ({exc})") from None
+        inject = []
+        for number, line in enumerate(lines, 1):
+            text = line.strip()
+            if not text or text.startswith("#"):
+                continue
+            if not is_base64(text):
+                raise UsageError(f"--inject {args.inject}: line {number} is not a base64 "
+                                 f"transaction: {text[:40]!r}")
+            inject.append(text)
+        if not inject:
+            raise UsageError(f"--inject {args.inject}: no transaction in it")
+        return list(args.discover), tuple(inject)
 
     def _check_embedded(self, simulator: LocalSimulator, start: int, end: int,
                         addresses: list[str]) -> None:

@@ -59,6 +59,8 @@ class LiveProgress:
         done = run._done()
         elapsed = max(1e-6, time.monotonic() - self.started)
         stage = run.stage if run.last_slot is None else f"slot {run.last_slot}"
+        if run.discover:
+            stage = f"{stage} {run.counts['pauses']}p"
         self.progress.update(self.task, completed=done, rate=done / elapsed, stage=stage,
                              events=run.counts["events"], reconnects=run.counts["reconnects"])
 
@@ -88,9 +90,11 @@ class PlainProgress:
         rate = done / max(1e-6, now - self.started)
         eta = f"{(run.total - done) / rate:.0f}s" if rate > 0 else "unknown"
         stage = run.stage if run.last_slot is None else f"slot {run.last_slot}"
+        pauses = f", {run.counts['pauses']} pauses" if run.discover else ""
         sys.stderr.write(
             f"progress …{self.session_tail}: {done}/{run.total} slots "
             f"({100 * done / run.total:.1f}%), {rate:.1f} slots/s, ETA {eta}, {stage}, "
-            f"{run.counts['events']} events, {run.counts['reconnects']} reconnects\n")
+            f"{run.counts['events']} events, {run.counts['reconnects']} reconnects"
+            f"{pauses}\n")
         sys.stderr.flush()
 

@@ -30,10 +30,12 @@ from ..events import (
     AccountDiff,
     ConnectionChanged,
     ContinueLost,
+    DiscoveryBatch,
     Error,
     Gap,
     ManagedEvent,
     ManagedSessionError,
+    Paused,
     Reconnecting,
     Slot,
     Status,
@@ -66,8 +68,12 @@ class Run:
                  quiet: bool = False, json_summary: bool = False,
                  expected: Expected | None = None,
                  knobs: dict[str, float] | None = None,
-                 start_timeout: float | None = None) -> None:
+                 start_timeout: float | None = None, inject: tuple[str, ...] = ()) -> None:
         self.console = console
+        # Precise stepping (--discover): pause before each announced batch; --inject
+        # goes with each request that leaves a pause.
+        self.discover = bool(create.discoveries)
+        self.inject = inject
         # The embedded simulator knows what a complete run delivers: the run checks it.
         self.expected = expected
         self.knobs = knobs or {}  # the flaky-link flags, kept in the journal's header
@@ -92,13 +98,16 @@ class Run:
         self.advance, self.out, self.chaos, self.seed = advance, out, chaos, seed
         self.total = create.end_slot - create.start_slot + 1
         self.counts = {"events": 0, "slots": 0, "transactions": 0, "account_diffs": 0,
-                       "errors": 0, "reconnects": 0, "duplicates_delivered": 0}
+                       "errors": 0, "reconnects": 0, "duplicates_delivered": 0,
+                       "discoveries": 0, "pauses": 0}
         if resume is not None:  # the whole session: what the runs before journaled too
             history = resume.history
             self.counts.update(events=sum(history.values()), slots=history.get("Slot", 0),
                                transactions=history.get("Transaction", 0),
                                account_diffs=history.get("AccountDiff", 0),
-                               errors=history.get("Error", 0))
+                               errors=history.get("Error", 0),
+                               discoveries=history.get("DiscoveryBatch", 0),
+                               pauses=history.get("Paused", 0))
         # Items seen per slot, kept for the last DUPLICATE_HORIZON slots: a replayed
         # duplicate can only come from within the server's replay buffer.
         self.seen: dict[int, set[Any]] = {}
@@ -178,8 +187,11 @@ class Run:
                     f"confirm the last continue (it was sent before the run stopped)",
                     highlight=False, soft_wrap=True)
             drive = _JournaledDrive(self, session)
+            if self.resume is not None and drive.stepping is not None:
+                drive.stepping = self.resume.stepping  # what the runs before were told
             if self.resume is not None and self.resume.awaiting_continue:
-                drive.continue_with(drive.default)  # it died between Ready and its continue
+                # It died between a rest and the request that leaves it.
+                drive.continue_with(drive.next_step(self.resume.stepping.paused_at is not None))
             if self.chaos is not None:
                 self._schedule_chaos(session.session_info.session_id)
             with self._progress(session.session_info.session_id) as update:
@@ -268,7 +280,8 @@ class Run:
         self.journal.header(JournalHeader(
             backtest_ws_url(self.url), info.session_id, info.rpc_endpoint,
             self.create.start_slot, self.create.end_slot, tuple(self.tx_addrs),
-            tuple(self.diff_addrs), self.advance, self.embedded, dict(self.knobs)))
+            tuple(self.diff_addrs), self.advance, self.embedded, dict(self.knobs),
+            tuple(f.program_executed for f in self.create.discoveries), self.inject))
 
     def _starting(self, change: ConnectionChanged) -> None:
         """Retries before the session exists, as they happen (terminal or pipe)."""
@@ -290,6 +303,10 @@ class Run:
                 self.delivered.slots.append(event.slot)
             self._check_duplicate(event.slot, ("slot", event.slot))
             self.last_slot = event.slot
+        elif isinstance(event, DiscoveryBatch):
+            self.counts["discoveries"] += 1
+        elif isinstance(event, Paused):
+            self.counts["pauses"] += 1
         elif isinstance(event, Transaction):
             self.counts["transactions"] += 1
             if self.expected is not None:
@@ -378,6 +395,7 @@ class Run:
             "slot_events": self.counts["slots"], "blocks_executed": blocks,
             "transactions": self.counts["transactions"],
             "account_diffs": self.counts["account_diffs"], "events": self.counts["events"],
+            "discoveries": self.counts["discoveries"], "pauses": self.counts["pauses"],
             "reconnects": counters.get("reconnects", {}),
             "replays_dropped": counters.get("replays_dropped", 0),
             "address_repeats_dropped": counters.get("address_repeats_dropped", 0),
@@ -417,6 +435,9 @@ class Run:
         table.add_row("blocks executed", f"{doc['blocks_executed']}{anchor}")
         table.add_row("transactions", str(self.counts["transactions"]))
         table.add_row("account diffs", str(self.counts["account_diffs"]))
+        if self.discover:
+            table.add_row("discoveries", str(self.counts["discoveries"]))
+            table.add_row("pauses", str(self.counts["pauses"]))
         table.add_row("events", str(self.counts["events"]))
         for name, count in sorted(doc["reconnects"].items()):
             table.add_row(f"reconnects: {name}", str(count))
@@ -441,7 +462,7 @@ class _JournaledDrive(Drive):
     into the journal, every wait interruptible by Ctrl-C (see ``_Run._wait``)."""
 
     def __init__(self, run: Run, session: ManagedBacktestSession) -> None:
-        super().__init__(session, run.advance)
+        super().__init__(session, run.advance, discover=run.discover, inject=run.inject)
         self._run = run
         self.update: Callable[[], None] = lambda: None
 

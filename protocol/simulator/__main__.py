@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         for address in chain.addresses:
             sys.stdout.write(f"{address}\n")
         sys.stderr.write(f"seed {args.seed}: slots {first}..={last}\n")
+        sys.stderr.write("programs (for run --discover), most invoked first: "
+                         f"{' '.join(chain.programs)}\n")
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     stop = threading.Event()
