@@ -1,0 +1,37 @@
+"""DiscoveryTracker: the next batch to pause before, from the events as delivered."""
+
+from __future__ import annotations
+
+from actors.decisions.stepping import DiscoveryTracker
+from actors.events import DiscoveryBatch, Error, Paused, ReadyForContinue, Slot
+from protocol import BacktestError
+
+
+def test_the_oldest_announcement_ahead_of_the_rest_is_next() -> None:
+    tracker = DiscoveryTracker()
+    for event in (Slot(100), DiscoveryBatch(103, 1), ReadyForContinue()):
+        tracker.seen(event)
+    assert tracker.at_rest and tracker.next_discovery() == DiscoveryBatch(103, 1)
+    tracker.continued()
+    assert not tracker.at_rest
+    for event in (Slot(101), Slot(102), DiscoveryBatch(103, 4), Paused(103, 1)):
+        tracker.seen(event)
+    # Paused before (103, 1): reached; the next is (103, 4), in the same block.
+    assert tracker.next_discovery() == DiscoveryBatch(103, 4)
+    assert (tracker.discoveries, tracker.pauses) == (2, 1)
+
+
+def test_a_continue_past_announced_batches_drops_them() -> None:
+    tracker = DiscoveryTracker()
+    for event in (Slot(100), DiscoveryBatch(101, 0), ReadyForContinue(), Slot(101),
+                  Slot(102), ReadyForContinue()):
+        tracker.seen(event)
+    assert tracker.next_discovery() is None  # none announced since: no more
+
+
+def test_an_error_answer_is_a_rest_where_the_session_was() -> None:
+    tracker = DiscoveryTracker()
+    tracker.seen(Paused(50, 2))
+    tracker.continued()
+    tracker.seen(Error(BacktestError("invalidRequest")))
+    assert tracker.at_rest and tracker.paused_at == (50, 2)
