@@ -39,13 +39,16 @@ from typing import Any, TypeVar
 
 import pykka
 
-from protocol import ContinueParams, CreateSession
+from protocol import ContinueParams, ContinueToParams, CreateSession
 
 from ..decisions.cursor import Cursor, check_cursor
+from ..decisions.stepping import DiscoveryStep
 from ..events import (
     Completed,
     ConnectionStatus,
+    Error,
     ManagedEvent,
+    Paused,
     SessionInfo,
 )
 from ..requests import SubscribeStream, TakeEvents
@@ -301,6 +304,44 @@ class AsyncBacktestSession:
         Errors as ``ManagedBacktestSession.send_continue``. Cancelling the wait
         does not call the continue off: it was handed over already.
         """
+        await self._send(params, timeout)
+
+    async def send_continue_to(self, params: ContinueToParams,
+                               timeout: float | None = None) -> None:
+        """Write a continue-to; see ``ManagedBacktestSession.send_continue_to``."""
+        if not isinstance(params, ContinueToParams):
+            raise TypeError(f"params: expected ContinueToParams, got {type(params).__name__}")
+        await self._send(params, timeout)
+
+    async def advance_to_discovery(self, transactions: Iterable[str] = (),
+                                   timeout: float | None = None) -> DiscoveryStep:
+        """Pause right before the next discovered batch, or say there is none; see
+        ``ManagedBacktestSession.advance_to_discovery``."""
+        if isinstance(transactions, str | bytes):
+            raise TypeError("transactions: expected a list of base64 strings, got one string")
+        txs = tuple(transactions)
+        core, events = self._core, []
+        core.apply_returned()
+        while not core.stepping.at_rest:
+            event = await self.next_event(timeout)
+            events.append(event)
+            core.apply_returned()
+            if isinstance(event, Completed):
+                return DiscoveryStep(None, None, tuple(events))
+        discovery = core.stepping.next_discovery()
+        if discovery is None:
+            return DiscoveryStep(None, None, tuple(events))
+        await self._send(discovery.continue_to(txs), timeout)
+        while True:
+            event = await self.next_event(timeout)
+            events.append(event)
+            if isinstance(event, Paused | Completed | Error):
+                core.apply_returned()
+                return DiscoveryStep(discovery, event if isinstance(event, Paused) else None,
+                                     tuple(events))
+
+    async def _send(self, params: ContinueParams | ContinueToParams | None,
+                    timeout: float | None) -> None:
         wait = check_timeout(timeout)
         loop = asyncio.get_running_loop()
         written: asyncio.Future[None] = loop.create_future()

@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 import attrs
 import pykka
 
-from protocol import ContinueParams, CreateSession
+from protocol import ContinueParams, ContinueToParams, CreateSession
 from protocol.pubsub import StreamKind
 
 from ..decisions.cursor import Cursor, StreamCursor, check_cursor
@@ -98,6 +98,10 @@ class ControlHandle(_Handle):
                       timeout: float | None = None) -> None:
         """Write a continue (see :meth:`ManagedBacktestSession.send_continue`)."""
         self._session.send_continue(params, timeout)
+
+    def send_continue_to(self, params: ContinueToParams, timeout: float | None = None) -> None:
+        """Write a continue-to (see :meth:`ManagedBacktestSession.send_continue_to`)."""
+        self._session.send_continue_to(params, timeout)
 
     def cursor(self) -> Cursor:
         """Where to resume: give it to :func:`spawn_control` (or ``attach``) later."""

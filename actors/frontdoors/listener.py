@@ -13,7 +13,7 @@ from typing import Any
 
 import pykka
 
-from protocol import ContinueParams
+from protocol import ContinueParams, ContinueToParams
 
 from ..events import ManagedEvent, ManagedSessionError, SessionFailed
 from ..requests import ContinueRefused, ListenerAttached, SendContinue
@@ -66,3 +66,12 @@ class SessionListener(SimpleInboxActor):
         if self.supervisor is None:
             raise ManagedSessionError("closed", "this listener is not attached to a session")
         self.supervisor.tell(SendContinue(ContinueParams() if params is None else params))
+
+    def send_continue_to(self, params: ContinueToParams) -> None:
+        """Hand a continue-to to the session: call it on ``ReadyForContinue`` or
+        ``Paused``, with a ``DiscoveryBatch``'s ``continue_to()``. A target behind the
+        session or past its range is refused (:meth:`on_continue_refused`, with an
+        ``InvalidArgument``)."""
+        if self.supervisor is None:
+            raise ManagedSessionError("closed", "this listener is not attached to a session")
+        self.supervisor.tell(SendContinue(params))
