@@ -31,7 +31,9 @@ def test_list_addresses(command: list[str]) -> None:
                             text=True, timeout=20, env=ENV)
     assert result.returncode == 0
     assert tuple(result.stdout.split()) == Chain(3).addresses
-    assert result.stderr == "seed 3: slots 400000000..=400001999\n"
+    assert result.stderr == ("seed 3: slots 400000000..=400001999\n"
+                             "programs (for run --discover), most invoked first: "
+                             f"{' '.join(Chain(3).programs)}\n")
 
 
 def test_the_simulator_logs_its_addresses_at_start_up() -> None:

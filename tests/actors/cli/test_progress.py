@@ -46,6 +46,7 @@ def test_the_plain_line_says_unknown_before_the_rate_is_known() -> None:
 
     class Run:
         total, counts, stage, last_slot = 100, {"events": 0, "reconnects": 0}, "starting", None
+        discover = False
 
         def _done(self) -> int:
             return 0
