@@ -29,16 +29,25 @@ import pykka  # noqa: E402
 from actors import (  # noqa: E402
     AccountDiff,
     Completed,
+    DiscoveryBatch,
     Gap,
     ManagedBacktestSession,
     ManagedEvent,
     ManagedSessionError,
+    Paused,
     ReadyForContinue,
     Slot,
     Transaction,
 )
-from protocol import ContinueParams, CreateSession, ReconnectPolicy, Timing  # noqa: E402
+from protocol import (  # noqa: E402
+    ContinueParams,
+    CreateSession,
+    DiscoveryFilter,
+    ReconnectPolicy,
+    Timing,
+)
 from protocol.simulator import DEFAULT_API_KEY, LocalSimulator, ServerLiveness  # noqa: E402
+from protocol.simulator.chain import user_transaction  # noqa: E402
 from protocol.simulator.proxy import FaultProxy  # noqa: E402
 
 PROXY_KINDS = ("reset", "half_open", "blackhole", "latency", "slicer", "bandwidth")
@@ -177,11 +186,17 @@ class Soak:
         end = start + self.args.slots - 1
         addresses = list(self.sim.addresses)
         txs, diffs = rng.sample(addresses, 2), rng.sample(addresses, 2)
-        expected = self.sim.expected(start, end, transactions=txs, account_diffs=diffs)
+        # --discover: every session pauses before each batch of one program and injects a
+        # probe there; its pauses and discoveries are checked against the chain too.
+        discover = [rng.choice(self.sim.programs[1:])] if self.args.discover else []
+        inject = [user_transaction([txs[0]], f"soak {index}")] if discover else []
+        expected = self.sim.expected(start, end, transactions=txs, account_diffs=diffs,
+                                     discover=discover, inject=inject)
         policy = ReconnectPolicy(initial=0.02, max_delay=0.5, max_attempts=30, max_total=60,
                                  uptime_reset=2.0, rng=random.Random(index))
         events: list[ManagedEvent] = []
-        result: dict[str, Any] = {"expected": expected, "events": events, "failed": None}
+        result: dict[str, Any] = {"expected": expected, "events": events, "failed": None,
+                                  "discover": discover, "inject": inject}
         self.results[index] = result
         proxy = FaultProxy("127.0.0.1", self.sim.port).start()
         try:
@@ -197,9 +212,10 @@ class Soak:
         expected = result["expected"]
         events: list[ManagedEvent] = result["events"]
         try:
+            create = CreateSession(start, end, discoveries=[
+                DiscoveryFilter(p) for p in result["discover"]])
             session = ManagedBacktestSession.start(proxy.url_for(self.sim.url), DEFAULT_API_KEY,
-                                                   CreateSession(start, end), timing=TIMING,
-                                                   policy=policy)
+                                                   create, timing=TIMING, policy=policy)
         except ManagedSessionError as exc:
             result["failed"] = str(exc)
             return
@@ -214,14 +230,25 @@ class Soak:
             self._arm(rng, sid, expected.slots)
             readies = 0
             lose_at = set(rng.sample(range(2, 40), self.args.lost_continues))
+            ahead: list[DiscoveryBatch] = []
             while True:
                 event = session.next_event(timeout=120)
                 events.append(event)
-                if isinstance(event, ReadyForContinue):
+                if isinstance(event, DiscoveryBatch):
+                    ahead.append(event)
+                if isinstance(event, ReadyForContinue | Paused):
                     readies += 1
                     if readies in lose_at:  # the server resets the socket, continue unread
                         self.sim.faults.lose_next_continue(session_id=sid)
-                    session.send_continue(ContinueParams(advance_count=rng.choice([1, 2, 5])))
+                    inject = result["inject"] if isinstance(event, Paused) else []
+                    if isinstance(event, Paused):
+                        here = (event.slot, event.batch_index)
+                        ahead = [d for d in ahead if (d.slot, d.batch_index) > here]
+                    if ahead:
+                        session.send_continue_to(ahead[0].continue_to(tuple(inject)))
+                    else:
+                        session.send_continue(ContinueParams(
+                            advance_count=rng.choice([1, 2, 5]), transactions=inject))
                 elif isinstance(event, Completed):
                     break
             result["stats"] = session.stats()
@@ -255,6 +282,7 @@ class Soak:
         expected_total = delivered_total = missing = duplicated = 0
         continues = advances = double_advances = reconnects = lost_continues = 0
         gaps_reported = missing_unreported = 0
+        pauses_expected = pauses_reached = stepping_mismatches = 0
         failures: list[str] = []
         gap_lines: list[str] = []
         for index, result in sorted(self.results.items()):
@@ -271,6 +299,16 @@ class Soak:
                 "diffs": [e.key for e in events if isinstance(e, AccountDiff)],
             }
             want = {"slots": exp.slots, "txs": exp.signatures, "diffs": exp.diff_keys}
+            if result["discover"]:
+                got["discoveries"] = [(e.slot, e.batch_index) for e in events
+                                      if isinstance(e, DiscoveryBatch)]
+                got["pauses"] = [(e.slot, e.batch_index) for e in events
+                                 if isinstance(e, Paused)]
+                want["discoveries"] = want["pauses"] = exp.discoveries
+                pauses_expected += len(exp.discoveries)
+                pauses_reached += len(got["pauses"])
+                stepping_mismatches += (got["discoveries"] != exp.discoveries) + (
+                    got["pauses"] != exp.discoveries)
             gaps = [e for e in events if isinstance(e, Gap)]
             gaps_reported += len(gaps)
             gap_lines += [f"session {index}: gap on {g.stream}, slots {g.first_slot}..="
@@ -314,6 +352,9 @@ class Soak:
             ("continues (chunks) received / server-side advances",
              f"{continues} / {advances}"),
             ("double advances", str(double_advances)),
+            *((("pauses expected / reached", f"{pauses_expected} / {pauses_reached}"),
+               ("discoveries or pauses out of order, lost or twice",
+                str(stepping_mismatches))) if self.args.discover else ()),
             ("peak threads", str(self.peak_threads)),
             ("peak RSS", f"{self.peak_rss / 2**20:.0f} MiB"),
             ("threads left after shutdown", str(leaked_threads)),
@@ -330,6 +371,7 @@ class Soak:
         # A reported gap is the library keeping its word (only possible when a
         # session may run past the replay buffer); a silent hole never is.
         bad = (failed or missing_unreported or duplicated or double_advances or leaked_threads
+               or stepping_mismatches
                or leaked_actors or completed == 0 or continues != advances)
         return 1 if bad else 0
 
@@ -340,6 +382,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slots", type=int, default=300)
     parser.add_argument("--faults", type=int, default=160, help="about how many to inject")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--discover", action="store_true",
+                        help="each session pauses before every batch of one program (continue-"
+                             "to) and injects a probe there; pauses and discoveries are checked")
     parser.add_argument("--lost-continues", type=int, default=2,
                         help="continues lost in flight per session")
     return Soak(parser.parse_args(argv)).run()

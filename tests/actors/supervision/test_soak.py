@@ -14,9 +14,10 @@ SCRIPT = ROOT / "scripts" / "soak.py"
 
 
 @pytest.mark.timeout(120)
-def test_bounded_soak_loses_duplicates_and_leaks_nothing() -> None:
+@pytest.mark.parametrize("mode", [[], ["--discover"]], ids=["continue", "discover"])
+def test_bounded_soak_loses_duplicates_and_leaks_nothing(mode: list[str]) -> None:
     result = subprocess.run([sys.executable, str(SCRIPT), "--sessions", "5", "--slots", "100",
-                             "--faults", "30", "--seed", "1"],
+                             "--faults", "30", "--seed", "1", *mode],
                             capture_output=True, text=True, timeout=110)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -36,3 +37,7 @@ def test_bounded_soak_loses_duplicates_and_leaks_nothing() -> None:
     assert int(row("faults injected: total")) >= 25
     for kind in ("drop", "blackhole", "malformed", "refuse", "http_status", "delay_handshake"):
         assert int(row(f"faults injected: {kind}")) >= 1, kind
+    if mode:  # every session paused before each batch of its program, each once
+        want, reached = row("pauses expected / reached").split(" / ")
+        assert want == reached and int(want) > 20
+        assert row("discoveries or pauses out of order, lost or twice") == "0"
