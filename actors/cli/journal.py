@@ -47,7 +47,7 @@ from protocol.codec import (
 
 from ..decisions.cursor import STREAMS, Cursor, CursorTracker, ItemDelta, SeqDelta
 from ..decisions.stepping import DiscoveryTracker
-from ..events import DiscoveryBatch, ManagedEvent, Paused, SessionInfo, Slot
+from ..events import DiscoveryBatch, ManagedEvent, Paused, ReadyForContinue, SessionInfo, Slot
 
 JOURNAL_FORMAT = "backtest-actors-journal"
 HEADER = "JournalHeader"
@@ -201,7 +201,6 @@ def read_journal(path: str, *, allow_embedded: bool = False) -> JournalState:
             tracker.subscribed(name, addresses)
     awaiting = completed = False
     history: dict[str, int] = {}
-    stepping = DiscoveryTracker()
     for number, record in enumerate(records[1:], 2):
         if not isinstance(record, dict) or not isinstance(record.get("type"), str):
             raise JournalError(f"the journal is corrupt at line {number}")
@@ -232,9 +231,7 @@ def read_journal(path: str, *, allow_embedded: bool = False) -> JournalState:
                 tracker.apply(ItemDelta("account_diffs", "", record["slot"],
                                         (record["signature"], record["account"])))
             elif kind in _STEPPING:  # where the session rests, and what it announced
-                event = _STEPPING[kind](record)
-                tracker.returned(event, None)
-                stepping.seen(event)
+                tracker.returned(_STEPPING[kind](record), None)
         except (KeyError, TypeError, ValueError):
             raise JournalError(f"the journal is corrupt at line {number}") from None
         if kind in ("ReadyForContinue", "Paused", "Completed", "Error") or (
@@ -244,7 +241,7 @@ def read_journal(path: str, *, allow_embedded: bool = False) -> JournalState:
             completed = completed or kind == "Completed"
     cursor = tracker.cursor(SessionInfo(header.session_id, header.rpc_endpoint))
     return JournalState(header, cursor, awaiting and cursor.pending_continue is None,
-                        completed, valid, history, stepping)
+                        completed, valid, history, tracker.stepping)
 
 
 # Journal records that say where the session rests or what it announced, rebuilt as
@@ -253,6 +250,7 @@ _STEPPING: dict[str, Callable[[dict[str, Any]], ManagedEvent]] = {
     "Slot": lambda r: Slot(r["slot"]),
     "Paused": lambda r: Paused(r["slot"], r.get("batch_index")),
     "DiscoveryBatch": lambda r: DiscoveryBatch(r["slot"], r["batch_index"]),
+    "ReadyForContinue": lambda r: ReadyForContinue(),
 }
 
 

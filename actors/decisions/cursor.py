@@ -51,9 +51,9 @@ from ..events import (
     Paused,
     ReadyForContinue,
     SessionInfo,
-    Slot,
     Transaction,
 )
+from .stepping import DiscoveryTracker
 
 CURSOR_FORMAT = "backtest-actors-cursor"
 CURSOR_VERSION = 1
@@ -137,6 +137,10 @@ class Cursor:
     # checked against it): the newest slot reported, and a continue-to pause.
     last_slot: int = -1
     paused_at: tuple[int, int | None] | None = None
+    # Discoveries announced and not passed, and whether the session rests: an attach
+    # steps on from where the application was (advance_to_discovery).
+    ahead: tuple[tuple[int, int], ...] = ()
+    at_rest: bool = False
 
     @property
     def create(self) -> CreateSession:
@@ -167,7 +171,8 @@ class Cursor:
             "startSlot": self.start_slot, "endSlot": self.end_slot,
             "lastSeq": self.last_seq, "streams": streams, "continue": pending,
             "lastSlot": self.last_slot,
-            "pausedAt": None if self.paused_at is None else list(self.paused_at)})
+            "pausedAt": None if self.paused_at is None else list(self.paused_at),
+            "ahead": [list(point) for point in self.ahead], "atRest": self.at_rest})
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Cursor:
@@ -231,6 +236,14 @@ class Cursor:
                 and (paused_at[1] is None or _is_int(paused_at[1]))):
             raise CursorError("pausedAt", "expected [slot, batch_index] or null")
         last_slot = _get(doc, "lastSlot", int, optional=True)
+        ahead = doc.get("ahead") or []
+        if not isinstance(ahead, list) or not all(
+                isinstance(p, list) and len(p) == 2 and all(_is_int(v) for v in p)
+                for p in ahead):
+            raise CursorError("ahead", "expected a list of [slot, batch_index]")
+        at_rest = doc.get("atRest", False)
+        if not isinstance(at_rest, bool):
+            raise CursorError("atRest", "expected true or false")
         try:
             return cls(url=_get(doc, "url", str), session_id=_get(doc, "sessionId", str),
                        rpc_endpoint=_get(doc, "rpcEndpoint", str),
@@ -239,7 +252,8 @@ class Cursor:
                        last_seq=_get(doc, "lastSeq", int, optional=True),
                        streams=streams, pending_continue=pending,
                        last_slot=-1 if last_slot is None else last_slot,
-                       paused_at=None if paused_at is None else (paused_at[0], paused_at[1]))
+                       paused_at=None if paused_at is None else (paused_at[0], paused_at[1]),
+                       ahead=tuple((p[0], p[1]) for p in ahead), at_rest=at_rest)
         except CursorError:
             raise
 
@@ -288,13 +302,14 @@ class CursorTracker:
         self.start_slot, self.end_slot = create.start_slot, create.end_slot
         self.last_seq: int | None = None
         self.pending: PendingContinue | None = None
-        self.last_slot = -1
-        self.paused_at: tuple[int, int | None] | None = None
+        # Where the session rests and what it announced, as the application saw it.
+        self.stepping = DiscoveryTracker()
         self._streams: dict[str, _StreamTrack] = {}
         self._removed: set[str] = set()  # unsubscribed: its late items move nothing
         if resumed is not None:
             self.last_seq, self.pending = resumed.last_seq, resumed.pending_continue
-            self.last_slot, self.paused_at = resumed.last_slot, resumed.paused_at
+            self.stepping = DiscoveryTracker.resumed(resumed.last_slot, resumed.paused_at,
+                                                     resumed.ahead, resumed.at_rest)
             for name, s in resumed.streams.items():
                 self._streams[name] = _StreamTrack(s.addresses, s.boundary_slot,
                                                    s.boundary_keys)
@@ -313,9 +328,11 @@ class CursorTracker:
         """Recorded before the continue is handed over (write-ahead: a crash between
         the two leaves a pending continue, which the lost-continue rule settles)."""
         self.pending = PendingContinue(params, self.last_seq)
+        self.stepping.continued()
 
     def continue_refused(self) -> None:
         self.pending = None
+        self.stepping.at_rest = True
 
     def returned(self, event: ManagedEvent, delta: Delta | None) -> None:
         """``event`` reached the application."""
@@ -323,12 +340,7 @@ class CursorTracker:
             self._item(delta)
             return
         self.apply(delta)
-        if isinstance(event, Slot):
-            self.last_slot = max(self.last_slot, event.slot)
-        elif isinstance(event, Paused):
-            self.paused_at = (event.slot, event.batch_index)
-        elif isinstance(event, ReadyForContinue):
-            self.paused_at = None
+        self.stepping.seen(event)
         if isinstance(event, ReadyForContinue | Paused | Completed | Error) or (
                 isinstance(event, ContinueLost) and not event.resent):
             self.pending = None  # the continue was answered (or handed back)
@@ -362,7 +374,8 @@ class CursorTracker:
                                          s.slot, frozenset(s.keys))
         return Cursor(self.url, info.session_id, info.rpc_endpoint,
                       self.start_slot, self.end_slot, self.last_seq, streams, pending,
-                      self.last_slot, self.paused_at)
+                      self.stepping.last_slot, self.stepping.paused_at,
+                      self.stepping.ahead_points, self.stepping.at_rest)
 
 
 def check_cursor(value: object) -> Cursor:

@@ -49,6 +49,21 @@ class DiscoveryTracker:
         elif isinstance(event, Error):
             self.at_rest = True  # it answered the continue: the session did not move
 
+    @classmethod
+    def resumed(cls, last_slot: int, paused_at: tuple[int, int | None] | None,
+                ahead: tuple[tuple[int, int], ...], at_rest: bool) -> DiscoveryTracker:
+        """The tracker a cursor describes (:attr:`ahead_points`, ...)."""
+        tracker = cls()
+        tracker.last_slot, tracker.paused_at, tracker.at_rest = last_slot, paused_at, at_rest
+        tracker._ahead.extend(DiscoveryBatch(slot, index) for slot, index in ahead)
+        return tracker
+
+    @property
+    def ahead_points(self) -> tuple[tuple[int, int], ...]:
+        """``(slot, batch_index)`` of the announcements not yet passed (for a cursor)."""
+        self._drop_passed()
+        return tuple((d.slot, d.batch_index) for d in self._ahead)
+
     def continued(self) -> None:
         """A continue or continue-to was sent: the session is no longer at rest."""
         self.at_rest = False

@@ -211,8 +211,6 @@ class SessionCore:
         self.tracker = tracker or CursorTracker("", CreateSession(0, 0))
         # Taken from the supervisor in batches; bounded by TAKE_BATCH, counted in max_queue.
         self.taken: deque[tuple[ManagedEvent, Delta | None]] = deque()
-        # Discoveries and rests as the application saw them (advance_to_discovery).
-        self.stepping = DiscoveryTracker()
         # The last event returned, its delta not yet applied: applied by the next call
         # that reads the cursor (no call between removing an event and returning it).
         self._returned: tuple[ManagedEvent, Delta | None] | None = None
@@ -331,6 +329,12 @@ class SessionCore:
         self.apply_returned()
         return self.tracker.last_seq
 
+    @property
+    def stepping(self) -> DiscoveryTracker:
+        """Discoveries and rests as the application saw them (advance_to_discovery);
+        the cursor's, so an attach steps on from the same point."""
+        return self.tracker.stepping
+
     # --- events ------
 
     def apply_returned(self) -> None:
@@ -338,7 +342,6 @@ class SessionCore:
         returned, self._returned = self._returned, None
         if returned is not None:
             self.tracker.returned(*returned)
-            self.stepping.seen(returned[0])
 
     def add_taken(self, batch: list[ManagedEvent]) -> None:
         """A take's batch arrived: its events wait here to be returned one by one."""
@@ -382,7 +385,6 @@ class SessionCore:
             self.tracker.pending = before
             raise
         self._handed.append(handed)
-        self.stepping.continued()
 
     def settle_continues(self) -> None:
         """Apply the supervisor's answers to continues handed over, waited for or not.
@@ -399,12 +401,14 @@ class SessionCore:
                 waiting.append(handed)  # not answered yet
                 continue
             except ManagedSessionError as exc:
-                if exc.kind in ("continue_outstanding", "closed"):
+                if exc.kind in ("continue_outstanding", "closed", "invalid_argument"):
                     for other in self._handed:
                         if other.before is handed.noted:
                             other.before = handed.before
                     if self.tracker.pending is handed.noted:
                         self.tracker.pending = handed.before
+                        # Never sent: the session rests where it did.
+                        self.tracker.stepping.at_rest = handed.before is None
             except Exception:  # noqa: BLE001 - another failure: the session's, raised elsewhere
                 pass
         # Rebuilt, not removed from: a second consumer thread settling at the same

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+import actors
 from actors import (
     Completed,
     ContinueToParams,
@@ -103,3 +104,37 @@ def test_bad_continue_to_is_refused_before_anything_is_sent(sim: LocalSimulator)
         assert (event.slot, event.batch_index) == (slot, batches - 1)
         with pytest.raises(InvalidArgument, match="not ahead of the session, paused at"):
             session.send_continue_to(ContinueToParams(slot, batches - 1), timeout=5)
+
+
+def test_a_cursor_taken_at_a_pause_attaches_paused_at_the_same_batch(
+        sim: LocalSimulator) -> None:
+    first, _ = sim.available_range()
+    program = sim.programs[-1]
+    expected = sim.expected(first, first + SPAN, discover=[program])
+    pauses: list[tuple[int, int | None]] = []
+    with no_leaks(FAST.graceful_close + 1):
+        with _start(sim, [program]) as session:
+            for _ in range(3):
+                step = session.advance_to_discovery(timeout=10)
+                assert step.paused is not None
+                pauses.append((step.paused.slot, step.paused.batch_index))
+            cursor = session.cursor()
+            session.detach()
+        assert cursor.paused_at == pauses[-1] and cursor.at_rest
+        assert cursor.ahead and cursor.ahead[0] > pauses[-1]  # type: ignore[operator]
+        again = actors.Cursor.from_json(cursor.to_json())
+        assert again == cursor
+        with ManagedBacktestSession.attach(sim.url, DEFAULT_API_KEY, again, timing=FAST,
+                                           policy=QUICK_RETRY) as session:
+            slot, batch = pauses[-1]
+            with pytest.raises(InvalidArgument, match="paused at"):
+                session.send_continue_to(ContinueToParams(slot, batch or 0), timeout=5)
+            while not (step := session.advance_to_discovery(timeout=10)).exhausted:
+                assert step.paused is not None
+                pauses.append((step.paused.slot, step.paused.batch_index))
+            session.send_continue(ContinueParams(10_000), timeout=10)
+            while not isinstance(session.next_event(timeout=10), Completed):
+                pass
+            stats = sim.session_stats(session.session_info.session_id)
+    assert pauses == expected.discoveries
+    assert stats.blocks_executed == len(expected.slots) - 1
