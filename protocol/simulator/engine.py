@@ -139,8 +139,8 @@ class ExecutedSlot:
     delivery and the replay buffer.
 
     ``entries``: what ran in the slot so far, in order: the block's transactions
-    (with their index in the block) and transactions injected at a pause (index
-    None). A paused session executes part of a block; the rest is appended here,
+    (with their index in the block) and transactions injected at a pause (None);
+    a notification's ``index`` is the entry's position, the order of execution. A paused session executes part of a block; the rest is appended here,
     so the replay buffer holds one entry per slot whatever the pauses.
 
     A notification's ``result`` is encoded on first use and then reused for every
@@ -188,11 +188,14 @@ class ExecutedSlot:
     def _tx_result(self, i: int) -> str:
         cached = self._tx_json.get(i)
         if cached is None:
-            tx, index = self.entries[i]
+            # The index is the position in the slot as executed: the block's own order,
+            # shifted by transactions injected at a pause (which a client's resume sorts
+            # by, so an injected one must have its place too).
+            tx = self.entries[i][0]
             cached = self._tx_json[i] = encode_notification_result(TransactionNotification(
                 0, self.slot, tx.signature,
                 {"signatures": [tx.signature], "message": {"accountKeys": list(tx.mentions)}},
-                {"err": None, "fee": 5000}, index=index,
+                {"err": None, "fee": 5000}, index=i,
             ))
         return cached
 

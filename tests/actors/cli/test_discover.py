@@ -115,8 +115,10 @@ def test_killed_while_paused_then_resumed_gives_a_clean_runs_journal(
     assert [(r["slot"], r["batch_index"]) for r in records if r["type"] == "Paused"] == (
         expected.discoveries)
     assert [r["slot"] for r in records if r["type"] == "Slot"] == expected.slots
-    assert [r["signature"] for r in records if r["type"] == "Transaction"] == (
-        expected.signatures)
+    got = [r["signature"] for r in records if r["type"] == "Transaction"]
+    assert got == expected.signatures, (
+        f"missing {[s for s in expected.signatures if s not in got]}, "
+        f"extra {[s for s in got if s not in expected.signatures]}, or out of order")
     completed = [r for r in records if r["type"] == "Completed"]
     assert len(completed) == 1
     assert completed[0]["summary"]["blocks_executed"] == len(expected.slots) - 1

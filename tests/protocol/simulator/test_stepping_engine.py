@@ -132,3 +132,30 @@ def test_a_continue_from_a_pause_finishes_the_paused_block_first() -> None:
     run.take(session.run_continue(ContinueParams(1)))
     assert run.slots[-1] == slot
     assert session.blocks_executed == len(chain.produced_in(START + 1, slot))
+
+
+def test_notification_indices_follow_execution_order_with_injections() -> None:
+    """A client sorts a resume's replay by (slot, index): an injected transaction needs
+    its place in the slot, or a replay would move it before the batches that ran
+    before it (seen once in a killed-and-resumed --discover run)."""
+    import json
+
+    chain = Chain(seed=5, slots=300)
+    slot = next(s for s in chain.produced[1:] if len(chain.batches(s)) >= 2)
+    address = chain.addresses[0]
+    session = _open(chain, ())
+    run = _Run(address)
+    run.take(session.startup())
+    run.take(session.run_continue_to(ContinueToParams(slot, 1)))
+    run.take(session.run_continue(ContinueParams(1, [user_transaction([address])])))
+    executed = next(e for e in session.buffer if e.slot == slot)
+    subs = {("transactions", a): [1] for a in chain.addresses}
+    seen: dict[str, int] = {}
+    for _, result, _ in executed.notifications(subs):
+        body = json.loads(result)
+        body = body.get("value", body)
+        seen.setdefault(body["signature"], body["index"])
+    indices = list(seen.values())  # one per transaction, in the order they were sent
+    assert indices == list(range(len(executed.entries)))
+    injected_at = next(i for i, (_, index) in enumerate(executed.entries) if index is None)
+    assert injected_at == chain.batches(slot)[1].start  # right before batch 1
