@@ -140,8 +140,9 @@ class ExecutedSlot:
 
     ``entries``: what ran in the slot so far, in order: the block's transactions
     (with their index in the block) and transactions injected at a pause (None);
-    a notification's ``index`` is the entry's position, the order of execution. A paused session executes part of a block; the rest is appended here,
-    so the replay buffer holds one entry per slot whatever the pauses.
+    a notification's ``index`` is the entry's position, the order of execution.
+    A paused session executes part of a block; the rest is appended here, so the
+    replay buffer holds one entry per slot whatever the pauses.
 
     A notification's ``result`` is encoded on first use and then reused for every
     subscriber and every replay, so the cost is paid only for what is sent.
