@@ -43,16 +43,20 @@ from .errors import ProtocolError
 from .messages import (
     AccountData,
     Attach,
+    AttachParallel,
     BacktestError,
     Close,
+    CloseSession,
     Completed,
     ContinueParams,
+    ContinueSession,
     ContinueToParams,
     CreateSession,
     DiscoveryBatch,
     DiscoveryFilter,
     EncodedBinary,
     Error,
+    ParallelAttached,
     Paused,
     ReadyForContinue,
     Request,
@@ -60,6 +64,8 @@ from .messages import (
     Resume,
     SessionAttached,
     SessionCreated,
+    SessionEvent,
+    SessionsCreated,
     SlotNotification,
     Status,
     Success,
@@ -242,6 +248,8 @@ _REQUEST_METHODS: dict[type, str] = {
     CreateSession: "createBacktestSession",
     ContinueParams: "continue",
     ContinueToParams: "continueTo",
+    AttachParallel: "attachParallelControlSessionV2",
+    CloseSession: "closeSessionV1",
     Attach: "attachBacktestSession",
     Resume: "resumeAttachedSession",
     Close: "closeBacktestSession",
@@ -260,11 +268,21 @@ _RESPONSE_METHODS: dict[type, str] = {
     Error: "error",
     Paused: "paused",
     DiscoveryBatch: "discoveryBatch",
+    SessionsCreated: "sessionsCreatedV2",
+    ParallelAttached: "parallelSessionAttachedV2",
+    SessionEvent: "sessionEventV2",
 }
 
 
 def encode_request(msg: Request) -> str:
     """A control request as the JSON text frame the server expects."""
+    if isinstance(msg, ContinueSession):
+        # Decision (protocol/WIRE.md, Parallel sessions): {"session_id", "params"}, the
+        # method naming the kind, as the reference's continueSessionV1/continueToSessionV1.
+        kind = ("continueSessionV1" if isinstance(msg.params, ContinueParams)
+                else "continueToSessionV1")
+        return _dumps({"method": kind, "params": {
+            "session_id": msg.session_id, "params": converter.unstructure(msg.params)}})
     method = _REQUEST_METHODS.get(type(msg))
     if method is None:
         raise TypeError(f"not a control request: {type(msg).__name__}")
@@ -277,13 +295,24 @@ def decode_request(frame: str | bytes) -> Request:
     """Server side: a client's control frame. Unknown methods are an error here."""
     obj = _object(_load(frame), "$", frame)
     method = _field(obj, "method", str, "$", frame)
+    if method in ("continueSessionV1", "continueToSessionV1"):
+        body = _object(obj.get("params"), "$.params", frame)
+        session_id = _field(body, "session_id", str, "$.params", frame)
+        inner = body.get("params")
+        params: ContinueParams | ContinueToParams
+        if method == "continueSessionV1":
+            params = _structure({} if inner is None else inner, ContinueParams,
+                                "$.params.params", frame)
+        else:
+            params = _structure(inner, ContinueToParams, "$.params.params", frame)
+        return ContinueSession(session_id, params)
     cls = _REQUEST_TYPES.get(method)
     if cls is None:
         raise ProtocolError("$.method", f"unknown request method {method!r}", frame)
     if cls in _UNIT_REQUESTS:
         return cls()
-    params = obj.get("params", {} if cls is ContinueParams else None)
-    return _structure(params, cls, "$.params", frame)
+    return _structure(obj.get("params", {} if cls is ContinueParams else None), cls,
+                      "$.params", frame)
 
 
 def encode_backtest_error(error: BacktestError) -> Any:
@@ -316,6 +345,10 @@ def encode_response(msg: Response, seq_id: int | None = None) -> str:
             out["params"] = msg.params
         return _dumps(out)
     out["method"] = _RESPONSE_METHODS[type(msg)]
+    if isinstance(msg, SessionEvent):
+        out["params"] = {"session_id": msg.session_id, "seq_id": msg.seq_id,
+                         "event": orjson.loads(encode_response(msg.event))}
+        return _dumps(out)
     if isinstance(msg, SlotNotification):
         out["params"] = msg.slot
     elif isinstance(msg, Error):
@@ -363,6 +396,24 @@ def decode_response(frame: str | bytes) -> tuple[int | None, Response]:
         msg = Completed(summary)
     elif method == "error":
         msg = Error(decode_backtest_error(params, frame))
+    elif method == "sessionEventV2":
+        body = _object(params, "$.params", frame)
+        session_id = _field(body, "session_id", str, "$.params", frame)
+        inner_seq = body.get("seq_id", body.get("seqId"))
+        if inner_seq is not None and (type(inner_seq) is not int or inner_seq < 0):
+            raise ProtocolError("$.params.seq_id", f"expected integer >= 0, got "
+                                f"{inner_seq!r:.40}", frame)
+        event = _object(body.get("event"), "$.params.event", frame)
+        # The event is a whole response, decoded as one (its own errors name it).
+        try:
+            _, inner = decode_response(_dumps(event))
+        except ProtocolError as exc:
+            raise ProtocolError("$.params.event" + exc.path[1:], exc.detail, frame) from None
+        msg = SessionEvent(session_id, inner_seq, inner)
+    elif method == "sessionsCreatedV2":
+        msg = _structure(params, SessionsCreated, "$.params", frame)
+    elif method == "parallelSessionAttachedV2":
+        msg = _structure(params, ParallelAttached, "$.params", frame)
     elif method == "paused":
         msg = _structure(params, Paused, "$.params", frame)
     elif method == "discoveryBatch":

@@ -192,7 +192,9 @@ class CreateSession:
     (``ValueError`` naming the field), before anything is sent.
     ``discoveries=()``: :class:`DiscoveryFilter` values; the session then announces
     each upcoming matching batch (``discoveryBatch``) so that a ``continueTo`` can
-    stop right before it.
+    stop right before it. ``parallel=False``: True asks the server to split the
+    range into sub-sessions driven over this one control connection
+    (``sessionsCreatedV2``; ``actors.ManagedParallelSession``).
     """
 
     start_slot: int = attrs.field(validator=_int_in(0, U64_MAX))
@@ -211,6 +213,7 @@ class CreateSession:
     discoveries: tuple[DiscoveryFilter, ...] = attrs.field(
         default=(), converter=_filters, validator=_filter_tuple, metadata=OMIT_IF_EMPTY
     )
+    parallel: bool = attrs.field(default=False, validator=_bool, metadata=OMIT_IF_EMPTY)
 
     @end_slot.validator
     def _check_range(self, _attribute: attrs.Attribute[int], value: int) -> None:
@@ -345,6 +348,32 @@ class Attach:
 
 
 @attrs.frozen
+class AttachParallel:
+    """``attachParallelControlSessionV2``: re-attach every sub-session of a parallel
+    control session, replaying each one's responses after its ``last_sequences``
+    entry (a sub-session left out replays its whole buffer)."""
+
+    control_session_id: str
+    last_sequences: dict[str, int] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class ContinueSession:
+    """``continueSessionV1`` / ``continueToSessionV1``: a continue or continue-to for one
+    sub-session of a parallel control session (``params`` says which)."""
+
+    session_id: str
+    params: ContinueParams | ContinueToParams
+
+
+@attrs.frozen
+class CloseSession:
+    """``closeSessionV1``: close one sub-session of a parallel control session."""
+
+    session_id: str
+
+
+@attrs.frozen
 class Resume:
     """``resumeAttachedSession`` (unit variant)."""
 
@@ -354,7 +383,8 @@ class Close:
     """``closeBacktestSession`` (unit variant)."""
 
 
-Request = CreateSession | ContinueParams | ContinueToParams | Attach | Resume | Close
+Request = (CreateSession | ContinueParams | ContinueToParams | Attach | Resume | Close
+           | AttachParallel | ContinueSession | CloseSession)
 
 # --- responses (server -> client) --------------------------------------------------
 
@@ -434,6 +464,39 @@ class DiscoveryBatch:
 
 
 @attrs.frozen
+class SessionsCreated:
+    """``sessionsCreatedV2``: a parallel create's sub-sessions, after one
+    ``sessionCreated`` each; the i-th session runs ``start_slots[i]..=end_slots[i]``."""
+
+    control_session_id: str
+    session_ids: tuple[str, ...]
+    task_ids: tuple[str | None, ...] = ()
+    start_slots: tuple[int, ...] = ()
+    end_slots: tuple[int, ...] = ()
+
+
+@attrs.frozen
+class ParallelAttached:
+    """``parallelSessionAttachedV2``: a parallel re-attach was accepted; each
+    sub-session's replay follows (as ``sessionEventV2``), then the resume's ``success``."""
+
+    control_session_id: str
+    session_ids: tuple[str, ...]
+    task_ids: tuple[str | None, ...] = ()
+
+
+@attrs.frozen
+class SessionEvent:
+    """``sessionEventV2``: sub-session ``session_id``'s response ``event`` (any session
+    response, ``readyForContinue`` to ``completed``), numbered ``seq_id`` in that
+    sub-session's own sequence."""
+
+    session_id: str
+    seq_id: int | None
+    event: Any
+
+
+@attrs.frozen
 class Success:
     """``success``: a resume or close was done."""
 
@@ -503,5 +566,8 @@ Response = (
     | Error
     | Paused
     | DiscoveryBatch
+    | SessionsCreated
+    | ParallelAttached
+    | SessionEvent
     | UnknownResponse
 )

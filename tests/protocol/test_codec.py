@@ -74,7 +74,7 @@ RESPONSES = [
     Error(BacktestError("noMoreBlocks")),
     Error(BacktestError("invalidRequest", {"error": "continue while not ready"})),
     Error(BacktestError("bundleNotFound", {"start_slot": 1, "end_slot": 2})),
-    UnknownResponse("sessionEventV2", {"slot": 5}),
+    UnknownResponse("someFutureEventV9", {"slot": 5}),
 ]
 
 
