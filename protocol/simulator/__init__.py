@@ -29,6 +29,7 @@ from ..policy import ReconnectPolicy, Timing
 from .chain import Chain, Expected
 from .faults import Faults
 from .server import (
+    DEFAULT_PARALLEL_SPLIT,
     REAL_SERVER_LIVENESS,
     STATS_HISTORY,
     ServerLimits,
@@ -90,13 +91,15 @@ class LocalSimulator:
                  host: str = "127.0.0.1", port: int = 0, *, txs_per_slot: int = 4,
                  limits: ServerLimits | None = None, liveness: ServerLiveness | None = None,
                  extra_api_keys: tuple[str, ...] = (),
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None,
+                 parallel_split: int = DEFAULT_PARALLEL_SPLIT) -> None:
         """See the class docstring for every argument, its default and its cost."""
         self.chain = Chain(seed, slots, txs_per_slot=txs_per_slot)
         self.liveness = liveness or ServerLiveness()
         self._server = SimulatorServer(self.chain, api_key, host, port, limits=limits,
                                        liveness=self.liveness, extra_api_keys=extra_api_keys,
-                                       ssl_context=ssl_context)
+                                       ssl_context=ssl_context,
+                                       parallel_split=parallel_split)
         self._scheme = "ws" if ssl_context is None else "wss"
         self.faults = Faults(self._server)
         self.host = host

@@ -47,6 +47,7 @@ from ..messages import (
     ReadyForContinue,
     Response,
     SessionCreated,
+    SessionEvent,
     SlotNotification,
     Status,
 )
@@ -257,6 +258,8 @@ class Session:
     scan_exhausted: bool = False
     discoveries_sent: int = 0
     pauses: int = 0
+    # A sub-session of a parallel create: its responses go out as sessionEventV2.
+    multiplexed: bool = False
 
     @classmethod
     def open(cls, create: CreateSession, api_key: str, chain: Chain
@@ -277,7 +280,16 @@ class Session:
         return self.create.disconnect_timeout_secs > 0
 
     def record(self, msg: Response) -> str:
-        """Encode a session response, giving it the next ``seqId`` when sequenced."""
+        """Encode a session response, giving it the next ``seqId`` when sequenced (a
+        sub-session of a parallel create: wrapped in ``sessionEventV2``, numbered
+        in its own sequence)."""
+        if self.multiplexed:
+            seq = self.next_seq if self.sequenced else None
+            frame = encode_response(SessionEvent(self.id, seq, msg))
+            if seq is not None:
+                self.log.append((seq, frame))
+                self.next_seq += 1
+            return frame
         if not self.sequenced:
             return encode_response(msg)
         frame = encode_response(msg, self.next_seq)
@@ -354,6 +366,11 @@ class Session:
         for stage in STARTUP_STAGES:
             yield Status(stage)
         yield SessionCreated(self.id, f"/backtest/{self.id}")
+        yield SlotNotification(self.create.start_slot)
+        yield from self._pause()
+
+    def multiplexed_startup(self) -> Iterator[Step]:
+        """A sub-session's start once ``sessionsCreatedV2`` was sent: the anchor, ready."""
         yield SlotNotification(self.create.start_slot)
         yield from self._pause()
 

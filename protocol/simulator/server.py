@@ -61,6 +61,7 @@ import ssl
 import struct
 import sys
 import threading
+import uuid
 from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, TypeVar
@@ -82,13 +83,20 @@ from ..codec import (
 from ..errors import ProtocolError
 from ..messages import (
     Attach,
+    AttachParallel,
     BacktestError,
     Close,
+    CloseSession,
     ContinueParams,
+    ContinueSession,
     ContinueToParams,
     CreateSession,
+    ParallelAttached,
     Resume,
     SessionAttached,
+    SessionCreated,
+    SessionEvent,
+    SessionsCreated,
     SlotNotification,
     Success,
 )
@@ -420,6 +428,24 @@ class SessionState:
         return [*self.subscribers, *([owner] if owner is not None else [])]
 
 
+# Slots per sub-session of a parallel create (the last one may be shorter).
+DEFAULT_PARALLEL_SPLIT = 250
+
+
+@attrs.define(eq=False)
+class ParallelGroup:
+    """A parallel create's sub-sessions, driven over one control connection.
+
+    Each member is a session of its own (own sequence, replay log, PubSub
+    endpoint, ownership); the group only names them together, for the attach that
+    re-takes them all and for the connection that drives them.
+    """
+
+    id: str
+    api_key: str
+    members: dict[str, SessionState]  # in range order
+
+
 @attrs.frozen
 class ServerLimits:
     """What the simulator accepts from a client: it is a server users will run.
@@ -488,9 +514,12 @@ class SimulatorServer:
                  limits: ServerLimits | None = None,
                  liveness: ServerLiveness | None = None,
                  extra_api_keys: tuple[str, ...] = (),
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None,
+                 parallel_split: int = DEFAULT_PARALLEL_SPLIT) -> None:
         self.chain = chain
         self.api_key = api_key
+        self.parallel_split = parallel_split
+        self.groups: dict[str, ParallelGroup] = {}
         self.api_keys = frozenset((api_key, *extra_api_keys))
         self.limits = limits or ServerLimits()
         self.liveness = liveness or ServerLiveness()
@@ -638,10 +667,12 @@ class SimulatorServer:
         log.info("%s connection (session %s) silent for %.2fs: closed as dead", peer.role,
                  peer.session_id, silent)
         state = self.sessions.get(peer.session_id) if peer.session_id else None
-        if state is not None and peer.role == "control":
+        group = self.groups.get(peer.session_id) if peer.session_id else None
+        if peer.role == "control":
             # Ownership goes at once, not when the close completes: the client's
             # re-attach must not wait for a dead peer's close handshake.
-            self._lose_owner(state, peer, "owner found dead")
+            for member in _members(group or state):
+                self._lose_owner(member, peer, "owner found dead")
         if peer.ws.paused:  # a close frame would queue behind what it never read
             peer.drop()
         else:
@@ -869,7 +900,7 @@ class SimulatorServer:
         peer = self._peer(ws, "control", api_key=ws.request.headers.get("X-API-Key", "")
                           if ws.request else "")
         log.info("control connection from %s", ws.remote_address)
-        state: SessionState | None = None
+        state: SessionState | ParallelGroup | None = None
         opened: float | None = self._loop.time()
         try:
             async for frame in ws:
@@ -885,12 +916,11 @@ class SimulatorServer:
             peer.liveness.close()
             self.peers.discard(peer)
             log.info("control connection closed (session %s)", peer.session_id)
-            if state is not None:
-                self._lose_owner(state, peer, "control connection closed")
+            for member in _members(state):
+                self._lose_owner(member, peer, "control connection closed")
 
-    async def _control_frame(self, peer: Peer, state: SessionState | None,
-                             frame: str | bytes) -> SessionState | None:
-        session = state.session if state else None
+    async def _control_frame(self, peer: Peer, state: SessionState | ParallelGroup | None,
+                             frame: str | bytes) -> SessionState | ParallelGroup | None:
         try:
             request = decode_request(frame)
         except ProtocolError as exc:
@@ -901,7 +931,14 @@ class SimulatorServer:
                 peer.write_frame(refusal_frame(BacktestError(
                     "invalidRequest", {"error": "a session is already bound to this connection"})))
                 return state
+            if request.parallel:
+                return await self._create_parallel(peer, request)
             return await self._create(peer, request)
+        if isinstance(request, AttachParallel):
+            return await self._attach_parallel(peer, state, request)
+        if isinstance(state, ParallelGroup):
+            return self._parallel_frame(peer, state, request)
+        session = state.session if state else None
         if isinstance(request, Attach):
             return await self._attach(peer, state, request)
         if state is None or session is None:
@@ -958,8 +995,8 @@ class SimulatorServer:
         self._spawn(self._run(state, session.startup()))
         return state
 
-    async def _attach(self, peer: Peer, state: SessionState | None, request: Attach
-                      ) -> SessionState | None:
+    async def _attach(self, peer: Peer, state: SessionState | ParallelGroup | None,
+                      request: Attach) -> SessionState | ParallelGroup | None:
         target = self.sessions.get(request.session_id)
         if target is None:
             peer.write_frame(refusal_frame(BacktestError(
@@ -987,8 +1024,9 @@ class SimulatorServer:
             if target.expiry is not None:
                 target.expiry.cancel()
                 target.expiry = None
-            if state is not None and state is not target:
-                self._lose_owner(state, peer, "its connection attached to another session")
+            for member in _members(state):
+                if member is not target:
+                    self._lose_owner(member, peer, "its connection attached to another session")
             # Handshake answers are per connection, not session events: not sequenced.
             s = target.session
             peer.write([encode_response(SessionAttached(s.id, f"/backtest/{s.id}")),
@@ -996,6 +1034,124 @@ class SimulatorServer:
             peer.session_id = s.id
         log.info("session %s attached after sequence %s", s.id, request.last_sequence)
         return target
+
+    # --- parallel sessions -------------------------------------------------------
+
+    async def _create_parallel(self, peer: Peer, request: CreateSession) -> ParallelGroup | None:
+        """Split the range into sub-sessions of ``parallel_split`` slots, each a session of
+        its own owned by this connection: one ``sessionCreated`` each, then
+        ``sessionsCreatedV2``, then their events as ``sessionEventV2`` (a sub-range
+        without a produced block is left out)."""
+        members: dict[str, SessionState] = {}
+        low = request.start_slot
+        while low <= request.end_slot:
+            high = min(request.end_slot, low + self.parallel_split - 1)
+            sub, _ = Session.open(attrs.evolve(request, start_slot=low, end_slot=high,
+                                               parallel=False), peer.api_key, self.chain)
+            low = high + 1
+            if sub is None:
+                continue
+            sub.multiplexed = True
+            sub.attach(peer)
+            members[sub.id] = self.sessions[sub.id] = SessionState(sub)
+        if not members:
+            peer.write_frame(error_frame(None, BacktestError("noProducedBlocksInRange", {
+                "start_slot": request.start_slot, "end_slot": request.end_slot})))
+            return None
+        group = ParallelGroup(f"parallel_{uuid.uuid4()}", peer.api_key, members)
+        self.groups[group.id] = group
+        peer.session_id = group.id
+        subs = [m.session for m in members.values()]
+        peer.write([*(encode_response(SessionCreated(s.id, f"/backtest/{s.id}")) for s in subs),
+                    encode_response(SessionsCreated(
+                        group.id, tuple(s.id for s in subs), tuple(None for _ in subs),
+                        tuple(s.create.start_slot for s in subs),
+                        tuple(s.create.end_slot for s in subs)))])
+        log.info("parallel session %s created: %d sub-sessions", group.id, len(members))
+        await self._handshake_delay("control", None, group.id)
+        for member in members.values():
+            self._spawn(self._run(member, member.session.multiplexed_startup()))
+        return group
+
+    async def _attach_parallel(self, peer: Peer, state: SessionState | ParallelGroup | None,
+                               request: AttachParallel) -> SessionState | ParallelGroup | None:
+        """Take every live sub-session of the group, replaying each after its cursor."""
+        group = self.groups.get(request.control_session_id)
+        if group is None:
+            peer.write_frame(refusal_frame(BacktestError(
+                "sessionNotFound", {"session_id": request.control_session_id})))
+            return state
+        if group.api_key != peer.api_key:
+            peer.write_frame(refusal_frame(BacktestError("sessionOwnerMismatch")))
+            return state
+        await self._handshake_delay("control", None, group.id)
+        live = [m for m in group.members.values() if self.sessions.get(m.session.id) is m]
+        refusal = next((r for m in live if (r := m.session.attach_refusal(peer))), None)
+        if refusal is not None:
+            peer.write_frame(refusal_frame(refusal))
+            return state
+        for member in live:  # no await from here on: taken all at once
+            member.session.attach(peer)
+            if member.expiry is not None:
+                member.expiry.cancel()
+                member.expiry = None
+        peer.write([encode_response(ParallelAttached(group.id, tuple(group.members),
+                                                     tuple(None for _ in group.members))),
+                    *(frame for m in live for frame in m.session.replay_after(
+                        request.last_sequences.get(m.session.id)))])
+        peer.session_id = group.id
+        log.info("parallel session %s attached (%d live sub-sessions)", group.id, len(live))
+        return group
+
+    def _parallel_frame(self, peer: Peer, group: ParallelGroup, request: Any
+                        ) -> ParallelGroup | None:
+        """A request on a connection that drives a parallel group."""
+        if isinstance(request, Resume):
+            peer.write_frame(encode_response(Success()))
+            return group
+        if isinstance(request, Close):
+            peer.write_frame(encode_response(Success()))
+            for member in list(group.members.values()):
+                self._remove(member, "closed by client")
+            return None
+        if not isinstance(request, ContinueSession | CloseSession):
+            peer.write_frame(refusal_frame(BacktestError("invalidRequest", {
+                "error": f"{type(request).__name__} on a parallel control connection: "
+                         f"address a sub-session (continueSessionV1, closeSessionV1)"})))
+            return group
+        found = group.members.get(request.session_id)
+        if found is None or self.sessions.get(request.session_id) is not found:
+            reason = "unknown" if found is None else "closed"
+            peer.write_frame(refusal_frame(BacktestError("invalidRequest", {
+                "error": f"{reason} sub-session {request.session_id!r} of {group.id}"})))
+            return group
+        member = found
+        session = member.session
+        refusal = session.authorize(peer)
+        if refusal is not None:
+            self.liveness_counts.commands_refused += 1
+            peer.write_frame(refusal_frame(refusal))
+            return group
+        if isinstance(request, CloseSession):
+            peer.write_frame(encode_response(SessionEvent(session.id, None, Success())))
+            self._remove(member, "closed by client")
+            return group
+        if self._take_lost_continue(session.id):
+            peer.drop()
+            return group
+        params = request.params
+        if isinstance(params, ContinueParams):
+            refusal = session.check_continue()
+        else:
+            refusal = session.check_continue_to(params)
+        if refusal is not None:
+            peer.write_frame(error_frame(session, refusal))
+            return group
+        self._spawn(self._run(member, session.run_continue(params)
+                              if isinstance(params, ContinueParams)
+                              else session.run_continue_to(params)))
+        self._fire_triggers(session.id, "continue", session.continues_received)
+        return group
 
     def _lose_owner(self, state: SessionState, peer: Peer, reason: str) -> None:
         """``peer`` no longer owns ``state``'s session (if it did): orphan the session."""
@@ -1159,3 +1315,12 @@ def _counted_matches(fault: CountedFault, role: str, kind: str | None,
 
 __all__ = ["REAL_SERVER_LIVENESS", "STATS_HISTORY", "LivenessCounters", "ServerLimits",
            "ServerLiveness", "SessionStats", "SimulatorServer"]
+
+
+def _members(state: SessionState | ParallelGroup | None) -> list[SessionState]:
+    """The sessions a control connection's state holds: one, a group's, or none."""
+    if state is None:
+        return []
+    if isinstance(state, ParallelGroup):
+        return list(state.members.values())
+    return [state]
