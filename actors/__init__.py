@@ -59,6 +59,7 @@ from .frontdoors.handles import (
     spawn_transaction_subscription,
 )
 from .frontdoors.listener import SessionListener
+from .frontdoors.parallel import ManagedParallelSession, ParallelSubSession
 from .requests import (
     ContinueRefused,
     GetCursor,
@@ -81,6 +82,7 @@ __all__ = [
     "ContinueToParams", "ControlHandle", "Cursor", "CursorError", "DiscoveryBatch",
     "DiscoveryFilter", "DiscoveryStep", "Error", "Failed", "Gap", "GetCursor",
     "GetStats", "GetStatus", "InvalidArgument", "ListenerAttached", "ManagedBacktestSession",
+    "ManagedParallelSession", "ParallelSubSession",
     "ManagedEvent", "ManagedSessionError", "Paused", "ReadyForContinue", "Reconnecting",
     "SendContinue", "SessionFailed",
     "SessionInfo", "SessionListener", "SessionStats", "SessionSupervisor", "Slot", "Status",

@@ -386,12 +386,15 @@ class ContinuePacer:
         return ContinueLost(lost, resent=False)
 
     def resume(self, pending: PendingContinue | None, last_slot: int = -1,
-               paused_at: tuple[int, int | None] | None = None) -> None:
+               paused_at: tuple[int, int | None] | None = None, seen_any: bool = True
+               ) -> None:
         """Attach from a cursor: the session has run; a continue the application sent
         and saw no answer to counts as written at ``write_seq`` on an older connection,
         so the replay answers it or :meth:`quiet_window_over` judges it lost. The
         session rests where the cursor says (``last_slot``, ``paused_at``)."""
-        self._written_any = True
+        # A cursor taken before any control event (a parallel sub-session attached as
+        # it is created) has seen no answer: the first readyForContinue is the start's.
+        self._written_any = seen_any or pending is not None
         self.last_slot, self.paused_at = last_slot, paused_at
         if pending is None:
             return

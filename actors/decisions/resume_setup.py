@@ -33,7 +33,8 @@ def prepare(config: SessionConfig, outbox: Outbox, pacer: ContinuePacer,
     if cursor is None:
         return None
     outbox.seed(cursor)
-    pacer.resume(cursor.pending_continue, cursor.last_slot, cursor.paused_at)
+    pacer.resume(cursor.pending_continue, cursor.last_slot, cursor.paused_at,
+                 seen_any=cursor.last_seq is not None)
     setattr(log, "session_id", cursor.session_id)  # noqa: B010 - a SessionLogger
     log.info("attaching after seqId %s; continue %s", cursor.last_seq,
              "pending" if cursor.pending_continue else "idle")

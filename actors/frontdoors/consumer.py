@@ -156,6 +156,7 @@ class SessionOptions:
     control: bool = True
     subscriptions: tuple[SubscribeStream, ...] = ()
     close_at_completed: bool = True
+    control_hub: Any = None  # a parallel session's sub-session (ParallelHub)
 
     @classmethod
     def of(cls, arguments: Mapping[str, Any], **fixed: Any) -> SessionOptions:
@@ -245,7 +246,7 @@ class SessionCore:
             max_frame_size=options.max_frame_size, max_run_ahead=options.max_run_ahead,
             on_lost_continue=options.on_lost_continue, on_starting=options.on_starting,
             resume=resume, control=options.control, subscriptions=options.subscriptions,
-            close_at_completed=options.close_at_completed)
+            close_at_completed=options.close_at_completed, control_hub=options.control_hub)
         supervisor = SessionSupervisor.start(config, scheduler=scheduler, started=started,
                                              listener=options.listener)
         tracker = CursorTracker(control_url, create, resume)

@@ -60,6 +60,9 @@ class SessionConfig:
     # False: Completed leaves the control connection (and the session on the server)
     # open until shutdown, for subscribers in other processes (a control handle).
     close_at_completed: bool = True
+    # A sub-session of a parallel session: its control link is a port on this
+    # ParallelHub (actors.supervision.parallel_hub), not a socket of its own.
+    control_hub: Any = None
 
     @property
     def window(self) -> int:

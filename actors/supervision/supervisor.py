@@ -233,6 +233,12 @@ class SessionSupervisor(FailSafeActor):
         if name == CONTROL:
             attach = None if self._info is None else Attach(self._info.session_id,
                                                             self._outbox.last_seq)
+            if self._config.control_hub is not None:
+                from .sub_control import SubControlActor  # a parallel session's port
+
+                child.ref = SubControlActor.start(hub=self._config.control_hub, attach=attach,
+                                                  **common)
+                return
             child.ref = ControlActor.start(create=self._config.create, attach=attach,
                                            api_key=self._config.api_key, url=self._config.url,
                                            **common)

@@ -1,0 +1,180 @@
+"""ManagedParallelSession and ParallelSubSession: many sub-sessions over one control socket.
+
+The reference's 0.9+ parallel surface (managed-behavior.md §5.2). ``start`` sends
+one create with ``parallel``; the server splits the range into sub-sessions and
+drives them all over that one control connection
+(:class:`~actors.supervision.parallel_hub.ParallelHub`). Each sub-session is a
+whole managed session (:class:`ParallelSubSession`, the blocking front door with
+its own subscriptions, pacer and events) whose control link is a port on the hub:
+every guarantee of a single session holds per sub-session (exact delivery, no
+double advance, ``Gap`` when a loss cannot be avoided, gating on the shared
+control and its own subscriptions, the lost-continue rule), a control reconnect
+re-attaches them all at once, and one sub-session's failure is its own.
+
+Usage::
+
+    with ManagedParallelSession.start(url, key, CreateSession(a, b)) as parallel:
+        for sub in parallel.take_sub_sessions():
+            sub.subscribe_transactions([...])   # before its first continue
+            ...                                  # drive each (threads, or in turn)
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import attrs
+import pykka
+
+from protocol import CreateSession, ReconnectPolicy, Timing, backtest_ws_url, resolve_rpc_url
+
+from ..decisions.cursor import Cursor
+from ..decisions.pacer import DEFAULT_MAX_RUN_AHEAD, LostContinuePolicy
+from ..events import ManagedSessionError, SessionInfo
+from ..runtime.connection import DEFAULT_MAX_FRAME_SIZE
+from ..runtime.timers import Scheduler
+from ..supervision.config import DEFAULT_MAX_QUEUE
+from ..supervision.parallel_hub import HubStats, ParallelHub, StopHub
+from .blocking import ManagedBacktestSession
+from .consumer import SHUTDOWN_MARGIN, SessionCore, SessionOptions
+
+
+class ParallelSubSession(ManagedBacktestSession):
+    """One sub-session of a :class:`ManagedParallelSession`: the blocking front door
+    (``subscribe_transactions``, ``subscribe_account_diffs``, ``next_event``,
+    ``send_continue``, ``send_continue_to``, ``advance_to_discovery``, ``run``,
+    ``cursor``, ``stats``, ``shutdown``), driven over the shared control socket.
+
+    ``range``: its ``(start_slot, end_slot)`` as the server split it. It closes
+    itself at ``Completed``, as a single session does; ``shutdown`` closes its own
+    links (the shared control belongs to the parallel session).
+    """
+
+    range: tuple[int, int]
+
+    @property
+    def info(self) -> SessionInfo:
+        """Its identity: ``session_id`` and the ``rpc_endpoint`` of its PubSub streams."""
+        return self.session_info
+
+
+class ManagedParallelSession:
+    """A parallel session: make one with :meth:`start`, take its sub-sessions once."""
+
+    def __init__(self, hub: pykka.ActorRef[Any], scheduler: Scheduler, control_session_id: str,
+                 subs: list[ParallelSubSession], timing: Timing) -> None:
+        self._hub = hub
+        self._scheduler = scheduler
+        self._control_session_id = control_session_id
+        self._subs = subs
+        self._all = list(subs)
+        self._timing = timing
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @classmethod
+    def start(cls, url: str, api_key: str, create: CreateSession, *,
+              policy: ReconnectPolicy | None = None, timing: Timing | None = None,
+              max_queue: int = DEFAULT_MAX_QUEUE, sslopt: dict[str, Any] | None = None,
+              max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+              max_run_ahead: int = DEFAULT_MAX_RUN_AHEAD,
+              on_lost_continue: LostContinuePolicy = "resend",
+              start_timeout: float | None = None) -> ManagedParallelSession:
+        """Create the parallel session; return once every sub-session is known and its
+        control port is Up (``create.parallel`` is set here). The arguments are those
+        of ``ManagedBacktestSession.start``; they apply to every sub-session.
+
+        Raises ``ManagedSessionError(kind="create")`` when the server refuses the
+        create or it cannot be reached within the policy's budget.
+        """
+        if not isinstance(create, CreateSession):
+            raise TypeError(f"create: expected CreateSession, got {type(create).__name__}")
+        options = SessionOptions.of(locals())
+        timing = options.timing or Timing()
+        policy = options.policy or ReconnectPolicy()
+        control_url = backtest_ws_url(url)
+        scheduler = Scheduler()
+        started: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()
+        hub = ParallelHub.start(url=control_url, api_key=api_key,
+                                create=attrs.evolve(create, parallel=True), policy=policy,
+                                timing=timing, scheduler=scheduler, started=started,
+                                sslopt=sslopt)
+        bound = policy.max_total + timing.connect + timing.handshake + SHUTDOWN_MARGIN
+        if start_timeout is not None:
+            bound = min(bound, start_timeout)
+        subs: list[ParallelSubSession] = []
+        try:
+            created, endpoints = started.get(timeout=bound)
+            for index, session_id in enumerate(created.session_ids):
+                first, last = created.start_slots[index], created.end_slots[index]
+                rpc = resolve_rpc_url(control_url, endpoints.get(session_id,
+                                                                 f"/backtest/{session_id}"))
+                cursor = Cursor(control_url, session_id, rpc, first, last)
+                core = SessionCore.launch(url, api_key, cursor.create, cursor, attrs.evolve(
+                    options, control_hub=hub))
+                sub = ParallelSubSession.from_core(core)
+                assert isinstance(sub, ParallelSubSession)
+                sub.range = (first, last)
+                subs.append(sub)
+        except BaseException as exc:
+            for sub in subs:
+                sub.shutdown()
+            cls._stop_hub(hub, scheduler, timing, detach=False)
+            if isinstance(exc, pykka.Timeout | TimeoutError):
+                raise ManagedSessionError("create", f"no parallel session within "
+                                                    f"{bound:.0f}s") from None
+            raise
+        return cls(hub, scheduler, created.control_session_id, subs, timing)
+
+    @property
+    def control_session_id(self) -> str:
+        """The server's name of the parallel control session (what a re-attach names)."""
+        return self._control_session_id
+
+    def take_sub_sessions(self) -> list[ParallelSubSession]:
+        """The sub-sessions, in range order; once: later calls return an empty list
+        (each sub-session has one owner)."""
+        with self._lock:
+            subs, self._subs = self._subs, []
+        return subs
+
+    def stats(self) -> dict[str, Any]:
+        """The shared link's counters: restarts, events routed, refusals, ..."""
+        return dict(self._hub.ask(HubStats(), block=True, timeout=10.0))
+
+    def shutdown(self, *, detach: bool = False) -> None:
+        """Close every sub-session, then the shared control (``detach``: leave them on
+        the server); idempotent, never raises, bounded by ``graceful_close`` + margin
+        per step."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        for sub in self._all:
+            sub.shutdown(detach=detach)
+        self._stop_hub(self._hub, self._scheduler, self._timing, detach=detach)
+
+    @staticmethod
+    def _stop_hub(hub: pykka.ActorRef[Any], scheduler: Scheduler, timing: Timing, *,
+                  detach: bool) -> None:
+        reply: pykka.ThreadingFuture[None] = pykka.ThreadingFuture()
+        deadline = time.monotonic() + timing.graceful_close + 2 * SHUTDOWN_MARGIN
+        try:
+            hub.tell(StopHub(reply, detach))
+            reply.get(timeout=timing.graceful_close + SHUTDOWN_MARGIN)
+        except (pykka.ActorDeadError, pykka.Timeout):
+            pass
+        try:
+            hub.stop(block=True, timeout=max(0.1, deadline - time.monotonic()))
+        except pykka.Timeout:
+            pass  # a daemon thread: it cannot keep the process alive
+        scheduler.stop(timeout=max(0.1, deadline - time.monotonic()))
+
+    def __enter__(self) -> ManagedParallelSession:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown()
+

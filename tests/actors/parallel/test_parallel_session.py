@@ -1,0 +1,75 @@
+"""ManagedParallelSession: sub-sessions over one control socket, exact per sub-session."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from actors import (
+    Completed,
+    ManagedEvent,
+    ManagedParallelSession,
+    ParallelSubSession,
+    ReadyForContinue,
+)
+from protocol import ContinueParams, CreateSession
+from protocol.simulator import DEFAULT_API_KEY, LocalSimulator
+from tests.support.harness import FAST, QUICK_RETRY, check_exact, no_leaks
+
+pytestmark = pytest.mark.backtest_simulator(seed=31, slots=1100, parallel_split=250)
+
+
+def drive_all(subs: list[ParallelSubSession], addresses: list[str]
+              ) -> dict[str, list[ManagedEvent]]:
+    """Each sub-session on a thread of its own, as an application would."""
+    events: dict[str, list[ManagedEvent]] = {}
+    errors: list[BaseException] = []
+
+    def drive(sub: ParallelSubSession) -> None:
+        mine = events[sub.info.session_id] = []
+        try:
+            for event in sub:
+                mine.append(event)
+                if isinstance(event, ReadyForContinue):
+                    sub.send_continue(ContinueParams(advance_count=3), timeout=20)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=drive, args=(sub,)) for sub in subs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+    assert not any(t.is_alive() for t in threads)
+    return events
+
+
+def test_a_parallel_range_runs_exact_per_sub_session_over_one_control_socket(
+        sim: LocalSimulator) -> None:
+    first, _ = sim.available_range()
+    end = first + 999
+    addresses = list(sim.addresses[:2])
+    before = sim.upgrade_requests().get("control", 0)
+    with no_leaks(FAST.graceful_close + 2):
+        with ManagedParallelSession.start(sim.url, DEFAULT_API_KEY, CreateSession(first, end),
+                                          timing=FAST, policy=QUICK_RETRY) as parallel:
+            subs = parallel.take_sub_sessions()
+            assert parallel.take_sub_sessions() == []
+            assert [s.range for s in subs] == [(first + 250 * i, first + 250 * i + 249)
+                                               for i in range(4)]
+            for sub in subs:
+                sub.subscribe_transactions(addresses)
+                sub.subscribe_account_diffs(addresses)
+            events = drive_all(subs, addresses)
+            ids = [s.info.session_id for s in subs]
+    assert sim.upgrade_requests()["control"] - before == 1  # one control socket for all
+    for sub, session_id in zip(subs, ids, strict=True):
+        low, high = sub.range
+        check_exact(events[session_id], sim.expected(low, high, transactions=addresses,
+                                                     account_diffs=addresses))
+        assert isinstance(events[session_id][-1], Completed)
+        stats: Any = sim.session_stats(session_id)
+        assert stats.blocks_executed == len(sim.expected(low, high).slots) - 1
