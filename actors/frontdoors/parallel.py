@@ -32,7 +32,7 @@ from protocol import CreateSession, ReconnectPolicy, Timing, backtest_ws_url, re
 
 from ..decisions.cursor import Cursor
 from ..decisions.pacer import DEFAULT_MAX_RUN_AHEAD, LostContinuePolicy
-from ..events import ManagedSessionError, SessionInfo
+from ..events import ManagedEvent, ManagedSessionError, SessionInfo
 from ..runtime.connection import DEFAULT_MAX_FRAME_SIZE
 from ..runtime.timers import Scheduler
 from ..supervision.config import DEFAULT_MAX_QUEUE
@@ -53,6 +53,18 @@ class ParallelSubSession(ManagedBacktestSession):
     """
 
     range: tuple[int, int]
+
+    def next_event(self, timeout: float | None = None) -> ManagedEvent:
+        """As ``ManagedBacktestSession.next_event``; a failure names this sub-session's
+        range (``slots a..=b: ...``), so a run over many says which range failed."""
+        try:
+            return super().next_event(timeout)
+        except ManagedSessionError as exc:
+            low, high = self.range
+            if exc.reason.startswith(f"slots {low}..={high}: "):
+                raise
+            error = ManagedSessionError(exc.kind, f"slots {low}..={high}: {exc.reason}")
+            raise error from exc
 
     @property
     def info(self) -> SessionInfo:

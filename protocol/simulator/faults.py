@@ -72,6 +72,7 @@ class FaultCounters:
     delay_handshake: int = 0
     http_status: int = 0
     lose_continue: int = 0
+    fail_session: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return attrs.asdict(self)
@@ -143,6 +144,12 @@ class Faults:
         client cannot tell it from a continue the server is still working on.
         """
         self._call(lambda: self._server.lose_continue.append(session_id))
+
+    def fail_session(self, session_id: str, kind: str = "advanceSlotFailed") -> None:
+        """The session's next continue fails for good: answered with the terminal error
+        ``kind`` (the server could not advance it), and the session is removed. A
+        sub-session of a parallel session fails alone; its siblings go on."""
+        self._call(lambda: self._server.failing.__setitem__(session_id, kind))
 
     def _connection_fault(self, kind: FaultKind, target: Target, session_id: str | None,
                           frame: str | bytes, *, at_slot: int | None, at_block: int | None,

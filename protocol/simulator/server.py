@@ -91,6 +91,7 @@ from ..messages import (
     ContinueSession,
     ContinueToParams,
     CreateSession,
+    Error,
     ParallelAttached,
     Resume,
     SessionAttached,
@@ -535,6 +536,7 @@ class SimulatorServer:
         self.handshake_delays: list[CountedFault] = []
         self.http_faults: list[CountedFault] = []
         self.lose_continue: list[str | None] = []
+        self.failing: dict[str, str] = {}  # session id -> the error its next continue gets
         self.fault_counts = FaultCounters()
         self.liveness_counts = LivenessCounters()
         self.resume_handshakes = ResumeHandshakes()
@@ -741,6 +743,17 @@ class SimulatorServer:
             else:
                 self.fault_counts.malformed += 1
                 peer.write_frame(trigger.frame)
+
+    def _fail_if_asked(self, state: SessionState) -> bool:
+        """``faults.fail_session``: answer this continue with a terminal error, end it."""
+        kind = self.failing.pop(state.session.id, None)
+        if kind is None:
+            return False
+        self.fault_counts.fail_session += 1
+        self._emit(state, error_frame(state.session, BacktestError(kind, {
+            "slot": state.session.pending_slots[0] if state.session.pending_slots else 0})))
+        self._remove(state, f"failed on purpose ({kind})")
+        return True
 
     def _take_lost_continue(self, session_id: str) -> bool:
         for wanted in self.lose_continue:
@@ -956,6 +969,8 @@ class SimulatorServer:
             if self._take_lost_continue(session.id):
                 peer.drop()
                 return state
+            if self._fail_if_asked(state):
+                return state
             if isinstance(request, ContinueParams):
                 refusal = session.check_continue()
             else:
@@ -1120,10 +1135,14 @@ class SimulatorServer:
                          f"address a sub-session (continueSessionV1, closeSessionV1)"})))
             return group
         found = group.members.get(request.session_id)
-        if found is None or self.sessions.get(request.session_id) is not found:
-            reason = "unknown" if found is None else "closed"
+        if found is None:
             peer.write_frame(refusal_frame(BacktestError("invalidRequest", {
-                "error": f"{reason} sub-session {request.session_id!r} of {group.id}"})))
+                "error": f"unknown sub-session {request.session_id!r} of {group.id}"})))
+            return group
+        if self.sessions.get(request.session_id) is not found:
+            # Gone (closed, failed, expired): said to that sub-session, not sequenced.
+            peer.write_frame(encode_response(SessionEvent(request.session_id, None, Error(
+                BacktestError("sessionNotFound", {"session_id": request.session_id})))))
             return group
         member = found
         session = member.session
@@ -1138,6 +1157,8 @@ class SimulatorServer:
             return group
         if self._take_lost_continue(session.id):
             peer.drop()
+            return group
+        if self._fail_if_asked(member):
             return group
         params = request.params
         if isinstance(params, ContinueParams):

@@ -73,3 +73,52 @@ def test_a_parallel_range_runs_exact_per_sub_session_over_one_control_socket(
         assert isinstance(events[session_id][-1], Completed)
         stats: Any = sim.session_stats(session_id)
         assert stats.blocks_executed == len(sim.expected(low, high).slots) - 1
+
+
+def _drive_collecting(subs: list[ParallelSubSession]
+                      ) -> tuple[dict[str, list[ManagedEvent]], dict[str, BaseException]]:
+    events: dict[str, list[ManagedEvent]] = {}
+    errors: dict[str, BaseException] = {}
+
+    def drive(sub: ParallelSubSession) -> None:
+        mine = events[sub.info.session_id] = []
+        try:
+            for event in sub:
+                mine.append(event)
+                if isinstance(event, ReadyForContinue):
+                    sub.send_continue(ContinueParams(advance_count=2), timeout=30)
+        except BaseException as exc:  # noqa: BLE001 - the test looks at it
+            errors[sub.info.session_id] = exc
+
+    threads = [threading.Thread(target=drive, args=(sub,)) for sub in subs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=90)
+    assert not any(t.is_alive() for t in threads), "a sub-session hung"
+    return events, errors
+
+
+def test_a_sub_session_that_fails_for_good_fails_alone_with_its_range(
+        sim: LocalSimulator) -> None:
+    from actors import ManagedSessionError
+
+    first, _ = sim.available_range()
+    end = first + 999
+    with no_leaks(FAST.graceful_close + 2), ManagedParallelSession.start(
+            sim.url, DEFAULT_API_KEY, CreateSession(first, end), timing=FAST,
+            policy=QUICK_RETRY) as parallel:
+        subs = parallel.take_sub_sessions()
+        doomed = subs[1]
+        sim.faults.fail_session(doomed.info.session_id)
+        events, errors = _drive_collecting(subs)
+    assert list(errors) == [doomed.info.session_id]
+    error = errors[doomed.info.session_id]
+    low, high = doomed.range
+    assert isinstance(error, ManagedSessionError) and error.kind == "control_failed"
+    assert str(error).startswith(f"control_failed: slots {low}..={high}: ")
+    assert "advanceSlotFailed" in str(error)
+    for sub in subs:
+        if sub is not doomed:
+            low, high = sub.range
+            check_exact(events[sub.info.session_id], sim.expected(low, high))
