@@ -71,6 +71,7 @@ class Register:
 class Unregister:
     session_id: str
     port: pykka.ActorRef[Any] = attrs.field(eq=False)
+    closed: bool = False  # the sub-session is over: what still comes for it is dropped
 
 
 @attrs.frozen
@@ -133,10 +134,12 @@ class ParallelHub(pykka.ThreadingActor):
         self._ports: dict[str, pykka.ActorRef[Any]] = {}
         self._handed: dict[str, int] = {}  # the newest seq_id handed to a port
         self._waiting: dict[str, list[tuple[int | None, Response]]] = {}
+        self._known: set[str] = set()  # the sub-sessions the create named
+        self._closed: set[str] = set()  # sub-sessions over (completed, closed, failed)
         self._stopping: StopHub | None = None
         self._failed: str | None = None
         self.stats = {"link_restarts": 0, "events_routed": 0, "events_held": 0,
-                      "refusals": 0, "malformed_frames": 0}
+                      "refusals": 0, "malformed_frames": 0, "events_dropped": 0}
 
     # --- pykka ------
 
@@ -148,7 +151,8 @@ class ParallelHub(pykka.ThreadingActor):
         if handler is not None:
             return handler(self, message)
         if isinstance(message, HubStats):
-            return {**self.stats, "control_session_id": self._control_id}
+            return {**self.stats, "control_session_id": self._control_id,
+                    "sub_sessions_closed": len(self._closed)}
         return None
 
     def on_stop(self) -> None:
@@ -177,6 +181,7 @@ class ParallelHub(pykka.ThreadingActor):
         if not self._current(message.generation):
             return
         self._control_id = message.created.control_session_id
+        self._known.update(message.created.session_ids)
         self._log.session_id = self._control_id
         self._log.info("parallel session created: %d sub-sessions",
                        len(message.created.session_ids))
@@ -255,6 +260,14 @@ class ParallelHub(pykka.ThreadingActor):
             return
         by_session: dict[str, list[tuple[int | None, Response]]] = {}
         for session_id, seq, event in message.items:
+            if session_id not in self._known or session_id in self._closed:
+                # A server's mistake (a sub-session it never named, or one that is
+                # over): dropped and counted, the others go on.
+                self.stats["events_dropped"] += 1
+                self._log.warning("sessionEventV2 for %s sub-session %s dropped",
+                                  "a closed" if session_id in self._known else "an unknown",
+                                  session_id)
+                continue
             if seq is not None:
                 self._handed[session_id] = max(self._handed.get(session_id, 0), seq)
             by_session.setdefault(session_id, []).append((seq, event))
@@ -281,6 +294,9 @@ class ParallelHub(pykka.ThreadingActor):
     def _on_unregister(self, message: Unregister) -> None:
         if self._ports.get(message.session_id) is message.port:
             del self._ports[message.session_id]
+        if message.closed:
+            self._closed.add(message.session_id)
+            self.stats["events_dropped"] += len(self._waiting.pop(message.session_id, []))
 
     def _on_write(self, message: WriteFor) -> None:
         link = self._children[CONTROL].ref

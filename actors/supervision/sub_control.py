@@ -46,6 +46,7 @@ class SubControlActor(pykka.ThreadingActor):
         self._generation = generation
         self._up = False
         self._closing = False
+        self._detached = False
         self._done = False
 
     def on_start(self) -> None:
@@ -53,7 +54,8 @@ class SubControlActor(pykka.ThreadingActor):
 
     def on_stop(self) -> None:
         try:
-            self._hub.tell(Unregister(self._session_id, self.actor_ref))
+            self._hub.tell(Unregister(self._session_id, self.actor_ref,
+                                      closed=self._closing and not self._detached))
         except pykka.ActorDeadError:
             pass
 
@@ -102,6 +104,7 @@ class SubControlActor(pykka.ThreadingActor):
         if self._closing:
             return
         self._closing = True
+        self._detached = detach
         if detach or not self._up:
             self._end(ChildClosed(CONTROL, self._generation))
             return

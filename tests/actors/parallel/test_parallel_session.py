@@ -16,7 +16,7 @@ from actors import (
 )
 from protocol import ContinueParams, CreateSession
 from protocol.simulator import DEFAULT_API_KEY, LocalSimulator
-from tests.support.harness import FAST, QUICK_RETRY, check_exact, no_leaks
+from tests.support.harness import FAST, QUICK_RETRY, check_exact, no_leaks, wait_for
 
 pytestmark = pytest.mark.backtest_simulator(seed=31, slots=1100, parallel_split=250)
 
@@ -122,3 +122,37 @@ def test_a_sub_session_that_fails_for_good_fails_alone_with_its_range(
         if sub is not doomed:
             low, high = sub.range
             check_exact(events[sub.info.session_id], sim.expected(low, high))
+
+
+def test_frames_for_unknown_or_closed_sub_sessions_are_dropped_not_fatal(
+        sim: LocalSimulator) -> None:
+    import json
+
+    first, _ = sim.available_range()
+    end = first + 499
+    with no_leaks(FAST.graceful_close + 2), ManagedParallelSession.start(
+            sim.url, DEFAULT_API_KEY, CreateSession(first, end), timing=FAST,
+            policy=QUICK_RETRY) as parallel:
+        subs = parallel.take_sub_sessions()
+        control_id = parallel.control_session_id
+
+        def stray(session_id: str) -> None:
+            sim.faults.malformed("control", session_id=control_id, frame=json.dumps({
+                "method": "sessionEventV2", "params": {"session_id": session_id, "seq_id": 1,
+                                                       "event": {"method": "readyForContinue"}}}))
+
+        stray("backtest_never-named")
+        first_done = drive_all(subs[:1], [])
+        wait_for(lambda: parallel.stats()["sub_sessions_closed"] == 1, 5, "sub-session 0 closed")
+        stray(subs[0].info.session_id)  # over and closed: nothing may reach it
+        rest = drive_all(subs[1:], [])
+        wait_for(lambda: parallel.stats()["events_dropped"] >= 2, 5, "both strays dropped")
+        stats = parallel.stats()
+    assert stats["events_dropped"] == 2
+    for sub in subs:
+        low, high = sub.range
+        got = {**first_done, **rest}[sub.info.session_id]
+        check_exact(got, sim.expected(low, high))
+        # No stray ready delivered: each one was the answer to a continue (or the start).
+        readies = sum(isinstance(e, ReadyForContinue) for e in got)
+        assert readies == sim.session_stats(sub.info.session_id).continues_received
