@@ -284,6 +284,7 @@ class Sweep:
             "reconnect_gate": self.gate_stats,
             "backend": "" if backend is None else backend.name,
             "nodes": 0 if backend is None else len(backend.nodes),
+            "node_ids": [] if backend is None else sorted(backend.nodes),
             "concurrency": self.config.concurrency,
             "wall_time": round(self.previous_wall + time.monotonic() - self.started, 3),
             "per_session": per_session}
