@@ -229,14 +229,22 @@ class LoopbackRayCluster:
         return alive
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    # Ctrl-C, or SIGTERM, ends the cluster (SIGINT too when a shell started this in the
+    # background with SIGINT ignored).
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     with LoopbackRayCluster() as cluster:
         print(f"two Ray nodes at {cluster.address}: {sorted(cluster.raylets())}")
         print("in the sweep's shell:")
         for name in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN",
                      "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):
             print(f"export {name}={cluster.client_env[name]}")
-        print("Ctrl-C ends the cluster", flush=True)
+        print("Ctrl-C (or SIGTERM) ends the cluster", flush=True)
         try:
             signal.pause()
         except KeyboardInterrupt:

@@ -2,7 +2,8 @@
 
 The cluster is two `ray start` nodes on this machine, on the loopback interface
 only (:mod:`tests.support.ray_cluster`); the sweep is the command line, as a user
-runs it, against a local simulator. Ending the cluster leaves no Ray process.
+runs it (with a relative ``--out``: the nodes' workers run in another directory),
+against a local simulator. Ending the cluster leaves no Ray process.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from protocol.simulator import DEFAULT_API_KEY, LocalSimulator
-from tests.support import ROOT
 from tests.support.harness import wait_for
 from tests.support.sweep_checks import check_journal
 
@@ -47,10 +47,11 @@ def test_sweep_with_address_auto_uses_both_nodes_of_a_two_node_cluster_exactly(
             [sys.executable, "-m", "actors.cli", "sweep", "--address", "auto",
              "--url", sim.url, "--api-key", DEFAULT_API_KEY, "--start-slot", str(first),
              "--sessions", str(SESSIONS), "--slot-count", "120", "--concurrency", "4",
-             "--workers", "2", "--out", str(out),
+             "--workers", "2", "--out", out.name,  # relative: the nodes run elsewhere
              *(f"--transactions={a}" for a in sim.addresses[:2]),
              *(f"--account-diffs={a}" for a in sim.addresses[2:4])],
-            cwd=ROOT, env=cluster.client_env, text=True, capture_output=True, timeout=150)
+            cwd=tmp_path, env=cluster.client_env, text=True, capture_output=True,
+            timeout=150)
         swept = time.monotonic()
         listening = cluster.listening()
         left = cluster.stop()
