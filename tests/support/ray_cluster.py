@@ -145,12 +145,9 @@ class LoopbackRayCluster:
             time.sleep(0.1)  # polling a file for a condition, with a deadline
 
     def wait_schedulable(self, timeout: float = 60.0) -> float:
-        """Wait until an actor can be placed on each node; the seconds it took.
-
-        A node that has just joined is in the GCS's node table (and ``ray status``)
-        before the actor scheduler sees its resources: an actor sent to it then
-        lands on the head (soft affinity, SPREAD). A sweep started right after
-        ``ray start`` would run on one node; this probe waits that out."""
+        """Wait until an actor sent to each node (hard node affinity) runs there; the
+        seconds it took. Then a sweep that runs on one node points at the sweep, not
+        at a node the scheduler could not use yet."""
         began = time.monotonic()
         result = subprocess.run([sys.executable, "-c", PROBE, str(timeout)],
                                 env=self.client_env, capture_output=True, text=True,
