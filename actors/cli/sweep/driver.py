@@ -84,12 +84,18 @@ def make_backend(choice: BackendChoice, concurrency: int, *, address: str | None
     return LocalBackend(concurrency, lease=lease)
 
 
+def _absolute(path: str) -> str:
+    return os.path.abspath(path)
+
+
 @attrs.frozen
 class SweepConfig:
     plan: SweepPlan
     url: str  # the control URL the sessions use (the embedded simulator's, if embedded)
     api_key: str = attrs.field(repr=False)
-    out_dir: str
+    # Absolute: the journals are written by workers whose working directory is not the
+    # driver's (a cluster node's, its `ray start`'s), so `--out DIR` must not depend on it.
+    out_dir: str = attrs.field(converter=_absolute)
     concurrency: int = 4
     timing: Timing = attrs.field(factory=Timing)
     policy: ReconnectPolicy = attrs.field(factory=ReconnectPolicy)
@@ -284,6 +290,7 @@ class Sweep:
             "reconnect_gate": self.gate_stats,
             "backend": "" if backend is None else backend.name,
             "nodes": 0 if backend is None else len(backend.nodes),
+            "node_ids": [] if backend is None else sorted(backend.nodes),
             "concurrency": self.config.concurrency,
             "wall_time": round(self.previous_wall + time.monotonic() - self.started, 3),
             "per_session": per_session}

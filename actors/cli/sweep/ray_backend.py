@@ -34,6 +34,7 @@ from typing import Any
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ...runtime.reconnect_gate import DEFAULT_LEASE, LocalReconnectGate
 from . import ray_leftovers
@@ -141,6 +142,8 @@ class RayBackend:
         self.capacity = math.ceil(concurrency / self.worker_count)
         self.gate = RayReconnectGate.remote(concurrency, lease)  # type: ignore[attr-defined]
         self.workers: dict[int, Any] = {}
+        self.placed: dict[int, str | None] = {}  # worker id -> the node it was sent to
+        self.lost_on: set[str] = set()  # nodes where a worker was lost
         self.load: dict[int, set[int]] = {}  # worker id -> session indexes running there
         self.lost_workers = 0
         self.nodes: set[str] = set()  # filled at close: the nodes its workers ran on
@@ -156,14 +159,38 @@ class RayBackend:
     def _add_worker(self) -> None:
         worker_id = self._next_id
         self._next_id += 1
-        # SPREAD: on a cluster the workers go to different nodes (with num_cpus=0 the
-        # default would pack them all on the first node that has room, the head).
+        node = self._next_node()
+        # On a cluster the workers go to the nodes in turn. With num_cpus=0 the default
+        # packs them all on the first node that has room (the head), and so did SPREAD
+        # (two workers on a two-node cluster, both on one node, in 3 runs of 3); a soft
+        # affinity put a third of the actors elsewhere. A hard one holds; if its node is
+        # gone, the worker is lost like any other and its successor avoids that node.
+        strategy: Any = ("SPREAD" if node is None
+                         else NodeAffinitySchedulingStrategy(node, soft=False))
         worker = RayWorker.options(  # type: ignore[attr-defined]
             max_concurrency=self.capacity + 4, max_restarts=0,
-            scheduling_strategy="SPREAD").remote(worker_id, self.gate)
+            scheduling_strategy=strategy).remote(worker_id, self.gate)
         self.workers[worker_id] = worker
+        self.placed[worker_id] = node
         self._node_refs.append(worker.node.remote())
         self.load[worker_id] = set()
+
+    def _next_node(self) -> str | None:
+        """The alive node with the fewest of this sweep's workers; nodes without CPUs
+        (a head started with ``--num-cpus=0`` to keep work off it) only when no node
+        has any, and nodes that lost a worker only when no other is left (Ray may
+        call a node alive for a while after it is gone). None when Ray cannot say."""
+        try:
+            alive = [n for n in ray.nodes() if n.get("Alive")]
+        except RayError:
+            return None
+        working = [n for n in alive if n.get("Resources", {}).get("CPU", 0) > 0] or alive
+        working = [n for n in working if n["NodeID"] not in self.lost_on] or working
+        if not working:
+            return None
+        here = [self.placed[w] for w in self.workers]
+        chosen: str = min((here.count(n["NodeID"]), n["NodeID"]) for n in working)[1]
+        return chosen
 
     def submit(self, job: SessionJob) -> None:
         """On the least loaded worker; a session that failed goes to another one."""
@@ -199,6 +226,9 @@ class RayBackend:
         if worker_id not in self.workers:
             return  # its other sessions already reported it
         del self.workers[worker_id]  # its other sessions' refs fail too, one by one
+        node = self.placed.pop(worker_id, None)
+        if node is not None:
+            self.lost_on.add(node)
         self.load.pop(worker_id, None)
         self.lost_workers += 1
         self.gate.release_owner.remote(f"worker-{worker_id}")
