@@ -23,14 +23,22 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
 import pykka
 
-from protocol import CreateSession, ReconnectPolicy, Timing, backtest_ws_url, resolve_rpc_url
+from protocol import (
+    AttachParallel,
+    CreateSession,
+    ReconnectPolicy,
+    Timing,
+    backtest_ws_url,
+    resolve_rpc_url,
+)
 
-from ..decisions.cursor import Cursor
+from ..decisions.cursor import Cursor, check_cursor
 from ..decisions.pacer import DEFAULT_MAX_RUN_AHEAD, LostContinuePolicy
 from ..events import ManagedEvent, ManagedSessionError, SessionInfo
 from ..runtime.connection import DEFAULT_MAX_FRAME_SIZE
@@ -53,6 +61,13 @@ class ParallelSubSession(ManagedBacktestSession):
     """
 
     range: tuple[int, int]
+
+    @classmethod
+    def of(cls, core: SessionCore, slots: tuple[int, int]) -> ParallelSubSession:
+        sub = cls.from_core(core)
+        assert isinstance(sub, ParallelSubSession)
+        sub.range = slots
+        return sub
 
     def next_event(self, timeout: float | None = None) -> ManagedEvent:
         """As ``ManagedBacktestSession.next_event``; a failure names this sub-session's
@@ -104,18 +119,9 @@ class ManagedParallelSession:
         if not isinstance(create, CreateSession):
             raise TypeError(f"create: expected CreateSession, got {type(create).__name__}")
         options = SessionOptions.of(locals())
-        timing = options.timing or Timing()
-        policy = options.policy or ReconnectPolicy()
         control_url = backtest_ws_url(url)
-        scheduler = Scheduler()
-        started: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()
-        hub = ParallelHub.start(url=control_url, api_key=api_key,
-                                create=attrs.evolve(create, parallel=True), policy=policy,
-                                timing=timing, scheduler=scheduler, started=started,
-                                sslopt=sslopt)
-        bound = policy.max_total + timing.connect + timing.handshake + SHUTDOWN_MARGIN
-        if start_timeout is not None:
-            bound = min(bound, start_timeout)
+        hub, scheduler, timing, bound, started = cls._start_hub(
+            control_url, api_key, attrs.evolve(create, parallel=True), options)
         subs: list[ParallelSubSession] = []
         try:
             created, endpoints = started.get(timeout=bound)
@@ -126,10 +132,7 @@ class ManagedParallelSession:
                 cursor = Cursor(control_url, session_id, rpc, first, last)
                 core = SessionCore.launch(url, api_key, cursor.create, cursor, attrs.evolve(
                     options, control_hub=hub))
-                sub = ParallelSubSession.from_core(core)
-                assert isinstance(sub, ParallelSubSession)
-                sub.range = (first, last)
-                subs.append(sub)
+                subs.append(ParallelSubSession.of(core, (first, last)))
         except BaseException as exc:
             for sub in subs:
                 sub.shutdown()
@@ -139,6 +142,71 @@ class ManagedParallelSession:
                                                     f"{bound:.0f}s") from None
             raise
         return cls(hub, scheduler, created.control_session_id, subs, timing)
+
+    @classmethod
+    def attach(cls, url: str, api_key: str, control_session_id: str,
+               cursors: Sequence[Cursor], *, policy: ReconnectPolicy | None = None,
+               timing: Timing | None = None, max_queue: int = DEFAULT_MAX_QUEUE,
+               sslopt: dict[str, Any] | None = None,
+               max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+               max_run_ahead: int = DEFAULT_MAX_RUN_AHEAD,
+               on_lost_continue: LostContinuePolicy = "resend",
+               start_timeout: float | None = None) -> ManagedParallelSession:
+        """Re-take a parallel session from its sub-sessions' cursors (each right after the
+        last event its application got; see ``ManagedBacktestSession.attach``).
+
+        One ``attachParallelControlSessionV2`` carries every cursor's ``last_seq``;
+        each sub-session then resumes as a single session does (its streams
+        subscribed again with replay, a pending continue settled by the
+        lost-continue rule). A sub-session left out (completed) is not attached.
+        Raises ``ManagedSessionError(kind="attach")`` when the server no longer
+        has the parallel session or another key owns it.
+        """
+        cursors = [check_cursor(c) for c in cursors]
+        options = SessionOptions.of(locals())
+        control_url = backtest_ws_url(url)
+        attach = AttachParallel(control_session_id, {
+            c.session_id: c.last_seq for c in cursors if c.last_seq is not None})
+        hub, scheduler, timing, bound, started = cls._start_hub(
+            control_url, api_key, CreateSession(0, 0, parallel=True), options, attach=attach,
+            sub_sessions=tuple(c.session_id for c in cursors))
+        subs: list[ParallelSubSession] = []
+        try:
+            started.get(timeout=bound)
+            for cursor in cursors:
+                core = SessionCore.resume(url, api_key, cursor,
+                                          attrs.evolve(options, control_hub=hub))
+                subs.append(ParallelSubSession.of(core, (cursor.start_slot, cursor.end_slot)))
+        except BaseException as exc:
+            for sub in subs:
+                sub.shutdown(detach=True)
+            cls._stop_hub(hub, scheduler, timing, detach=True)
+            if isinstance(exc, pykka.Timeout | TimeoutError):
+                raise ManagedSessionError("attach", f"no parallel session within "
+                                                    f"{bound:.0f}s") from None
+            if isinstance(exc, ManagedSessionError) and exc.kind != "attach":
+                raise ManagedSessionError("attach", exc.reason) from exc
+            raise
+        return cls(hub, scheduler, control_session_id, subs, timing)
+
+    @staticmethod
+    def _start_hub(control_url: str, api_key: str, create: CreateSession,
+                   options: SessionOptions, *, attach: AttachParallel | None = None,
+                   sub_sessions: tuple[str, ...] = ()
+                   ) -> tuple[pykka.ActorRef[Any], Scheduler, Timing, float,
+                              pykka.ThreadingFuture[Any]]:
+        timing = options.timing or Timing()
+        policy = options.policy or ReconnectPolicy()
+        scheduler = Scheduler()
+        started: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()
+        hub = ParallelHub.start(url=control_url, api_key=api_key, create=create,
+                                policy=policy, timing=timing, scheduler=scheduler,
+                                started=started, sslopt=options.sslopt, attach=attach,
+                                sub_sessions=sub_sessions)
+        bound = policy.max_total + timing.connect + timing.handshake + SHUTDOWN_MARGIN
+        if options.start_timeout is not None:
+            bound = min(bound, options.start_timeout)
+        return hub, scheduler, timing, bound, started
 
     @property
     def control_session_id(self) -> str:

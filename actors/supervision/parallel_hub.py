@@ -119,8 +119,10 @@ class ParallelHub(pykka.ThreadingActor):
 
     def __init__(self, *, url: str, api_key: str, create: CreateSession,
                  policy: ReconnectPolicy, timing: Timing, scheduler: Scheduler,
-                 started: pykka.Future[tuple[SessionsCreated, dict[str, str]]],
-                 sslopt: dict[str, Any] | None = None) -> None:
+                 started: pykka.Future[tuple[SessionsCreated, dict[str, str]] | None],
+                 sslopt: dict[str, Any] | None = None,
+                 attach: AttachParallel | None = None,
+                 sub_sessions: tuple[str, ...] = ()) -> None:
         super().__init__()
         self._url, self._api_key, self._create = url, api_key, create
         self._timing, self._scheduler, self._sslopt = timing, scheduler, sslopt
@@ -138,6 +140,10 @@ class ParallelHub(pykka.ThreadingActor):
         self._closed: set[str] = set()  # sub-sessions over (completed, closed, failed)
         self._stopping: StopHub | None = None
         self._failed: str | None = None
+        if attach is not None:  # resumed: every sub-session from the seq its cursor has
+            self._control_id = attach.control_session_id
+            self._handed = dict(attach.last_sequences)
+            self._known.update(sub_sessions)
         self.stats = {"link_restarts": 0, "events_routed": 0, "events_held": 0,
                       "refusals": 0, "malformed_frames": 0, "events_dropped": 0}
 
@@ -194,6 +200,9 @@ class ParallelHub(pykka.ThreadingActor):
             return
         self._up = True
         self._children.set_status(CONTROL, Up())
+        if self._started is not None:  # an attach: the sub-sessions are the cursors'
+            self._started.set(None)
+            self._started = None
         self._children[CONTROL].timer = self._scheduler.schedule(
             self._policy.uptime_reset, self.actor_ref, _UptimeCheck(message.generation))
         for port in list(self._ports.values()):
