@@ -25,8 +25,8 @@ shape and field names: a notification's fields are spread over two nested
 objects (``params.subscription``, ``params.result.slot``, and
 ``result.context.slot`` / ``writeIndex`` for account diffs). msgspec therefore
 decodes the frame into private ``Struct`` envelopes, and the notification is
-filled from them without its ``__init__`` (see :func:`_twin`). The wire classes
-have no attrs validators (``_twin`` refuses a class that gains one), so no
+filled from them without its ``__init__`` (see ``twin``). The wire classes
+have no attrs validators (``twin`` refuses a class that gains one), so no
 check of theirs is skipped: msgspec would run attrs validators after building
 an object, in Python, and only on the classes it builds itself.
 
@@ -105,7 +105,7 @@ class _DiffFrame(msgspec.Struct, tag_field="method", tag="accountDiffNotificatio
     params: _DiffParams
 
 
-def _twin(cls: type) -> type:
+def twin(cls: type) -> type:
     """A subclass of the frozen wire class ``cls`` whose instances can be filled by
     plain attribute stores, then become ``cls`` itself (``obj.__class__ = cls``).
 
@@ -143,8 +143,8 @@ def pubsub_loads(slow: Callable[[str | bytes], PubsubMessage]
     """
     decode = msgspec.json.Decoder(_TxFrame | _DiffFrame).decode
     failed, tx_frame, new = _FAILED, _TxFrame, object.__new__
-    tx_twin, tx_cls = _twin(TransactionNotification), TransactionNotification
-    diff_twin, diff_cls = _twin(AccountDiffNotification), AccountDiffNotification
+    tx_twin, tx_cls = twin(TransactionNotification), TransactionNotification
+    diff_twin, diff_cls = twin(AccountDiffNotification), AccountDiffNotification
 
     def decode_pubsub(frame: str | bytes) -> PubsubMessage:
         """Client side: one PubSub frame.
