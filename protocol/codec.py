@@ -23,6 +23,13 @@ stdlib in ways the wire never needs: ``NaN``/``Infinity`` and unpaired
 surrogate escapes are refused as "not JSON", and an integer outside
 ``-2**63..2**64-1`` is read as a float, so a typed field refuses it ("expected
 int, got float"), as the server's own (Rust, u64) types would.
+
+The hot frames (PubSub notifications, the control responses of every slot) do
+not go through orjson and cattrs: the converter's loads hooks hand them to
+msgspec decoders that parse, check and build them in C, in about the time
+orjson takes to parse them alone (:mod:`protocol.fastpath`). Whatever such a
+decoder does not take is decoded again here, field by field, so the errors and
+their field paths are this module's.
 """
 
 from __future__ import annotations
@@ -30,16 +37,17 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Set
 from typing import Any, TypeVar
 
 import attrs
 import cattrs
 import orjson
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
-from cattrs.preconf.orjson import make_converter
+from cattrs.preconf.orjson import OrjsonConverter, configure_converter
 
 from .errors import ProtocolError
+from .fastpath import pubsub_loads, response_loads
 from .messages import (
     AccountData,
     Attach,
@@ -117,9 +125,36 @@ _CAMEL_CASE_CLASSES: frozenset[type] = frozenset(
 
 # --- the converter ---------------------------------------------------------------
 
+class Converter(OrjsonConverter):
+    """cattrs' orjson converter, plus loads hooks: ``loads(frame, cl)`` hands ``cl`` to
+    the hook registered for it, or parses and structures as cattrs does.
+
+    The hooks are the hot wire types' fast paths (:mod:`protocol.fastpath`: parsed,
+    checked and built in C by msgspec), each falling back to this converter's
+    own field-by-field path for anything it does not take, so the errors stay
+    those of the slow path. The module's entry points (:func:`decode_pubsub`,
+    :func:`decode_response`) are the hooks themselves, called directly (a dict
+    lookup less per frame).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._loads_hooks: dict[Any, Callable[[str | bytes], Any]] = {}
+
+    def register_loads_hook(self, cl: Any, hook: Callable[[str | bytes], Any]) -> None:
+        self._loads_hooks[cl] = hook
+
+    def loads(self, data: bytes | bytearray | memoryview | str, cl: Any) -> Any:
+        hook = self._loads_hooks.get(cl)
+        if hook is not None:
+            return hook(data)  # type: ignore[arg-type]
+        return super().loads(data, cl)
+
+
 # cattrs' orjson preset (how bytes, dates, sets and mapping keys go to orjson),
 # made strict below: the hooks of the primitive types refuse any other type.
-converter = make_converter(detailed_validation=True)
+converter = Converter(detailed_validation=True, unstruct_collection_overrides={Set: list})
+configure_converter(converter)
 
 
 def _strict(kind: type, name: str) -> Callable[[Any, Any], Any]:
@@ -360,8 +395,12 @@ def encode_response(msg: Response, seq_id: int | None = None) -> str:
     return _dumps(out)
 
 
-def decode_response(frame: str | bytes) -> tuple[int | None, Response]:
-    """Client side: ``(seq_id or None, message)`` for one control frame."""
+SequencedResponse = tuple[int | None, Response]
+"""What a control frame decodes to: ``(seq_id or None, message)``."""
+
+
+def _decode_response(frame: str | bytes) -> SequencedResponse:
+    """The slow path of :func:`decode_response`: field by field, names the field at fault."""
     obj = _object(_load(frame), "$", frame)
     method = _field(obj, "method", str, "$", frame)
     seq_id = obj.get("seqId", obj.get("seq_id"))
@@ -440,6 +479,10 @@ def _discovery_batch(params: Any, frame: str | bytes) -> DiscoveryBatch:
     rest = {k: v for k, v in body.items() if k != "matched"}
     batch = _structure(rest, DiscoveryBatch, "$.params", frame)
     return attrs.evolve(batch, matched=tuple(known))
+
+
+decode_response = response_loads(_decode_response)
+converter.register_loads_hook(SequencedResponse, decode_response)
 
 
 def encode_record(obj: Any, **extra: Any) -> str:
@@ -561,101 +604,13 @@ def encode_pubsub(msg: PubsubMessage) -> str:
     return _dumps({"jsonrpc": "2.0", "method": msg.method, "params": msg.params})
 
 
-def _slot_setters(cls: type) -> tuple[Callable[[Any, Any], None], ...]:
-    """The slot descriptors' setters of a frozen, slotted attrs class, in field order.
-
-    Building a notification through them skips attrs' generated ``__init__``
-    (a Python frame and one bound ``object.__setattr__`` call per field), about
-    a quarter of the decode time. That is only the same object if ``__init__``
-    does nothing else, so a class that gains a validator, a converter or a
-    ``__attrs_post_init__`` is refused here, at import.
-    """
-    fields = attrs.fields(cls)
-    if (not cls.__attrs_attrs__ or "__slots__" not in vars(cls)  # type: ignore[attr-defined]
-            or hasattr(cls, "__attrs_post_init__")
-            or any(f.validator is not None or f.converter is not None for f in fields)):
-        raise TypeError(f"{cls.__name__}: not a plain slotted attrs class")
-    return tuple(vars(cls)[f.name].__set__ for f in fields)
+def _slow_pubsub(frame: str | bytes) -> PubsubMessage:
+    """The slow path of :func:`decode_pubsub`: field by field, names the field at fault."""
+    return _decode_pubsub(_load(frame), frame)
 
 
-_TX_SET = _slot_setters(TransactionNotification)
-_DIFF_SET = _slot_setters(AccountDiffNotification)
-assert [f.name for f in attrs.fields(TransactionNotification)] == [
-    "subscription", "slot", "signature", "transaction", "meta", "index"]
-assert [f.name for f in attrs.fields(AccountDiffNotification)] == [
-    "subscription", "slot", "account", "signature", "pre", "post", "write_index"]
-
-
-def _pubsub_decoder() -> Callable[[str | bytes], PubsubMessage]:
-    """Build :func:`decode_pubsub` with what it uses bound in its closure.
-
-    It runs once per frame, and a closure's names are read like locals, not
-    looked up as globals: that, and one Python frame for the whole fast path,
-    is about a tenth of the decode time.
-    """
-    loads, decode_error, new = orjson.loads, orjson.JSONDecodeError, object.__new__
-    tx_cls, diff_cls, int_, str_ = TransactionNotification, AccountDiffNotification, int, str
-    t0, t1, t2, t3, t4, t5 = _TX_SET
-    d0, d1, d2, d3, d4, d5, d6 = _DIFF_SET
-
-    def decode_pubsub(frame: str | bytes) -> PubsubMessage:
-        """Client side: one PubSub frame.
-
-        A well-formed notification (nearly every frame) is checked and built on
-        a fast path; anything it does not accept outright, valid or not, takes
-        the field-by-field path, which alone decides what is valid and names
-        the field at fault. The fast path accepts only what that path accepts
-        (tests/protocol/test_fuzz_codec.py compares the two on mutated frames).
-        """
-        try:
-            obj = loads(frame)
-        except decode_error as exc:
-            raise _not_json(frame, exc) from None
-        try:
-            params = obj["params"]
-            result = params["result"]
-            method = obj["method"]
-            subscription = params["subscription"]
-            if method == "transactionNotification":
-                slot = result["slot"]
-                signature = result["signature"]
-                index = result.get("index")
-                if (type(subscription) is int_ and type(slot) is int_
-                        and type(signature) is str_
-                        and (index is None or (type(index) is int_ and index >= 0))):
-                    out: Any = new(tx_cls)
-                    t0(out, subscription)
-                    t1(out, slot)
-                    t2(out, signature)
-                    t3(out, result.get("transaction"))
-                    t4(out, result.get("meta"))
-                    t5(out, index)
-                    return out  # type: ignore[no-any-return]
-            elif method == "accountDiffNotification":
-                slot = result["context"]["slot"]
-                account = result["account"]
-                signature = result["signature"]
-                index = result.get("writeIndex")
-                if (type(subscription) is int_ and type(slot) is int_
-                        and type(account) is str_ and type(signature) is str_
-                        and (index is None or (type(index) is int_ and index >= 0))):
-                    out = new(diff_cls)
-                    d0(out, subscription)
-                    d1(out, slot)
-                    d2(out, account)
-                    d3(out, signature)
-                    d4(out, result.get("pre"))
-                    d5(out, result.get("post"))
-                    d6(out, index)
-                    return out  # type: ignore[no-any-return]
-        except (KeyError, TypeError, AttributeError):
-            pass  # not an object somewhere: the careful path says where
-        return _decode_pubsub(obj, frame)
-
-    return decode_pubsub
-
-
-decode_pubsub = _pubsub_decoder()
+decode_pubsub = pubsub_loads(_slow_pubsub)
+converter.register_loads_hook(PubsubMessage, decode_pubsub)
 
 
 def _decode_pubsub(obj: Any, frame: str | bytes) -> PubsubMessage:

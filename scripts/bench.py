@@ -10,15 +10,18 @@ client's figures (time, threads, RSS) are the client's alone. Prints markdown.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import gc
 import json
+import re
 import statistics
+import subprocess
 import sys
 import threading
 import time
 import timeit
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +65,7 @@ from protocol.simulator.process import simulator_process  # noqa: E402
 TIMING = Timing(connect=5, handshake=10, keepalive_interval=0.1, keepalive_deadline=0.5,
                 graceful_close=2)
 BARRIER_EVERY = 4
+BLAST_FIRST_SLOT = 400_000_000  # scripts/blast_server.py's anchor slot
 # Restarts at once, bounded by time rather than by a count: after a blackholed control
 # link the server answers sessionOwnershipBusy until its own keepalive has found the old
 # connection dead, so the budget must outlive the server's deadline, however fast the
@@ -166,6 +170,70 @@ def bench_throughput(runs: int, slots: int, txs_per_slot: int) -> list[list[str]
          f"{statistics.median(gated_ratios):.2f}",
          f"{min(gated_ratios):.2f}–{max(gated_ratios):.2f}"],
         ["stream", f"{frames:,} notifications", f"~{per_slot:,}/slot, {runs} runs"],
+    ]
+
+
+# --- 1b. against the blast server -----------------------------------------------------------
+
+@contextlib.contextmanager
+def blast_process(slots: int, per_slot: int) -> Iterator[str]:
+    """``scripts/blast_server.py`` in a child process; yields its control URL."""
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("blast_server.py")),
+                             "--slots", str(slots), "--per-slot", str(per_slot)],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()  # the one line it writes, once it listens
+        match = re.search(r"serving (ws://\S+/backtest)", line)
+        if match is None:
+            raise RuntimeError(f"the blast server did not start: {line!r}")
+        yield match.group(1)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def bench_blast(runs: int, slots: int, per_slot: int) -> list[list[str]]:
+    """One session against a server that writes pre-built frames from memory."""
+    first, last = BLAST_FIRST_SLOT, BLAST_FIRST_SLOT + slots
+    frames = slots * per_slot
+    address = ["8FwVNU7nnbro5bDTJ9FcGDB8gV33h7ahzqzVv2WaMU93"]
+    raw: list[float] = []
+    managed: list[float] = []
+    raw_cpu: list[float] = []
+    managed_cpu: list[float] = []
+    ratios: list[float] = []
+    with blast_process(slots, per_slot) as url:
+        def run(fn: Callable[[], float], rates: list[float], cpus: list[float]) -> float:
+            cpu = time.process_time()
+            rate = fn()
+            cpus.append((time.process_time() - cpu) / frames * 1e6)
+            rates.append(rate)
+            return rate
+
+        def run_raw() -> float:
+            return run(lambda: raw_run(url, first, last, address, frames), raw, raw_cpu)
+
+        def run_managed() -> float:
+            return run(lambda: managed_run(url, first, last, address), managed, managed_cpu)
+
+        run_raw()  # warm-up: the first connection pays the imports and the page faults
+        raw.clear()
+        raw_cpu.clear()
+        for i in range(runs):
+            if i % 2 == 0:
+                r, m = run_raw(), run_managed()
+            else:
+                m, r = run_managed(), run_raw()
+            ratios.append(m / r)
+    return [
+        ["raw websocket-client loop + codec", f"{statistics.median(raw):,.0f}",
+         f"{min(raw):,.0f}–{max(raw):,.0f}", f"{statistics.median(raw_cpu):.2f}"],
+        ["managed session, next_event()", f"{statistics.median(managed):,.0f}",
+         f"{min(managed):,.0f}–{max(managed):,.0f}", f"{statistics.median(managed_cpu):.2f}"],
+        ["ratio managed/raw (pairwise median)", f"{statistics.median(ratios):.2f}",
+         f"{min(ratios):.2f}–{max(ratios):.2f}", ""],
+        ["stream", f"{frames:,} notifications", f"{per_slot:,}/slot, {runs} pairs", ""],
     ]
 
 
@@ -514,6 +582,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer runs, under 2 minutes")
     parser.add_argument("--out", help="also write the tables to this file")
+    parser.add_argument("--only", choices=("codec", "blast"),
+                        help="only the codec table, or only the one against the blast server")
     parser.add_argument("--sweep-only", action="store_true", help="only the sweep table")
     parser.add_argument("--scale", type=int, nargs="*",
                         help="session counts of the scale table (default 1 10 100 500)")
@@ -529,6 +599,15 @@ def main(argv: list[str] | None = None) -> int:
         parts.append(text)
         print(text, flush=True)  # as it comes: a long run shows its progress
 
+    if args.only == "codec":
+        part(table("Codec (µs per frame)", ["decoder", "µs/frame", "× json.loads",
+                                             "× orjson.loads"], bench_codec(runs)))
+        return 0
+    if args.only == "blast":
+        part(table("Against the blast server (notifications/s; scripts/blast_server.py)",
+                   ["path", "median", "range", "CPU µs/notification (client process)"],
+                   bench_blast(pairs, 40 if args.quick else 60, 2500)))
+        return 0
     if not args.sweep_only:
         part(f"Machine: {psutil.cpu_count()} cores, Python {sys.version.split()[0]}; "
              f"`python scripts/bench.py{' --quick' if args.quick else ''}`\n")
@@ -542,6 +621,9 @@ def main(argv: list[str] | None = None) -> int:
         part(table("Throughput (notifications/s through the client)",
                    ["path", "median", "range"],
                    bench_throughput(pairs, 30 if args.quick else 60, 2000)))
+        part(table("Against the blast server (notifications/s; scripts/blast_server.py)",
+                   ["path", "median", "range", "CPU µs/notification (client process)"],
+                   bench_blast(pairs, 40 if args.quick else 60, 2500)))
         part(table("Recovery (ms)", ["what", "median", "range", "goal"],
                    bench_recovery(runs)))
         part(table("Scale (sessions in one process, both subscriptions each)",

@@ -47,6 +47,9 @@ from ..events import (
 from .cursor import Cursor, CursorTracker, Delta, ItemDelta, SeqDelta, item_key
 
 PRUNE_EVERY_SLOTS = 16  # dedup keys are pruned in steps, not on every batch
+# An ItemDelta built by tuple's own constructor: a named tuple's ``__new__`` is a Python
+# function (a frame per item), and one delta is made per notification.
+new_delta = tuple.__new__
 
 
 class Reply(Protocol):
@@ -275,7 +278,7 @@ class Outbox:
                 keys.append(key)
             if slot > stream.max_slot:
                 stream.max_slot = slot
-            delta = ItemDelta(name, address, slot, key)
+            delta = new_delta(ItemDelta, (name, address, slot, key))
             if to_queue:
                 queue.append((name, event, delta))
                 queued += 1

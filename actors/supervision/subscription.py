@@ -52,6 +52,7 @@ from protocol import (
     decode_pubsub,
     encode_subscribe,
 )
+from protocol.fastpath import twin
 from protocol.pubsub import StreamKind
 
 from ..events import AccountDiff, Transaction
@@ -151,16 +152,41 @@ class _Matcher:
         return matched
 
 
+_new = object.__new__
+_TX_TWIN = twin(Transaction)
+_DIFF_TWIN = twin(AccountDiff)
+
+
 def _to_event(item: TransactionNotification | AccountDiffNotification, address: str,
               matched: _Matcher) -> Transaction | AccountDiff:
     """The event of a notification for ``address``; a transaction names every
     subscribed address it mentions (computed from its content, so the same
-    transaction gets the same ``matched`` whichever notification came first)."""
+    transaction gets the same ``matched`` whichever notification came first).
+
+    Built as the codec builds a notification (protocol/fastpath.py ``twin``): one
+    event per notification, and the frozen class's ``__init__`` cost as much as
+    the rest of this function.
+    """
+    out: Any
     if isinstance(item, TransactionNotification):
-        return Transaction(item.slot, item.signature, item.transaction, item.meta, item.index,
-                           matched(item.transaction, address, item.signature))
-    return AccountDiff(item.slot, item.account, item.signature, item.pre, item.post,
-                       item.write_index)
+        out = _new(_TX_TWIN)
+        out.slot = item.slot
+        out.signature = item.signature
+        out.transaction = item.transaction
+        out.meta = item.meta
+        out.index = item.index
+        out.matched = matched(item.transaction, address, item.signature)
+        out.__class__ = Transaction
+        return out  # type: ignore[no-any-return]
+    out = _new(_DIFF_TWIN)
+    out.slot = item.slot
+    out.account = item.account
+    out.signature = item.signature
+    out.pre = item.pre
+    out.post = item.post
+    out.write_index = item.write_index
+    out.__class__ = AccountDiff
+    return out  # type: ignore[no-any-return]
 
 
 def _execution_order(pair: tuple[str, Transaction | AccountDiff]) -> tuple[int, int]:
