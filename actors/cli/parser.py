@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--inject", metavar="FILE",
                      help="with --discover: send the base64 transactions in FILE (one per "
                           "line, '#' comments) at each pause, to run right before the batch")
+    run.add_argument("--parallel", action="store_true",
+                     help="run the range as one parallel session: the server splits it into "
+                          "sub-sessions, driven over one control connection; --out is then a "
+                          "directory (a journal per sub-session); exit 1 if any failed")
+    run.add_argument("--concurrency", type=_positive, default=4, metavar="N",
+                     help="with --parallel: sub-sessions driven at once (default 4)")
     run.add_argument("--max-run-ahead", type=_positive, default=DEFAULT_MAX_RUN_AHEAD,
                      metavar="SLOTS",
                      help=f"executed slots the session may run past what every subscription "

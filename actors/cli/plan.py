@@ -19,9 +19,11 @@ so its runs cannot be resumed (exit 2).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import IO
 
 import attrs
@@ -32,6 +34,7 @@ from protocol.messages import is_base64, pubkey_problem
 from protocol.simulator import DEFAULT_API_KEY, LocalSimulator
 
 from .journal import JournalError, JournalHeader, read_journal
+from .parallel import MANIFEST, ParallelRun, is_parallel_journal
 from .run import Run
 
 API_KEY_ENV = "BACKTEST_API_KEY"
@@ -136,6 +139,8 @@ class RunPlan:
         if not os.path.exists(args.resume):  # a wrong path is a bad argument, as a bad flag
             sys.stderr.write(f"backtest-actors run: --resume {args.resume}: no such journal\n")
             return 2
+        if is_parallel_journal(args.resume):
+            return self._resume_parallel(console)
         try:
             state = read_journal(args.resume)
         except JournalError as exc:
@@ -164,6 +169,20 @@ class RunPlan:
                     resume_path=args.resume, quiet=args.quiet or args.json,
                     json_summary=args.json, knobs={**header.knobs, **self.knobs()},
                     start_timeout=args.startup_timeout, inject=header.inject).run()
+
+    def _resume_parallel(self, console: Console) -> int:
+        """``--resume DIR`` of a ``run --parallel``: every unfinished sub-session goes on."""
+        args = self.args
+        try:
+            url = json.loads((Path(args.resume) / MANIFEST).read_text())["url"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            sys.stderr.write(f"backtest-actors run: --resume {args.resume}: {exc}\n")
+            return 1
+        return ParallelRun(console, url, self.api_key, CreateSession(0, 0), self._timing(),
+                           self._policy(), [], [], 1, None, args.concurrency, args.seed,
+                           quiet=args.quiet or args.json, json_summary=args.json,
+                           knobs=self.knobs(), start_timeout=args.startup_timeout,
+                           resume_dir=args.resume).run()
 
     def execute(self) -> int:
         args = self.args
@@ -205,6 +224,16 @@ class RunPlan:
             sys.stderr.write(f"backtest-actors run: {exc}\n".replace("run: backtest-actors "
                                                                      "run: ", "run: "))
             return 2
+        if args.parallel:
+            try:
+                return ParallelRun(console, url, self.api_key, create, timing, policy,
+                                   tx_addrs, diff_addrs, args.advance, args.out,
+                                   args.concurrency, args.seed, simulator=simulator,
+                                   quiet=args.quiet or args.json, json_summary=args.json,
+                                   knobs=self.knobs(), start_timeout=args.startup_timeout).run()
+            finally:
+                if simulator is not None:
+                    simulator.close()
         out: IO[str] | None = None
         try:
             out = open(args.out, "w", encoding="utf-8") if args.out else None  # noqa: SIM115

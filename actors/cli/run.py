@@ -68,8 +68,13 @@ class Run:
                  quiet: bool = False, json_summary: bool = False,
                  expected: Expected | None = None,
                  knobs: dict[str, float] | None = None,
-                 start_timeout: float | None = None, inject: tuple[str, ...] = ()) -> None:
+                 start_timeout: float | None = None, inject: tuple[str, ...] = (),
+                 opener: Callable[[], ManagedBacktestSession] | None = None,
+                 report: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.console = console
+        # A sub-session of run --parallel: opened by the parallel run (``opener``), and
+        # its summary handed back (``report``) instead of printed.
+        self.opener, self.report = opener, report
         # Precise stepping (--discover): pause before each announced batch; --inject
         # goes with each request that leaves a pause.
         self.discover = bool(create.discoveries)
@@ -122,7 +127,8 @@ class Run:
         try:
             return self._run(started)
         finally:
-            signal.signal(signal.SIGINT, previous)
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, previous)
 
     def _install_interrupt_handler(self) -> Any:
         if threading.current_thread() is not threading.main_thread():
@@ -256,11 +262,16 @@ class Run:
         common: dict[str, Any] = {
             "timing": self.timing, "policy": self.policy, "max_run_ahead": self.max_run_ahead,
             "on_lost_continue": self.on_lost_continue, "start_timeout": self.start_timeout}
-        if self.resume is None:
+        if self.opener is not None:
+            session = self.opener()
+            if self.resume is None:
+                return session
+        elif self.resume is None:
             return ManagedBacktestSession.start(self.url, self.api_key, self.create,
                                                 on_starting=self._starting, **common)
-        session = ManagedBacktestSession.attach(self.url, self.api_key, self.resume.cursor,
-                                                on_starting=self._starting, **common)
+        else:
+            session = ManagedBacktestSession.attach(self.url, self.api_key, self.resume.cursor,
+                                                    on_starting=self._starting, **common)
         try:
             # Only now is the journal touched: a torn last line is cut off, then appended to.
             assert self.resume_path is not None
@@ -415,6 +426,9 @@ class Run:
     def _print_summary(self, session_id: str, stats: SessionStats | None, wall: float,
                        failure: ManagedSessionError | None) -> None:
         doc = self.summary_document(session_id, stats, wall, failure)
+        if self.report is not None:
+            self.report(doc)
+            return
         if self.json_summary:
             sys.stdout.write(dump_document(doc) + "\n")  # the codec: the one converter
             sys.stdout.flush()

@@ -1,0 +1,229 @@
+"""``run --parallel``: the range as one parallel session, its sub-sessions driven at once.
+
+The server splits the range (``ManagedParallelSession``); this runs each
+sub-session as ``run`` runs a session (:class:`~actors.cli.run.Run`: its events
+journaled, continues written ahead, the delivery checked on the embedded
+simulator), at most ``--concurrency`` at a time, over the one control socket.
+A sub-session that fails is reported with its range; the others go on. The exit
+code is 1 when any failed.
+
+``--out DIR``: one journal per sub-session (``DIR/sub-<i>.jsonl``) and a manifest
+(``DIR/parallel.json``: the control session, the sub-sessions, their journals).
+``run --resume DIR`` re-attaches every sub-session still running from its
+journal, over one new control socket, and goes on; one that completed stays done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from protocol import CreateSession, ReconnectPolicy, Timing, backtest_ws_url
+from protocol.codec import dump_document
+from protocol.simulator import LocalSimulator
+
+from ..decisions.cursor import Cursor
+from ..events import ManagedSessionError
+from ..frontdoors.parallel import ManagedParallelSession, ParallelSubSession
+from .journal import JournalError, JournalState, read_journal
+from .progress import PLAIN_PROGRESS_EVERY
+from .run import Run
+
+MANIFEST = "parallel.json"
+MANIFEST_FORMAT = "backtest-actors-parallel"
+
+
+def is_parallel_journal(path: str) -> bool:
+    """``--resume PATH`` names a parallel run's directory (it holds the manifest)."""
+    return (Path(path) / MANIFEST).is_file()
+
+
+class ParallelRun:
+    def __init__(self, console: Console, url: str, api_key: str, create: CreateSession,
+                 timing: Timing, policy: ReconnectPolicy, tx_addrs: list[str],
+                 diff_addrs: list[str], advance: int, out_dir: str | None, concurrency: int,
+                 seed: int, *, simulator: LocalSimulator | None = None, quiet: bool = False,
+                 json_summary: bool = False, knobs: dict[str, float] | None = None,
+                 start_timeout: float | None = None, resume_dir: str | None = None) -> None:
+        self.console, self.url, self.api_key, self.create = console, url, api_key, create
+        self.timing, self.policy, self.seed = timing, policy, seed
+        self.tx_addrs, self.diff_addrs, self.advance = tx_addrs, diff_addrs, advance
+        self.out_dir, self.concurrency, self.simulator = out_dir, concurrency, simulator
+        self.quiet, self.json_summary, self.knobs = quiet, json_summary, knobs or {}
+        self.start_timeout, self.resume_dir = start_timeout, resume_dir
+        self.reports: dict[int, dict[str, Any]] = {}
+        self._journals: dict[str, str] = {}  # sub-session id -> its journal
+        self._lock = threading.Lock()
+
+    # --- starting ------
+
+    def run(self) -> int:
+        try:
+            parallel, subs, states = self._open()
+        except (ManagedSessionError, JournalError, OSError, ValueError) as exc:
+            what = "cannot be resumed" if self.resume_dir else "not created"
+            sys.stderr.write(f"backtest-actors run: parallel session {what}: "
+                             f"{' '.join(str(exc).split())}\n")
+            return 1
+        try:
+            codes = self._drive(subs, states)
+        finally:
+            parallel.shutdown()
+        return self._summary(parallel.control_session_id, subs, codes)
+
+    def _open(self) -> tuple[ManagedParallelSession, list[ParallelSubSession],
+                             list[JournalState | None]]:
+        common: dict[str, Any] = {"timing": self.timing, "policy": self.policy,
+                                  "start_timeout": self.start_timeout}
+        if self.resume_dir is None:
+            parallel = ManagedParallelSession.start(self.url, self.api_key, self.create,
+                                                    **common)
+            subs = parallel.take_sub_sessions()
+            if self.out_dir is not None:
+                self._write_manifest(parallel, subs)
+                self._journals = {s.info.session_id: str(Path(self.out_dir) / f"sub-{i}.jsonl")
+                                  for i, s in enumerate(subs)}
+            return parallel, subs, [None] * len(subs)
+        manifest = self._read_manifest()
+        self.tx_addrs = list(manifest.get("transactions", []))
+        self.diff_addrs = list(manifest.get("accountDiffs", []))
+        self.advance = int(manifest.get("advance", 1))
+        cursors: list[Cursor] = []
+        states: list[JournalState | None] = []
+        for entry in manifest["subSessions"]:
+            journal = str(Path(self.resume_dir) / entry["journal"])
+            self._journals[entry["sessionId"]] = journal
+            if not os.path.exists(journal):
+                # Never driven before the run stopped (beyond --concurrency): from the
+                # start, with a journal of its own.
+                cursors.append(Cursor(manifest["url"], entry["sessionId"],
+                                      entry["rpcEndpoint"], entry["startSlot"],
+                                      entry["endSlot"]))
+                states.append(None)
+                continue
+            state = read_journal(journal)
+            if not state.completed:
+                cursors.append(state.cursor)
+                states.append(state)
+        parallel = ManagedParallelSession.attach(self.url, self.api_key,
+                                                 manifest["controlSessionId"], cursors,
+                                                 **common)
+        # A completed sub-session stays done: only the others are attached and driven.
+        return parallel, parallel.take_sub_sessions(), states
+
+    def _write_manifest(self, parallel: ManagedParallelSession,
+                        subs: list[ParallelSubSession]) -> None:
+        assert self.out_dir is not None
+        os.makedirs(self.out_dir, exist_ok=True)
+        doc = {"format": MANIFEST_FORMAT, "url": backtest_ws_url(self.url),
+               "controlSessionId": parallel.control_session_id,
+               "transactions": self.tx_addrs, "accountDiffs": self.diff_addrs,
+               "advance": self.advance,
+               "subSessions": [{"sessionId": s.info.session_id, "startSlot": s.range[0],
+                                "endSlot": s.range[1], "rpcEndpoint": s.info.rpc_endpoint,
+                                "journal": f"sub-{i}.jsonl"}
+                               for i, s in enumerate(subs)]}
+        (Path(self.out_dir) / MANIFEST).write_text(dump_document(doc) + "\n")
+
+    def _read_manifest(self) -> dict[str, Any]:
+        assert self.resume_dir is not None
+        try:
+            doc = json.loads((Path(self.resume_dir) / MANIFEST).read_text())
+        except (OSError, ValueError) as exc:
+            raise JournalError(f"{MANIFEST}: {exc}") from None
+        if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT or not all(
+                isinstance(e, dict) and isinstance(e.get("journal"), str)
+                for e in doc.get("subSessions", [None])):
+            raise JournalError(f"{MANIFEST}: not a parallel run's manifest")
+        return doc
+
+    # --- driving ------
+
+    def _drive(self, subs: list[ParallelSubSession], states: list[JournalState | None]
+               ) -> list[int]:
+        """Each sub-session as a Run, ``concurrency`` at a time; exit codes in order."""
+        with ThreadPoolExecutor(max_workers=self.concurrency,
+                                thread_name_prefix="parallel-run") as pool:
+            futures: list[Future[int]] = [
+                pool.submit(self._one, index, sub, state)
+                for index, (sub, state) in enumerate(zip(subs, states, strict=True))]
+            pending = set(futures)
+            while pending:
+                _, pending = wait(pending, timeout=PLAIN_PROGRESS_EVERY,
+                                  return_when=FIRST_COMPLETED)
+                if not self.quiet:
+                    self._progress(len(futures) - len(pending), len(futures))
+            return [f.result() for f in futures]
+
+    def _one(self, index: int, sub: ParallelSubSession, state: JournalState | None) -> int:
+        low, high = sub.range
+        out = None
+        journal = self._journals.get(sub.info.session_id)
+        if state is None and journal is not None:
+            out = open(journal, "w", encoding="utf-8")  # noqa: SIM115 - closed below
+        expected = None if self.simulator is None else self.simulator.expected(
+            low, high, transactions=self.tx_addrs, account_diffs=self.diff_addrs)
+        try:
+            return Run(self.console, self.url, self.api_key, CreateSession(low, high),
+                       self.timing, self.policy, self.tx_addrs, self.diff_addrs,
+                       self.advance, out, None, self.seed, quiet=True,
+                       embedded=self.simulator is not None, knobs=self.knobs,
+                       expected=expected, resume=state,
+                       resume_path=journal if state is not None else None,
+                       opener=lambda: sub,
+                       report=lambda doc: self._report(index, sub, doc)).run()
+        finally:
+            if out is not None:
+                out.close()
+
+    def _report(self, index: int, sub: ParallelSubSession, doc: dict[str, Any]) -> None:
+        with self._lock:
+            self.reports[index] = {**doc, "start_slot": sub.range[0], "end_slot": sub.range[1]}
+
+    def _progress(self, done: int, total: int) -> None:
+        with self._lock:
+            blocks = sum(r.get("blocks_executed", 0) for r in self.reports.values())
+        sys.stderr.write(f"parallel: {done}/{total} sub-sessions done, {blocks} blocks in "
+                         f"those\n")
+        sys.stderr.flush()
+
+    # --- the summary ------
+
+    def _summary(self, control_session_id: str, subs: list[ParallelSubSession],
+                 codes: list[int]) -> int:
+        rows = [self.reports.get(i, {"result": "failed", "error": "no summary",
+                                     "start_slot": s.range[0], "end_slot": s.range[1]})
+                for i, s in enumerate(subs)]
+        failed = [r for r, code in zip(rows, codes, strict=True) if code != 0]
+        if self.json_summary:
+            sys.stdout.write(dump_document({
+                "control_session_id": control_session_id,
+                "result": "failed" if failed else "completed",
+                "failures": [{"start_slot": r["start_slot"], "end_slot": r["end_slot"],
+                              "error": r.get("error")} for r in failed],
+                "sub_sessions": rows}) + "\n")
+            return 1 if failed else 0
+        table = Table(title=f"parallel {control_session_id}", show_header=True)
+        for column in ("range", "result", "blocks", "transactions", "account diffs",
+                       "delivery"):
+            table.add_column(column)
+        for row in rows:
+            delivery = row.get("delivery")
+            table.add_row(f"{row['start_slot']}..={row['end_slot']}", str(row["result"]),
+                          str(row.get("blocks_executed", "")), str(row.get("transactions", "")),
+                          str(row.get("account_diffs", "")),
+                          "" if delivery is None else "exact" if delivery == "exact"
+                          else "differs")
+        Console().print(table)
+        for row in failed:
+            sys.stderr.write(f"backtest-actors run: slots {row['start_slot']}..="
+                             f"{row['end_slot']} failed: {row.get('error')}\n")
+        return 1 if failed else 0
