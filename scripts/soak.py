@@ -33,6 +33,7 @@ from actors import (  # noqa: E402
     Gap,
     ManagedBacktestSession,
     ManagedEvent,
+    ManagedParallelSession,
     ManagedSessionError,
     Paused,
     ReadyForContinue,
@@ -50,6 +51,7 @@ from protocol.simulator import DEFAULT_API_KEY, LocalSimulator, ServerLiveness  
 from protocol.simulator.chain import user_transaction  # noqa: E402
 from protocol.simulator.proxy import FaultProxy  # noqa: E402
 
+PARALLEL_SUBS = 2  # sub-sessions per parallel session (--parallel)
 PROXY_KINDS = ("reset", "half_open", "blackhole", "latency", "slicer", "bandwidth")
 
 TIMING = Timing(connect=2, handshake=3, keepalive_interval=0.1, keepalive_deadline=0.6,
@@ -63,9 +65,13 @@ class Soak:
         self.args = args
         self.rng = random.Random(args.seed)
         # The server finds a dead peer within a second, as a real one would in 60 s.
-        self.sim = LocalSimulator(seed=args.seed, slots=args.slots * 3 + 50,
+        # --parallel: each driver runs one parallel session of PARALLEL_SUBS sub-sessions
+        # of --slots slots each, over one control connection.
+        self.span = args.slots * (PARALLEL_SUBS if args.parallel else 1)
+        self.sim = LocalSimulator(seed=args.seed, slots=self.span * 3 + 50,
                                   liveness=ServerLiveness(keepalive_interval=0.2,
-                                                          keepalive_deadline=0.8))
+                                                          keepalive_deadline=0.8),
+                                  parallel_split=args.slots)
         self.proxies: dict[int, FaultProxy] = {}  # one per session: control faults too
         self.proxies_lock = threading.Lock()
         self.proxy_faults: dict[str, int] = dict.fromkeys(PROXY_KINDS, 0)
@@ -182,40 +188,74 @@ class Soak:
     def _session(self, index: int) -> None:
         rng = random.Random(self.args.seed * 1000 + index)
         first, last = self.sim.available_range()
-        start = rng.randint(first, last - self.args.slots)
-        end = start + self.args.slots - 1
+        start = rng.randint(first, last - self.span)
+        end = start + self.span - 1
         addresses = list(self.sim.addresses)
         txs, diffs = rng.sample(addresses, 2), rng.sample(addresses, 2)
-        # --discover: every session pauses before each batch of one program and injects a
-        # probe there; its pauses and discoveries are checked against the chain too.
-        discover = [rng.choice(self.sim.programs[1:])] if self.args.discover else []
-        inject = [user_transaction([txs[0]], f"soak {index}")] if discover else []
-        expected = self.sim.expected(start, end, transactions=txs, account_diffs=diffs,
-                                     discover=discover, inject=inject)
         policy = ReconnectPolicy(initial=0.02, max_delay=0.5, max_attempts=30, max_total=60,
                                  uptime_reset=2.0, rng=random.Random(index))
-        events: list[ManagedEvent] = []
-        result: dict[str, Any] = {"expected": expected, "events": events, "failed": None,
-                                  "discover": discover, "inject": inject}
-        self.results[index] = result
         proxy = FaultProxy("127.0.0.1", self.sim.port).start()
         try:
-            self._drive(index, rng, proxy, start, end, txs, diffs, policy, result)
+            if self.args.parallel:
+                self._parallel(index, rng, proxy, start, end, txs, diffs, policy)
+            else:
+                result = self._result(index, rng, start, end, txs, diffs)
+                self._drive(index, rng, proxy, start, end, txs, diffs, policy, result)
         finally:
             with self.proxies_lock:
                 self.proxies.pop(index, None)
             proxy.close()
 
+    def _result(self, key: int, rng: random.Random, start: int, end: int, txs: list[str],
+                diffs: list[str]) -> dict[str, Any]:
+        # --discover: every session pauses before each batch of one program and injects a
+        # probe there; its pauses and discoveries are checked against the chain too.
+        discover = [rng.choice(self.sim.programs[1:])] if self.args.discover else []
+        inject = [user_transaction([txs[0]], f"soak {key}")] if discover else []
+        expected = self.sim.expected(start, end, transactions=txs, account_diffs=diffs,
+                                     discover=discover, inject=inject)
+        result: dict[str, Any] = {"expected": expected, "events": [], "failed": None,
+                                  "discover": discover, "inject": inject}
+        self.results[key] = result
+        return result
+
+    def _parallel(self, index: int, rng: random.Random, proxy: FaultProxy, start: int,
+                  end: int, txs: list[str], diffs: list[str], policy: ReconnectPolicy) -> None:
+        """One parallel session; each sub-session driven on a thread of its own."""
+        try:
+            parallel = ManagedParallelSession.start(proxy.url_for(self.sim.url),
+                                                    DEFAULT_API_KEY, CreateSession(start, end),
+                                                    timing=TIMING, policy=policy)
+        except ManagedSessionError as exc:
+            self.results[index * PARALLEL_SUBS] = {"failed": str(exc)}
+            return
+        try:
+            threads = []
+            for k, sub in enumerate(parallel.take_sub_sessions()):
+                low, high = sub.range
+                key = index * PARALLEL_SUBS + k
+                result = self._result(key, random.Random(key), low, high, txs, diffs)
+                threads.append(threading.Thread(target=self._drive, args=(
+                    index, random.Random(key), proxy, low, high, txs, diffs, policy, result,
+                    sub), name=f"driver-{index}-{k}"))
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        finally:
+            parallel.shutdown()
+
     def _drive(self, index: int, rng: random.Random, proxy: FaultProxy, start: int, end: int,
                txs: list[str], diffs: list[str], policy: ReconnectPolicy,
-               result: dict[str, Any]) -> None:
+               result: dict[str, Any], opened: ManagedBacktestSession | None = None) -> None:
         expected = result["expected"]
         events: list[ManagedEvent] = result["events"]
         try:
             create = CreateSession(start, end, discoveries=[
                 DiscoveryFilter(p) for p in result["discover"]])
-            session = ManagedBacktestSession.start(proxy.url_for(self.sim.url), DEFAULT_API_KEY,
-                                                   create, timing=TIMING, policy=policy)
+            session = opened or ManagedBacktestSession.start(
+                proxy.url_for(self.sim.url), DEFAULT_API_KEY, create, timing=TIMING,
+                policy=policy)
         except ManagedSessionError as exc:
             result["failed"] = str(exc)
             return
@@ -382,6 +422,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slots", type=int, default=300)
     parser.add_argument("--faults", type=int, default=160, help="about how many to inject")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--parallel", action="store_true",
+                        help=f"each driver runs one parallel session of {PARALLEL_SUBS} "
+                             "sub-sessions of --slots slots over one control connection")
     parser.add_argument("--discover", action="store_true",
                         help="each session pauses before every batch of one program (continue-"
                              "to) and injects a probe there; pauses and discoveries are checked")

@@ -64,6 +64,7 @@ class ParallelSubSession(ManagedBacktestSession):
 
     @classmethod
     def of(cls, core: SessionCore, slots: tuple[int, int]) -> ParallelSubSession:
+        """The front door over a sub-session's started core, covering ``slots``."""
         sub = cls.from_core(core)
         assert isinstance(sub, ParallelSubSession)
         sub.range = slots

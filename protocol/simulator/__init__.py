@@ -71,6 +71,8 @@ class LocalSimulator:
     * ``limits`` (:class:`ServerLimits`: 1 MiB frames, 256 connections per
       client address, 10 s to finish an upgrade).
     * ``ssl_context`` (none): serve ``wss://`` instead of ``ws://``.
+    * ``parallel_split`` (250): slots per sub-session of a parallel create
+      (``CreateSession(parallel=True)``; the last one may be shorter).
 
     It behaves as a real server does towards its peers (see
     :mod:`protocol.simulator.server`): it pings idle connections and closes

@@ -731,7 +731,12 @@ class SimulatorServer:
     # --- faults -------------------------------------------------------------------
 
     def apply_fault(self, trigger: Trigger) -> None:
-        for peer in [p for p in self.peers if p.matches(trigger.target, trigger.session_id)]:
+        # A sub-session of a parallel group has no control connection of its own: a
+        # control fault aimed at it hits the group's (and so its siblings too).
+        control_of = {sid: group.id for group in self.groups.values() for sid in group.members}
+        for peer in [p for p in self.peers if p.matches(trigger.target, trigger.session_id) or (
+                p.role == "control" and trigger.target in ("control", "all")
+                and control_of.get(trigger.session_id or "") == p.session_id)]:
             log.info("fault %s on %s connection (session %s)", trigger.kind, peer.role,
                      peer.session_id)
             if trigger.kind == "drop":
