@@ -15,7 +15,6 @@ journal, over one new control socket, and goes on; one that completed stays done
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import threading
@@ -27,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from protocol import CreateSession, ReconnectPolicy, Timing, backtest_ws_url
-from protocol.codec import dump_document
+from protocol.codec import dump_document, load_document
 from protocol.simulator import LocalSimulator
 
 from ..decisions.cursor import Cursor
@@ -136,7 +135,7 @@ class ParallelRun:
     def _read_manifest(self) -> dict[str, Any]:
         assert self.resume_dir is not None
         try:
-            doc = json.loads((Path(self.resume_dir) / MANIFEST).read_text())
+            doc = load_document((Path(self.resume_dir) / MANIFEST).read_text())
         except (OSError, ValueError) as exc:
             raise JournalError(f"{MANIFEST}: {exc}") from None
         if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT or not all(

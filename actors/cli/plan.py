@@ -19,7 +19,6 @@ so its runs cannot be resumed (exit 2).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -30,6 +29,7 @@ import attrs
 from rich.console import Console
 
 from protocol import CreateSession, DiscoveryFilter, ReconnectPolicy, Timing, backtest_ws_url
+from protocol.codec import load_document
 from protocol.messages import is_base64, pubkey_problem
 from protocol.simulator import DEFAULT_API_KEY, LocalSimulator
 
@@ -174,7 +174,7 @@ class RunPlan:
         """``--resume DIR`` of a ``run --parallel``: every unfinished sub-session goes on."""
         args = self.args
         try:
-            url = json.loads((Path(args.resume) / MANIFEST).read_text())["url"]
+            url = load_document((Path(args.resume) / MANIFEST).read_text())["url"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             sys.stderr.write(f"backtest-actors run: --resume {args.resume}: {exc}\n")
             return 1

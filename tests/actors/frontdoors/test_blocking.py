@@ -348,7 +348,8 @@ def test_design_no_json_in_actors_and_no_retry_loop_in_links() -> None:
                 assert node.module != "json", path
         assert "json." not in path.read_text(), path
     for name in ("supervision/control.py", "supervision/subscription.py",
-                 "supervision/link_actor.py"):
+                 "supervision/link_actor.py", "supervision/parallel_control.py",
+                 "supervision/sub_control.py", "supervision/parallel_hub.py"):
         tree = ast.parse((root / name).read_text())
         assert not any(isinstance(n, ast.While) for n in ast.walk(tree)), name
         assert "sleep" not in (root / name).read_text(), name
