@@ -50,6 +50,7 @@ from .events import (
     Up,
 )
 from .frontdoors.aio import AsyncBacktestSession
+from .frontdoors.aio_parallel import AsyncParallelSession, AsyncParallelSubSession
 from .frontdoors.blocking import ManagedBacktestSession
 from .frontdoors.handles import (
     ControlHandle,
@@ -77,7 +78,8 @@ from .supervision.supervisor import SessionSupervisor
 logging.getLogger("backtest_actors").addHandler(logging.NullHandler())
 
 __all__ = [
-    "AccountDiff", "AsyncBacktestSession", "Closed", "Completed", "Connecting",
+    "AccountDiff", "AsyncBacktestSession", "AsyncParallelSession", "AsyncParallelSubSession",
+    "Closed", "Completed", "Connecting",
     "ConnectionChanged", "ConnectionStatus", "ContinueLost", "ContinueRefused",
     "ContinueToParams", "ControlHandle", "Cursor", "CursorError", "DiscoveryBatch",
     "DiscoveryFilter", "DiscoveryStep", "Error", "Failed", "Gap", "GetCursor",

@@ -156,3 +156,39 @@ def test_frames_for_unknown_or_closed_sub_sessions_are_dropped_not_fatal(
         # No stray ready delivered: each one was the answer to a continue (or the start).
         readies = sum(isinstance(e, ReadyForContinue) for e in got)
         assert readies == sim.session_stats(sub.info.session_id).continues_received
+
+
+def test_asyncio_parallel_session_is_exact_per_sub_session(sim: LocalSimulator) -> None:
+    import asyncio
+
+    from actors import AsyncParallelSession, AsyncParallelSubSession
+
+    first, _ = sim.available_range()
+    end = first + 499
+    address = sim.addresses[0]
+
+    async def drive(sub: AsyncParallelSubSession) -> list[ManagedEvent]:
+        events: list[ManagedEvent] = []
+        async for event in sub:
+            events.append(event)
+            if isinstance(event, ReadyForContinue):
+                await sub.send_continue(ContinueParams(advance_count=4), timeout=20)
+        return events
+
+    async def main() -> list[tuple[tuple[int, int], list[ManagedEvent]]]:
+        parallel = await AsyncParallelSession.start(sim.url, DEFAULT_API_KEY,
+                                                    CreateSession(first, end), timing=FAST,
+                                                    policy=QUICK_RETRY)
+        async with parallel:
+            subs = parallel.take_sub_sessions()
+            assert parallel.take_sub_sessions() == []
+            for sub in subs:
+                sub.subscribe_transactions([address])
+            results = await asyncio.gather(*(drive(sub) for sub in subs))
+        return [(sub.range, events) for sub, events in zip(subs, results, strict=True)]
+
+    with no_leaks(FAST.graceful_close + 2):
+        runs = asyncio.run(main())
+    assert len(runs) == 2
+    for (low, high), events in runs:
+        check_exact(events, sim.expected(low, high, transactions=[address]))
