@@ -49,6 +49,7 @@ class AsyncParallelSession:
 
     @property
     def control_session_id(self) -> str:
+        """The server's name of the parallel control session."""
         return self._parallel.control_session_id
 
     def take_sub_sessions(self) -> list[AsyncParallelSubSession]:
