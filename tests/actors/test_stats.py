@@ -32,7 +32,11 @@ def test_transactions_name_every_matched_address_and_duplicates_are_split(
     subscribed = sim.addresses[1:5]  # 4 of the 6 addresses
     expected = sim.expected(first, end, transactions=subscribed)
     with no_leaks(FAST.graceful_close + 1):
-        session = start(sim, first, end)
+        # The reconnects are counted exactly: only the three drops may cause one, so the
+        # keepalive is not the 250 ms of FAST, which a loaded machine can miss (a
+        # dropped socket is seen at once whatever the deadline).
+        session = start(sim, first, end, timing=attrs.evolve(
+            FAST, keepalive_interval=0.5, keepalive_deadline=5.0))
         session.subscribe_transactions(subscribed)
         # Reconnects on the subscription: replays come again and must count as replays.
         slots = expected.slots
