@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
 from protocol import CreateSession, ReconnectPolicy, Timing, backtest_ws_url
@@ -59,6 +60,8 @@ class ParallelRun:
         self.quiet, self.json_summary, self.knobs = quiet, json_summary, knobs or {}
         self.start_timeout, self.resume_dir = start_timeout, resume_dir
         self.reports: dict[int, dict[str, Any]] = {}
+        self.runs: dict[int, Run] = {}  # the sub-sessions being driven, for progress
+        self._span = 0  # slots of every sub-session driven
         self._journals: dict[str, str] = {}  # sub-session id -> its journal
         self._lock = threading.Lock()
 
@@ -148,18 +151,40 @@ class ParallelRun:
 
     def _drive(self, subs: list[ParallelSubSession], states: list[JournalState | None]
                ) -> list[int]:
-        """Each sub-session as a Run, ``concurrency`` at a time; exit codes in order."""
+        """Each sub-session as a Run, ``concurrency`` at a time; exit codes in order.
+
+        Progress: on a terminal one live line per sub-session, in a pipe one combined
+        line every few seconds (``--quiet``/``--json``: none)."""
+        self._span = sum(s.range[1] - s.range[0] + 1 for s in subs)
+        live = None if self.quiet or not self.console.is_terminal else Progress(
+            TextColumn("{task.description}"), BarColumn(bar_width=20),
+            TextColumn("{task.completed}/{task.total} slots"), TextColumn("{task.fields[note]}"),
+            console=self.console, transient=False)
+        tasks = {} if live is None else {
+            i: live.add_task(f"{s.range[0]}..={s.range[1]}", total=s.range[1] - s.range[0] + 1,
+                             note="waiting") for i, s in enumerate(subs)}
         with ThreadPoolExecutor(max_workers=self.concurrency,
                                 thread_name_prefix="parallel-run") as pool:
             futures: list[Future[int]] = [
                 pool.submit(self._one, index, sub, state)
                 for index, (sub, state) in enumerate(zip(subs, states, strict=True))]
             pending = set(futures)
-            while pending:
-                _, pending = wait(pending, timeout=PLAIN_PROGRESS_EVERY,
-                                  return_when=FIRST_COMPLETED)
-                if not self.quiet:
-                    self._progress(len(futures) - len(pending), len(futures))
+            if live is not None:
+                live.start()
+            try:
+                while pending:
+                    _, pending = wait(pending, return_when=FIRST_COMPLETED, timeout=(
+                        PLAIN_PROGRESS_EVERY if live is None else 0.25))
+                    if live is not None:
+                        for index, run in list(self.runs.items()):
+                            live.update(tasks[index], completed=run._done(),
+                                        note=f"{run.counts['events']} events, "
+                                             f"{run.counts['reconnects']} reconnects")
+                    elif not self.quiet:
+                        self._progress(len(futures) - len(pending), len(futures))
+            finally:
+                if live is not None:
+                    live.stop()
             return [f.result() for f in futures]
 
     def _one(self, index: int, sub: ParallelSubSession, state: JournalState | None) -> int:
@@ -170,15 +195,16 @@ class ParallelRun:
             out = open(journal, "w", encoding="utf-8")  # noqa: SIM115 - closed below
         expected = None if self.simulator is None else self.simulator.expected(
             low, high, transactions=self.tx_addrs, account_diffs=self.diff_addrs)
+        run = Run(self.console, self.url, self.api_key, CreateSession(low, high),
+                  self.timing, self.policy, self.tx_addrs, self.diff_addrs,
+                  self.advance, out, None, self.seed, quiet=True,
+                  embedded=self.simulator is not None, knobs=self.knobs,
+                  expected=expected, resume=state,
+                  resume_path=journal if state is not None else None,
+                  opener=lambda: sub, report=lambda doc: self._report(index, sub, doc))
+        self.runs[index] = run
         try:
-            return Run(self.console, self.url, self.api_key, CreateSession(low, high),
-                       self.timing, self.policy, self.tx_addrs, self.diff_addrs,
-                       self.advance, out, None, self.seed, quiet=True,
-                       embedded=self.simulator is not None, knobs=self.knobs,
-                       expected=expected, resume=state,
-                       resume_path=journal if state is not None else None,
-                       opener=lambda: sub,
-                       report=lambda doc: self._report(index, sub, doc)).run()
+            return run.run()
         finally:
             if out is not None:
                 out.close()
@@ -188,10 +214,11 @@ class ParallelRun:
             self.reports[index] = {**doc, "start_slot": sub.range[0], "end_slot": sub.range[1]}
 
     def _progress(self, done: int, total: int) -> None:
-        with self._lock:
-            blocks = sum(r.get("blocks_executed", 0) for r in self.reports.values())
-        sys.stderr.write(f"parallel: {done}/{total} sub-sessions done, {blocks} blocks in "
-                         f"those\n")
+        """The combined line of a pipe: sub-sessions done, slots done of the range."""
+        slots = sum(run._done() for run in list(self.runs.values()))
+        span = self._span
+        sys.stderr.write(f"parallel: {done}/{total} sub-sessions done, {slots}/{span} "
+                         f"slots\n")
         sys.stderr.flush()
 
     # --- the summary ------
@@ -211,8 +238,8 @@ class ParallelRun:
                 "sub_sessions": rows}) + "\n")
             return 1 if failed else 0
         table = Table(title=f"parallel {control_session_id}", show_header=True)
-        for column in ("range", "result", "blocks", "transactions", "account diffs",
-                       "delivery"):
+        table.add_column("range", no_wrap=True)  # never cut: it is what names a failure
+        for column in ("result", "blocks", "txs", "diffs", "delivery"):
             table.add_column(column)
         for row in rows:
             delivery = row.get("delivery")
