@@ -55,6 +55,7 @@ from .messages import (
     Paused,
     ReadyForContinue,
     Resume,
+    ScheduledAction,
     SessionAttached,
     SessionCreated,
     SessionEvent,
@@ -84,6 +85,8 @@ from .policy import (
 )
 from .pubsub import (
     AccountDiffNotification,
+    ActionResultNotification,
+    ActionSubscribe,
     JsonRpcError,
     Subscribe,
     SubscribeAck,
@@ -104,6 +107,7 @@ __all__ = [
     "ContinueParams", "ContinueToParams", "CreateSession", "DiscoveryBatch", "DiscoveryFilter",
     "EncodedBinary", "Error", "JsonRpcError", "Paused", "AttachParallel", "CloseSession",
     "ContinueSession", "ParallelAttached", "SessionEvent", "SessionsCreated",
+    "ScheduledAction", "ActionSubscribe", "ActionResultNotification",
     "ProtocolError", "ReadyForContinue", "ReconnectGate", "ReconnectPolicy", "Resume",
     "SessionAttached",
     "SessionCreated", "SlotNotification", "Status", "Subscribe", "SubscribeAck", "Success",

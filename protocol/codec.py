@@ -80,10 +80,14 @@ from .messages import (
     UnknownResponse,
 )
 from .pubsub import (
+    ACTION_NOTIFICATION,
+    ACTION_SUBSCRIBE,
     NOTIFICATION_METHOD,
     SUBSCRIBE_METHODS,
     UNSUBSCRIBE_METHODS,
     AccountDiffNotification,
+    ActionResultNotification,
+    ActionSubscribe,
     JsonRpcError,
     PubsubMessage,
     PubsubRequest,
@@ -518,6 +522,12 @@ _UNSUBSCRIBE_METHOD = {
 
 def encode_subscribe(msg: PubsubRequest) -> str:
     """A subscribe or unsubscribe request as a JSON-RPC 2.0 text frame."""
+    if isinstance(msg, ActionSubscribe):
+        # No filter: the config alone (protocol/WIRE.md, Actions).
+        action_config = ({} if msg.replay_from_slot is None
+                         else {"replayFromSlot": msg.replay_from_slot})
+        return _dumps({"jsonrpc": "2.0", "id": msg.id, "method": ACTION_SUBSCRIBE,
+                       "params": [action_config]})
     if isinstance(msg, Unsubscribe):
         return _dumps({"jsonrpc": "2.0", "id": msg.id, "method": _UNSUBSCRIBE_METHOD[msg.kind],
                        "params": [msg.subscription]})
@@ -535,6 +545,11 @@ def decode_pubsub_request(frame: str | bytes) -> PubsubRequest:
     request_id = _field(obj, "id", int, "$", frame)
     method = _field(obj, "method", str, "$", frame)
     params = obj.get("params", [])
+    if method == ACTION_SUBSCRIBE:
+        if not isinstance(params, list) or len(params) > 1:
+            raise ProtocolError("$.params", "expected [] or [config]", frame)
+        return ActionSubscribe(request_id, _replay_from(params[0] if params else {}, "$.params[0]",
+                                                        frame))
     if not isinstance(params, list) or not params:
         raise ProtocolError("$.params", "expected a non-empty array", frame)
     if method in UNSUBSCRIBE_METHODS:
@@ -559,10 +574,24 @@ def decode_pubsub_request(frame: str | bytes) -> PubsubRequest:
             raise ProtocolError("$.params[0]", "expected an account address", frame)
         address = target
     config = params[1] if len(params) > 1 else {}
+    return Subscribe(request_id, stream, address, _replay_from(config, "$.params[1]", frame))
+
+
+def _replay_from(config: Any, path: str, frame: str | bytes) -> int | None:
     replay = config.get("replayFromSlot") if isinstance(config, dict) else None
     if replay is not None and (type(replay) is not int or replay < 0):
-        raise ProtocolError("$.params[1].replayFromSlot", "expected a slot number", frame)
-    return Subscribe(request_id, stream, address, replay)
+        raise ProtocolError(f"{path}.replayFromSlot", "expected a slot number", frame)
+    return replay
+
+
+def encode_action_result(msg: ActionResultNotification) -> str:
+    """The ``result`` of an ``actionNotification`` (camelCase, as the other results)."""
+    result: dict[str, Any] = {"slot": msg.slot, "actionIndex": msg.action_index,
+                              "label": msg.label, "signatures": list(msg.signatures),
+                              "status": msg.status}
+    if msg.error is not None:
+        result["error"] = msg.error
+    return _dumps(result)
 
 
 def encode_notification_result(msg: TransactionNotification | AccountDiffNotification) -> str:
@@ -601,6 +630,9 @@ def encode_pubsub(msg: PubsubMessage) -> str:
         )
         return notification_frame(NOTIFICATION_METHOD[stream], encode_notification_result(msg),
                                   msg.subscription)
+    if isinstance(msg, ActionResultNotification):
+        return notification_frame(ACTION_NOTIFICATION, encode_action_result(msg),
+                                  msg.subscription)
     return _dumps({"jsonrpc": "2.0", "method": msg.method, "params": msg.params})
 
 
@@ -634,12 +666,27 @@ def _decode_pubsub(obj: Any, frame: str | bytes) -> PubsubMessage:
         raise ProtocolError("$.result", "expected a subscription id or a boolean", frame)
     if type(method) is not str:
         raise ProtocolError("$.method", "expected str", frame)
-    if method not in ("transactionNotification", "accountDiffNotification"):
+    if method not in ("transactionNotification", "accountDiffNotification",
+                      ACTION_NOTIFICATION):
         return UnknownPubsub(method, obj.get("params"))
     params = _object(obj.get("params"), "$.params", frame)
     subscription = _field(params, "subscription", int, "$.params", frame)
     result = _object(params.get("result"), "$.params.result", frame)
     path = "$.params.result"
+    if method == ACTION_NOTIFICATION:
+        signatures = result.get("signatures", [])
+        if not isinstance(signatures, list) or not all(isinstance(x, str) for x in signatures):
+            raise ProtocolError(f"{path}.signatures", "expected a list of strings", frame)
+        label = result.get("label", "")
+        error = result.get("error")
+        if not isinstance(label, str) or not (error is None or isinstance(error, str)):
+            raise ProtocolError(path, "label and error: expected strings", frame)
+        index = _position(result, "actionIndex", path, frame)
+        if index is None:
+            raise ProtocolError(f"{path}.actionIndex", "required field missing", frame)
+        return ActionResultNotification(
+            subscription, _field(result, "slot", int, path, frame), index, label,
+            tuple(signatures), _field(result, "status", str, path, frame), error)
     if method == "transactionNotification":
         return TransactionNotification(
             subscription,

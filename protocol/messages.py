@@ -170,6 +170,44 @@ def _filter_tuple(_inst: object, attribute: attrs.Attribute[Any], value: object)
         raise ValueError(f"{attribute.name}: duplicate filters")
 
 
+@attrs.frozen
+class ScheduledAction:
+    """A scheduled action of ``CreateSession.actions``: ``transactions`` (base64) run right
+    after the first block at or after ``slot`` (after the range's last block when no
+    block comes at or after it); its result comes on the action subscription
+    (``actionSubscribe``). ``label`` names it in the result. The wire shape is this
+    project's choice (protocol/WIRE.md, Actions): ``{"slot", "transactions", "label"}``.
+    """
+
+    slot: int = attrs.field(validator=_int_in(0, U64_MAX))
+    transactions: tuple[str, ...] = attrs.field(converter=_to_tuple, validator=_str_tuple)
+    label: str = attrs.field(default="", validator=attrs.validators.instance_of(str))
+
+    @transactions.validator
+    def _check_transactions(self, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if not value:
+            raise ValueError(f"{attribute.name}: an action runs at least one transaction")
+        for index, tx in enumerate(value):
+            if not is_base64(tx):
+                raise ValueError(f"{attribute.name}[{index}]: not valid base64")
+
+
+def _actions(value: Any) -> Any:
+    return _to_tuple(value)
+
+
+def _action_tuple(inst: Any, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, tuple):
+        raise ValueError(f"{attribute.name}: expected a sequence of ScheduledAction")
+    for index, item in enumerate(value):
+        if not isinstance(item, ScheduledAction):
+            raise ValueError(f"{attribute.name}[{index}]: expected a ScheduledAction, got "
+                             f"{item!r:.60}")
+        if not inst.start_slot <= item.slot <= inst.end_slot:
+            raise ValueError(f"{attribute.name}[{index}].slot: {item.slot} is outside the "
+                             f"range {inst.start_slot}..={inst.end_slot}")
+
+
 # Fields a conservative writer leaves out when empty: a server that predates them
 # must not see them (the codec reads this metadata).
 OMIT_IF_EMPTY = {"omit_if_empty": True}
@@ -194,7 +232,9 @@ class CreateSession:
     each upcoming matching batch (``discoveryBatch``) so that a ``continueTo`` can
     stop right before it. ``parallel=False``: True asks the server to split the
     range into sub-sessions driven over this one control connection
-    (``sessionsCreatedV2``; ``actors.ManagedParallelSession``).
+    (``sessionsCreatedV2``; ``actors.ManagedParallelSession``). ``actions=()``:
+    :class:`ScheduledAction` values, each run after a block of the range, its
+    result on the action subscription.
     """
 
     start_slot: int = attrs.field(validator=_int_in(0, U64_MAX))
@@ -214,6 +254,9 @@ class CreateSession:
         default=(), converter=_filters, validator=_filter_tuple, metadata=OMIT_IF_EMPTY
     )
     parallel: bool = attrs.field(default=False, validator=_bool, metadata=OMIT_IF_EMPTY)
+    actions: tuple[ScheduledAction, ...] = attrs.field(
+        default=(), converter=_actions, validator=_action_tuple, metadata=OMIT_IF_EMPTY
+    )
 
     @end_slot.validator
     def _check_range(self, _attribute: attrs.Attribute[int], value: int) -> None:

@@ -117,12 +117,43 @@ class UnknownPubsub:
     params: Any = None
 
 
-PubsubRequest = Subscribe | Unsubscribe
+@attrs.frozen
+class ActionSubscribe:
+    """``actionSubscribe``: the results of the session's scheduled actions
+    (``CreateSession.actions``), one notification each, in order. No filter: one
+    subscription per connection sees them all; ``replay_from_slot`` as for the others.
+    """
+
+    id: int
+    replay_from_slot: int | None = None
+
+
+@attrs.frozen
+class ActionResultNotification:
+    """``actionNotification``: scheduled action ``action_index`` (its place in
+    ``CreateSession.actions``) ran after the block of ``slot``: ``status``
+    (``"executed"``, or the server's word for a failure, with ``error``) and the
+    signatures of its transactions."""
+
+    subscription: int
+    slot: int
+    action_index: int
+    label: str = ""
+    signatures: tuple[str, ...] = ()
+    status: str = "executed"
+    error: str | None = None
+
+
+ACTION_SUBSCRIBE = "actionSubscribe"
+ACTION_NOTIFICATION = "actionNotification"
+
+PubsubRequest = Subscribe | Unsubscribe | ActionSubscribe
 PubsubMessage = (
     SubscribeAck
     | UnsubscribeAck
     | JsonRpcError
     | TransactionNotification
     | AccountDiffNotification
+    | ActionResultNotification
     | UnknownPubsub
 )

@@ -24,6 +24,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import Iterable, Sequence
 from types import TracebackType
+from typing import Any
 
 from ..policy import ReconnectPolicy, Timing
 from .chain import Chain, Expected
@@ -169,7 +170,7 @@ class LocalSimulator:
 
     def expected(self, start_slot: int, end_slot: int, *, transactions: Iterable[str] = (),
                  account_diffs: Iterable[str] = (), discover: Sequence[str] = (),
-                 inject: Sequence[str] = ()) -> Expected:
+                 inject: Sequence[str] = (), actions: Sequence[Any] = ()) -> Expected:
         """What a complete session over ``start_slot..=end_slot`` subscribed to these
         addresses must deliver: ``.slots`` (the anchor, then every produced block),
         ``.signatures`` and ``.diff_keys``, each once, in order.
@@ -177,10 +178,12 @@ class LocalSimulator:
         ``discover`` (program ids, see :attr:`programs`): ``.discoveries`` lists the
         ``(slot, batch_index)`` a run with those discovery filters pauses before,
         in order. ``inject``: transactions that run injects at each pause (made
-        with ``user_transaction``); they appear in ``.signatures`` where they ran."""
+        with ``user_transaction``); they appear in ``.signatures`` where they ran.
+        ``actions`` (a create's ``ScheduledAction`` values): ``.actions`` lists
+        ``(place, slot)``: each action and the block it runs after, in order."""
         return self.chain.expected(start_slot, end_slot, transactions=transactions,
                                    account_diffs=account_diffs, discover=discover,
-                                   inject=inject)
+                                   inject=inject, actions=actions)
 
     @property
     def programs(self) -> tuple[str, ...]:

@@ -15,6 +15,7 @@ import json
 import random
 import struct
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import attrs
 
@@ -92,6 +93,8 @@ class Expected:
     signatures: list[str]
     diff_keys: list[tuple[str, str]]  # (signature, account)
     discoveries: list[tuple[int, int]] = attrs.field(factory=list)
+    # (place in CreateSession.actions, slot of the block it ran after), in the order run.
+    actions: list[tuple[int, int]] = attrs.field(factory=list)
 
 
 @attrs.frozen
@@ -226,7 +229,8 @@ class Chain:
 
     def expected(self, start_slot: int, end_slot: int, *,
                  transactions: Iterable[str] = (), account_diffs: Iterable[str] = (),
-                 discover: Sequence[str] = (), inject: Sequence[str] = ()) -> Expected:
+                 discover: Sequence[str] = (), inject: Sequence[str] = (),
+                 actions: Sequence[Any] = ()) -> Expected:
         """The anchor slot, then every produced slot in ``(start_slot, end_slot]``.
 
         Transactions and diffs come only from executed blocks (after the anchor),
@@ -235,6 +239,7 @@ class Chain:
         pauses before (``Expected.discoveries``). ``inject``: transactions such a
         run injects at each pause; each runs right before the paused-at batch and
         is expected where it mentions a subscribed address (:func:`user_transaction`).
+        ``actions`` (``ScheduledAction`` values): ``.actions``, where each one runs.
         """
         tx_filter, diff_filter = set(transactions), set(account_diffs)
         executed = self.produced_in(start_slot + 1, end_slot)
@@ -254,4 +259,10 @@ class Chain:
                         signatures.append(tx.signature)
                     diff_keys.extend((tx.signature, d.account) for d in tx.diffs
                                      if d.account in diff_filter)
-        return Expected([start_slot, *executed], signatures, diff_keys, discoveries)
+        ran: list[tuple[int, int]] = []
+        for index, action in sorted(enumerate(actions), key=lambda p: (p[1].slot, p[0])):
+            at = next((s for s in executed if s >= action.slot), executed[-1] if executed else None)
+            if at is not None:
+                ran.append((index, at))
+        ran.sort(key=lambda p: (p[1], actions[p[0]].slot, p[0]))  # as the session runs them
+        return Expected([start_slot, *executed], signatures, diff_keys, discoveries, ran)

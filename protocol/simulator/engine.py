@@ -32,7 +32,7 @@ from typing import Literal, Protocol
 
 import attrs
 
-from ..codec import encode_notification_result, encode_response
+from ..codec import encode_action_result, encode_notification_result, encode_response
 from ..messages import (
     BacktestError,
     Completed,
@@ -46,16 +46,18 @@ from ..messages import (
     Paused,
     ReadyForContinue,
     Response,
+    ScheduledAction,
     SessionCreated,
     SessionEvent,
     SlotNotification,
     Status,
 )
 from ..pubsub import (
+    ACTION_NOTIFICATION,
     NOTIFICATION_METHOD,
     PUBSUB_BUFFER_SLOTS,
     AccountDiffNotification,
-    StreamKind,
+    ActionResultNotification,
     TransactionNotification,
 )
 from .chain import Chain, Tx, injected_signature, user_transaction_mentions
@@ -149,11 +151,12 @@ class ExecutedSlot:
     subscriber and every replay, so the cost is paid only for what is sent.
     """
 
-    __slots__ = ("slot", "entries", "_tx_json", "_diff_json", "_first_write")
+    __slots__ = ("slot", "entries", "actions", "_tx_json", "_diff_json", "_first_write")
 
     def __init__(self, slot: int, txs: tuple[Tx, ...] = ()) -> None:
         self.slot = slot
         self.entries: list[tuple[Tx, int | None]] = []
+        self.actions: list[str] = []  # results of scheduled actions run after the block
         self._tx_json: dict[int, str] = {}
         self._diff_json: dict[tuple[int, int], str] = {}
         # Position of each entry's first account write in the slot.
@@ -172,10 +175,10 @@ class ExecutedSlot:
             self._first_write.append(self._first_write[-1] + len(tx.diffs))
         return start
 
-    def notifications(self, subs: Mapping[tuple[StreamKind, str], list[int]], start: int = 0
-                      ) -> Iterator[tuple[str, str, int]]:
+    def notifications(self, subs: Mapping[tuple[str, str], list[int]], start: int = 0,
+                      actions_from: int = 0) -> Iterator[tuple[str, str, int]]:
         """``(method, result_json, subscription)`` for each match from entry ``start``
-        on, in chain order."""
+        on, in chain order, then the action results from ``actions_from`` on."""
         tx_method = NOTIFICATION_METHOD["transactions"]
         diff_method = NOTIFICATION_METHOD["account_diffs"]
         for i in range(start, len(self.entries)):
@@ -186,6 +189,9 @@ class ExecutedSlot:
             for j, diff in enumerate(tx.diffs):
                 for sub_id in subs.get(("account_diffs", diff.account), ()):
                     yield diff_method, self._diff_result(i, j), sub_id
+        for result in self.actions[actions_from:]:
+            for sub_id in subs.get(ACTIONS_KEY, ()):
+                yield ACTION_NOTIFICATION, result, sub_id
 
     def _tx_result(self, i: int) -> str:
         cached = self._tx_json.get(i)
@@ -213,14 +219,20 @@ class ExecutedSlot:
         return cached
 
 
+# The subscription key of the action stream (it has no filter).
+ACTIONS_KEY = ("actions", "")
+
+
 @attrs.frozen
 class SlotStep:
     """Part of a block ran: push the notifications of ``executed``'s entries from
-    ``start`` on; when ``complete``, the block is done: send its slot notification."""
+    ``start`` on (and its action results from ``actions_from``); when ``complete``, the
+    block is done: send its slot notification."""
 
     executed: ExecutedSlot
     start: int = 0
     complete: bool = True
+    actions_from: int = 0
 
 
 Step = Response | SlotStep
@@ -260,6 +272,8 @@ class Session:
     pauses: int = 0
     # A sub-session of a parallel create: its responses go out as sessionEventV2.
     multiplexed: bool = False
+    # Scheduled actions not run yet, by (slot, place in CreateSession.actions).
+    actions_due: deque[tuple[int, ScheduledAction]] = attrs.field(factory=deque)
 
     @classmethod
     def open(cls, create: CreateSession, api_key: str, chain: Chain
@@ -273,6 +287,8 @@ class Session:
                 "start_slot": create.start_slot, "end_slot": create.end_slot})
         session = cls(f"backtest_{uuid.uuid4()}", api_key, create, chain,
                       deque(chain.produced_in(create.start_slot + 1, create.end_slot)))
+        session.actions_due.extend(sorted(enumerate(create.actions),
+                                          key=lambda pair: (pair[1].slot, pair[0])))
         return session, None
 
     @property
@@ -487,7 +503,17 @@ class Session:
         self.pending_slots.popleft()
         self.open_slot, self.position_batch = None, 0
         self.blocks_executed += 1
-        return SlotStep(executed, start)
+        actions_from = len(executed.actions)
+        while self.actions_due and (self.actions_due[0][1].slot <= slot
+                                    or not self.pending_slots):
+            index, action = self.actions_due.popleft()
+            executed.actions.append(encode_action_result(ActionResultNotification(
+                0, slot, index, action.label,
+                # Signed where they ran: apart from batches (negative), one per place.
+                tuple(injected_signature(tx, slot, -(index * 10_000 + k + 1))
+                      for k, tx in enumerate(action.transactions)))))
+            self.user_transactions += len(action.transactions)
+        return SlotStep(executed, start, actions_from=actions_from)
 
     def _announce(self) -> Iterator[Response]:
         """The next batch a discovery filter matches, at or after the session's position

@@ -105,14 +105,23 @@ from ..policy import KEEPALIVE_INTERVAL, KEEPALIVE_MISS_DEADLINE
 from ..pubsub import (
     INVALID_REQUEST,
     PARSE_ERROR,
+    ActionSubscribe,
     JsonRpcError,
-    StreamKind,
     Subscribe,
     SubscribeAck,
     UnsubscribeAck,
 )
 from .chain import Chain
-from .engine import ExecutedSlot, PeerLiveness, Session, SlotStep, Step, error_frame, refusal_frame
+from .engine import (
+    ACTIONS_KEY,
+    ExecutedSlot,
+    PeerLiveness,
+    Session,
+    SlotStep,
+    Step,
+    error_frame,
+    refusal_frame,
+)
 from .faults import CountedFault, FaultCounters, Trigger
 from .handshakes import ResumeHandshakes
 
@@ -301,7 +310,7 @@ class Peer:
     role: str  # "control" or "pubsub"
     liveness: PeerLiveness
     session_id: str | None = None
-    subs: dict[tuple[StreamKind, str], list[int]] = attrs.field(factory=dict)
+    subs: dict[tuple[str, str], list[int]] = attrs.field(factory=dict)
     api_key: str = attrs.field(default="", repr=False)  # never logged
     pings: int = 0
 
@@ -1221,7 +1230,8 @@ class SimulatorServer:
             async with state.lock:
                 if isinstance(step, SlotStep):
                     slot = step.executed.slot
-                    self._publish(state, step.executed, start=step.start)
+                    self._publish(state, step.executed, start=step.start,
+                                  actions_from=step.actions_from)
                     if step.complete:
                         self._emit(state, session.record(SlotNotification(slot)))
                         self._fire_triggers(session.id, "slot", slot)
@@ -1242,13 +1252,15 @@ class SimulatorServer:
             owner.write_frame(frame)
 
     def _publish(self, state: SessionState, executed: ExecutedSlot,
-                 only: tuple[Peer, int] | None = None, start: int = 0) -> None:
+                 only: tuple[Peer, int] | None = None, start: int = 0,
+                 actions_from: int = 0) -> None:
         peers = [only[0]] if only else list(state.subscribers)
         for peer in peers:
             if not peer.writable:  # closing: no frame would go, so none is built
                 continue
             frames = [notification_frame(method, result_json, sub_id)
-                      for method, result_json, sub_id in executed.notifications(peer.subs, start)
+                      for method, result_json, sub_id in executed.notifications(
+                          peer.subs, start, actions_from)
                       if only is None or only[1] == sub_id]
             if frames:
                 state.notifications_sent += peer.write(frames)
@@ -1286,12 +1298,15 @@ class SimulatorServer:
             code = PARSE_ERROR if "not JSON" in exc.detail else INVALID_REQUEST
             peer.write_frame(encode_pubsub(JsonRpcError(None, code, str(exc))))
             return
-        if isinstance(request, Subscribe):
-            await self._handshake_delay("pubsub", request.kind, state.session.id)
+        if isinstance(request, Subscribe | ActionSubscribe):
+            kind = request.kind if isinstance(request, Subscribe) else None
+            await self._handshake_delay("pubsub", kind, state.session.id)
+            key = ((request.kind, request.address) if isinstance(request, Subscribe)
+                   else ACTIONS_KEY)
             async with state.lock:
                 sub_id = state.next_sub_id
                 state.next_sub_id += 1
-                peer.subs.setdefault((request.kind, request.address), []).append(sub_id)
+                peer.subs.setdefault(key, []).append(sub_id)
                 peer.write_frame(encode_pubsub(SubscribeAck(request.id, sub_id)))
                 if request.replay_from_slot is not None:
                     for executed in state.session.buffered_since(request.replay_from_slot):
