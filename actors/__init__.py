@@ -26,6 +26,7 @@ from .decisions.cursor import Cursor, CursorError
 from .decisions.stepping import DiscoveryStep
 from .events import (
     AccountDiff,
+    ActionResult,
     Closed,
     Completed,
     Connecting,
@@ -78,7 +79,8 @@ from .supervision.supervisor import SessionSupervisor
 logging.getLogger("backtest_actors").addHandler(logging.NullHandler())
 
 __all__ = [
-    "AccountDiff", "AsyncBacktestSession", "AsyncParallelSession", "AsyncParallelSubSession",
+    "AccountDiff", "ActionResult", "AsyncBacktestSession", "AsyncParallelSession",
+    "AsyncParallelSubSession",
     "Closed", "Completed", "Connecting",
     "ConnectionChanged", "ConnectionStatus", "ContinueLost", "ContinueRefused",
     "ContinueToParams", "ControlHandle", "Cursor", "CursorError", "DiscoveryBatch",

@@ -166,6 +166,28 @@ class AccountDiff:
 
 
 @attrs.frozen
+class ActionResult:
+    """A scheduled action of ``CreateSession.actions`` ran after the block of ``slot``:
+    ``action_index`` is its place in that list, ``status`` ``"executed"`` (or the
+    server's word for a failure, with ``error``), ``signatures`` those of its
+    transactions. Delivered once each, in the order they ran, through
+    ``subscribe_actions()``."""
+
+    slot: int
+    action_index: int
+    label: str = ""
+    signatures: tuple[str, ...] = ()
+    status: str = "executed"
+    error: str | None = None
+    index: None = None  # no position in a block: a resume keeps the arrival order
+
+    @property
+    def key(self) -> str:
+        """What identifies it (deduplication, cursors)."""
+        return f"action-{self.action_index}"
+
+
+@attrs.frozen
 class Completed:
     """End of range; every subscription item was delivered before this."""
 
@@ -223,11 +245,13 @@ class ConnectionChanged:
     status: ConnectionStatus
 
 
+StreamEvent = Transaction | AccountDiff | ActionResult  # what a subscription delivers
+
 CONTROL = "control"  # the control connection's name in ConnectionChanged and status()
 
 ManagedEvent = (
     ReadyForContinue | Slot | Status | Transaction | AccountDiff | Completed | Error
-    | ConnectionChanged | Gap | ContinueLost | Paused | DiscoveryBatch
+    | ConnectionChanged | Gap | ContinueLost | Paused | DiscoveryBatch | ActionResult
 )
 
 # --- errors -------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import attrs
 
 from protocol import ContinueParams, ContinueToParams
 from protocol.messages import pubkey_problem
-from protocol.pubsub import StreamKind
+from protocol.pubsub import ACTIONS_ADDRESS, StreamKind
 
 from .events import ManagedEvent, ManagedSessionError
 
@@ -71,6 +71,8 @@ def _stream_kind(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
 def _address_tuple(addresses: Any) -> tuple[str, ...]:
     """Base58 public keys only: the server would refuse anything else after the upgrade,
     so a bad one is refused here, naming it, before any connection is made."""
+    if addresses == (ACTIONS_ADDRESS,):
+        return (ACTIONS_ADDRESS,)  # the action stream's own (SubscribeStream.actions())
     if isinstance(addresses, str | bytes):
         raise TypeError("addresses: expected a list of addresses, got one string")
     try:
@@ -115,6 +117,16 @@ class SubscribeStream:
     def account_diffs(cls, addresses: Iterable[str]) -> SubscribeStream:
         """``SubscribeStream("account_diffs", addresses)``: any iterable of addresses."""
         return cls("account_diffs", addresses)
+
+    @classmethod
+    def actions(cls) -> SubscribeStream:
+        """The results of the session's scheduled actions (no addresses: one stream)."""
+        return cls("actions", (ACTIONS_ADDRESS,))
+
+    def __attrs_post_init__(self) -> None:
+        if (self.kind == "actions") != (self.addresses == (ACTIONS_ADDRESS,)):
+            raise ValueError("addresses: the action stream takes none "
+                             "(SubscribeStream.actions())")
 
 
 @attrs.frozen

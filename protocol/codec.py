@@ -514,10 +514,7 @@ def _tagged(obj: Any) -> Any:
 # --- PubSub ------------------------------------------------------------------------
 
 _SUBSCRIBE_METHOD = {kind: method for method, kind in SUBSCRIBE_METHODS.items()}
-_UNSUBSCRIBE_METHOD = {
-    "transactions": "transactionUnsubscribe",
-    "account_diffs": "accountDiffUnsubscribe",
-}
+_UNSUBSCRIBE_METHOD = {kind: method for method, kind in UNSUBSCRIBE_METHODS.items()}
 
 
 def encode_subscribe(msg: PubsubRequest) -> str:
@@ -555,10 +552,7 @@ def decode_pubsub_request(frame: str | bytes) -> PubsubRequest:
     if method in UNSUBSCRIBE_METHODS:
         if type(params[0]) is not int:
             raise ProtocolError("$.params[0]", "expected a subscription id", frame)
-        kind: StreamKind = (
-            "transactions" if method.startswith("transaction") else "account_diffs"
-        )
-        return Unsubscribe(request_id, kind, params[0])
+        return Unsubscribe(request_id, UNSUBSCRIBE_METHODS[method], params[0])
     stream = SUBSCRIBE_METHODS.get(method)
     if stream is None:
         raise ProtocolError("$.method", f"unknown method {method!r}", frame)

@@ -11,16 +11,22 @@ from typing import Any, Literal
 
 import attrs
 
-StreamKind = Literal["transactions", "account_diffs"]
+StreamKind = Literal["transactions", "account_diffs", "actions"]
+# The one "address" of the action stream, which has no filter (a client's bookkeeping
+# keys everything by address; this is never sent).
+ACTIONS_ADDRESS = "*actions"
 
 SUBSCRIBE_METHODS: dict[str, StreamKind] = {
     "transactionSubscribe": "transactions",
     "accountDiffSubscribe": "account_diffs",
 }
-UNSUBSCRIBE_METHODS = {"transactionUnsubscribe", "accountDiffUnsubscribe"}
+UNSUBSCRIBE_METHODS: dict[str, StreamKind] = {
+    "transactionUnsubscribe": "transactions", "accountDiffUnsubscribe": "account_diffs",
+    "actionUnsubscribe": "actions"}
 NOTIFICATION_METHOD: dict[StreamKind, str] = {
     "transactions": "transactionNotification",
     "account_diffs": "accountDiffNotification",
+    "actions": "actionNotification",
 }
 
 # "Subscription events are buffered for the last 100 slots" (protocol/WIRE.md): how far

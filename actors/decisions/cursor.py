@@ -43,7 +43,6 @@ from protocol import ContinueParams, ContinueToParams, CreateSession
 from protocol.codec import dump_document, load_document, request_document, request_from_document
 
 from ..events import (
-    AccountDiff,
     Completed,
     ContinueLost,
     Error,
@@ -51,14 +50,15 @@ from ..events import (
     Paused,
     ReadyForContinue,
     SessionInfo,
+    StreamEvent,
     Transaction,
 )
 from .stepping import DiscoveryTracker
 
 CURSOR_FORMAT = "backtest-actors-cursor"
 CURSOR_VERSION = 1
-StreamName = Literal["transactions", "account_diffs"]
-STREAMS: tuple[StreamName, ...] = ("transactions", "account_diffs")
+StreamName = Literal["transactions", "account_diffs", "actions"]
+STREAMS: tuple[StreamName, ...] = ("transactions", "account_diffs", "actions")
 ItemKey = str | tuple[str, str]  # a transaction's signature; a diff's (signature, account)
 
 
@@ -98,7 +98,7 @@ class ItemDelta(NamedTuple):
 Delta = SeqDelta | ItemDelta
 
 
-def item_key(event: Transaction | AccountDiff) -> ItemKey:
+def item_key(event: StreamEvent) -> ItemKey:
     return event.signature if isinstance(event, Transaction) else event.key
 
 
@@ -208,7 +208,7 @@ class Cursor:
                                   "expected a slot for each subscribed address")
             keys: set[ItemKey] = set()
             for key in _get(raw, "boundaryKeys", list, path):
-                if name == "transactions" and isinstance(key, str):
+                if name in ("transactions", "actions") and isinstance(key, str):
                     keys.add(key)
                 elif (name == "account_diffs" and isinstance(key, list) and len(key) == 2
                       and all(isinstance(k, str) for k in key)):

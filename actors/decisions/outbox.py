@@ -38,11 +38,10 @@ from typing import Any, Protocol
 from protocol.pubsub import PUBSUB_BUFFER_SLOTS
 
 from ..events import (
-    AccountDiff,
     ManagedEvent,
     ManagedSessionError,
     SessionFailed,
-    Transaction,
+    StreamEvent,
 )
 from .cursor import Cursor, CursorTracker, Delta, ItemDelta, SeqDelta, item_key
 
@@ -238,7 +237,7 @@ class Outbox:
         """The newest slot with an item delivered on this stream (-1: none yet)."""
         return self._streams[name].max_slot
 
-    def stream_items(self, name: str, items: Iterable[tuple[str, Transaction | AccountDiff]],
+    def stream_items(self, name: str, items: Iterable[tuple[str, StreamEvent]],
                      current: bool) -> None:
         """Queue each item not delivered before; ``current``: from the live connection."""
         stream = self._streams[name]

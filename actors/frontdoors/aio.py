@@ -233,6 +233,10 @@ class AsyncBacktestSession:
         """Deliver every write to one of these accounts (see the blocking facade's)."""
         self._core.subscribe(SubscribeStream("account_diffs", addresses))
 
+    def subscribe_actions(self) -> None:
+        """Deliver each scheduled action's result (see the blocking facade's)."""
+        self._core.subscribe(SubscribeStream.actions())
+
     # --- events and continues ------
 
     async def next_event(self, timeout: float | None = None) -> ManagedEvent:

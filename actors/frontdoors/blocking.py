@@ -235,6 +235,13 @@ class ManagedBacktestSession:
         :meth:`subscribe_transactions`."""
         self._core.subscribe(SubscribeStream("account_diffs", addresses))
 
+    def subscribe_actions(self) -> None:
+        """Deliver the result of each scheduled action (``CreateSession.actions``) as an
+        ``ActionResult``, once each, in the order they ran, through drops of the link
+        (it resumes with replay, as the other streams). Subscribe before the first
+        continue; one PubSub connection."""
+        self._core.subscribe(SubscribeStream.actions())
+
     def unsubscribe(self, kind: StreamKind, timeout: float | None = None) -> None:
         """Close the subscription ``kind`` (``"transactions"`` or ``"account_diffs"``)
         of a running session; returns once it is closed.

@@ -44,6 +44,8 @@ import attrs
 
 from protocol import (
     AccountDiffNotification,
+    ActionResultNotification,
+    ActionSubscribe,
     JsonRpcError,
     ProtocolError,
     Subscribe,
@@ -55,7 +57,7 @@ from protocol import (
 from protocol.fastpath import twin
 from protocol.pubsub import StreamKind
 
-from ..events import AccountDiff, Transaction
+from ..events import AccountDiff, ActionResult, StreamEvent, Transaction
 from ..runtime.connection import Pong
 from .link_actor import LinkActor, keepalive_number
 
@@ -68,7 +70,7 @@ class StreamItems:
 
     name: str
     generation: int
-    items: list[tuple[str, Transaction | AccountDiff]]
+    items: list[tuple[str, StreamEvent]]
 
 
 @attrs.frozen
@@ -189,9 +191,11 @@ def _to_event(item: TransactionNotification | AccountDiffNotification, address: 
     return out  # type: ignore[no-any-return]
 
 
-def _execution_order(pair: tuple[str, Transaction | AccountDiff]) -> tuple[int, int]:
+def _execution_order(pair: tuple[str, StreamEvent]) -> tuple[int, int]:
     event = pair[1]
-    position = event.index if isinstance(event, Transaction) else event.write_index
+    # An action result has no position: one subscription replays them in order.
+    position = (event.index if isinstance(event, Transaction | ActionResult)
+                else event.write_index)
     return event.slot, -1 if position is None else position
 
 
@@ -207,7 +211,7 @@ class SubscriptionActor(LinkActor):
         self._by_request: dict[int, str] = {}
         self._resuming = bool(replay_from)  # hold items until the replay is complete
         self._resume_token: bytes | None = None
-        self._held: list[tuple[str, Transaction | AccountDiff]] = []
+        self._held: list[tuple[str, StreamEvent]] = []
         self._lent = 0  # credits lent to the reader while the replay is held
         self._barriers: dict[bytes, _Outstanding] = {}
 
@@ -218,15 +222,17 @@ class SubscriptionActor(LinkActor):
         for request_id, address in enumerate(self._addresses, 1):
             self._by_request[request_id] = address
             try:
-                self.conn.send(encode_subscribe(Subscribe(
-                    request_id, self._kind, address, self._replay_from.get(address))))
+                self.conn.send(encode_subscribe(
+                    ActionSubscribe(request_id, self._replay_from.get(address))
+                    if self._kind == "actions" else Subscribe(
+                        request_id, self._kind, address, self._replay_from.get(address))))
             except Exception as exc:  # noqa: BLE001 - the reader reports the broken socket
                 self.log.info("subscribe write failed: %s", exc)
                 return
         self.expect_handshake_answer()
 
     def on_items(self, items: list[Any]) -> None:
-        out: list[tuple[str, Transaction | AccountDiff]] = []
+        out: list[tuple[str, StreamEvent]] = []
         malformed: list[Exception] = []
         consumed = 0
         for item in items:
@@ -236,6 +242,14 @@ class SubscriptionActor(LinkActor):
                     consumed += 1  # a subscription this link did not make
                 else:
                     out.append((address, _to_event(item, address, self._matched)))
+            elif isinstance(item, ActionResultNotification):
+                address = self._by_subscription.get(item.subscription)
+                if address is None:
+                    consumed += 1
+                else:
+                    out.append((address, ActionResult(item.slot, item.action_index, item.label,
+                                                      item.signatures, item.status,
+                                                      item.error)))
             elif isinstance(item, Pong):
                 if item.payload and item.payload == self._resume_token:
                     self._release_held(out)
@@ -304,7 +318,7 @@ class SubscriptionActor(LinkActor):
             self.conn.ping(self._resume_token)
             self.expect_handshake_answer()
 
-    def _release_held(self, out: list[tuple[str, Transaction | AccountDiff]]) -> None:
+    def _release_held(self, out: list[tuple[str, StreamEvent]]) -> None:
         held = self._held + out
         self._held = []
         held.sort(key=_execution_order)  # stable: arrival order where positions tie
@@ -316,7 +330,7 @@ class SubscriptionActor(LinkActor):
             self.conn.grant(-self._lent)
             self._lent = 0
 
-    def _flush(self, out: list[tuple[str, Transaction | AccountDiff]],
+    def _flush(self, out: list[tuple[str, StreamEvent]],
                malformed: list[Exception], consumed: int) -> None:
         if self._resuming:
             self._held.extend(out)
