@@ -44,8 +44,9 @@ from protocol.codec import (
     request_document,
     request_from_document,
 )
+from protocol.pubsub import ACTIONS_ADDRESS
 
-from ..decisions.cursor import STREAMS, Cursor, CursorTracker, ItemDelta, SeqDelta
+from ..decisions.cursor import Cursor, CursorTracker, ItemDelta, SeqDelta
 from ..decisions.stepping import DiscoveryTracker
 from ..events import DiscoveryBatch, ManagedEvent, Paused, ReadyForContinue, SessionInfo, Slot
 
@@ -75,6 +76,7 @@ class JournalHeader:
     # --discover programs and --inject transactions: a resume steps the same way.
     discover: tuple[str, ...] = ()
     inject: tuple[str, ...] = ()
+    actions: bool = False  # subscribed to the action results (--actions)
 
     def to_line(self) -> str:
         return dump_document({"type": HEADER, "format": JOURNAL_FORMAT, "url": self.url,
@@ -83,7 +85,8 @@ class JournalHeader:
                            "transactions": list(self.transactions),
                            "accountDiffs": list(self.account_diffs), "advance": self.advance,
                            "embedded": self.embedded, "knobs": dict(self.knobs),
-                           "discover": list(self.discover), "inject": list(self.inject)})
+                           "discover": list(self.discover), "inject": list(self.inject),
+                           "actions": self.actions})
 
     @classmethod
     def from_record(cls, record: Any) -> JournalHeader:
@@ -96,7 +99,8 @@ class JournalHeader:
                          tuple(record["transactions"]), tuple(record["accountDiffs"]),
                          record["advance"], bool(record.get("embedded", False)),
                          dict(record.get("knobs") or {}),
-                         tuple(record.get("discover") or ()), tuple(record.get("inject") or ()))
+                         tuple(record.get("discover") or ()), tuple(record.get("inject") or ()),
+                         bool(record.get("actions", False)))
         except (KeyError, TypeError) as exc:
             raise JournalError(f"journal header: missing or bad field {exc}") from None
         for name in ("url", "session_id", "rpc_endpoint"):
@@ -195,8 +199,10 @@ def read_journal(path: str, *, allow_embedded: bool = False) -> JournalState:
         raise JournalError("this journal is from the embedded simulator, which died with its "
                            "process: it cannot be resumed")
     tracker = CursorTracker(header.url, _create(header))
-    for name, addresses in zip(STREAMS, (header.transactions, header.account_diffs),
-                               strict=True):
+    streams: tuple[tuple[str, tuple[str, ...]], ...] = (
+        ("transactions", header.transactions), ("account_diffs", header.account_diffs),
+        ("actions", (ACTIONS_ADDRESS,) if header.actions else ()))
+    for name, addresses in streams:
         if addresses:
             tracker.subscribed(name, addresses)
     awaiting = completed = False
@@ -230,6 +236,9 @@ def read_journal(path: str, *, allow_embedded: bool = False) -> JournalState:
             elif kind == "AccountDiff":
                 tracker.apply(ItemDelta("account_diffs", "", record["slot"],
                                         (record["signature"], record["account"])))
+            elif kind == "ActionResult":
+                tracker.apply(ItemDelta("actions", "", record["slot"],
+                                        f"action-{record['action_index']}"))
             elif kind in _STEPPING:  # where the session rests, and what it announced
                 tracker.returned(_STEPPING[kind](record), None)
         except (KeyError, TypeError, ValueError):
