@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--inject", metavar="FILE",
                      help="with --discover: send the base64 transactions in FILE (one per "
                           "line, '#' comments) at each pause, to run right before the batch")
+    run.add_argument("--actions", metavar="FILE",
+                     help="schedule the actions in FILE (JSON: a list of {\"slot\", "
+                          "\"transactions\": [base64], \"label\"}) and journal their results")
     run.add_argument("--parallel", action="store_true",
                      help="run the range as one parallel session: the server splits it into "
                           "sub-sessions, driven over one control connection; --out is then a "

@@ -28,7 +28,14 @@ from typing import IO
 import attrs
 from rich.console import Console
 
-from protocol import CreateSession, DiscoveryFilter, ReconnectPolicy, Timing, backtest_ws_url
+from protocol import (
+    CreateSession,
+    DiscoveryFilter,
+    ReconnectPolicy,
+    ScheduledAction,
+    Timing,
+    backtest_ws_url,
+)
 from protocol.codec import load_document
 from protocol.messages import is_base64, pubkey_problem
 from protocol.simulator import DEFAULT_API_KEY, LocalSimulator
@@ -211,7 +218,8 @@ class RunPlan:
             end = self._end(start, last)
             discover, inject = self._discover()
             create = CreateSession(start, end,
-                                   discoveries=[DiscoveryFilter(p) for p in discover])
+                                   discoveries=[DiscoveryFilter(p) for p in discover],
+                                   actions=self._actions(start, end))
             tx_addrs, diff_addrs = args.transactions, args.account_diffs
             if simulator is not None:
                 self._check_embedded(simulator, start, end, tx_addrs + diff_addrs)
@@ -246,7 +254,7 @@ class RunPlan:
                         start_timeout=args.startup_timeout, inject=inject,
                         expected=None if simulator is None else simulator.expected(
                             start, end, transactions=tx_addrs, account_diffs=diff_addrs,
-                            discover=discover, inject=inject)
+                            discover=discover, inject=inject, actions=create.actions)
                         ).run()
         except OSError as exc:
             sys.stderr.write(f"backtest-actors run: --out: {exc}\n")
@@ -256,6 +264,35 @@ class RunPlan:
                 out.close()
             if simulator is not None:
                 simulator.close()
+
+    def _actions(self, start: int, end: int) -> list[ScheduledAction]:
+        """``--actions FILE``, checked before anything is sent (the entry at fault named)."""
+        path = self.args.actions
+        if path is None:
+            return []
+        try:
+            with open(path, encoding="utf-8") as f:
+                doc = load_document(f.read())
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise UsageError(f"--actions {path}: cannot read it ({exc})") from None
+        if not isinstance(doc, list) or not doc:
+            raise UsageError(f"--actions {path}: expected a non-empty JSON list of actions")
+        actions = []
+        for index, entry in enumerate(doc):
+            try:
+                if not isinstance(entry, dict) or set(entry) - {"slot", "transactions", "label"}:
+                    raise ValueError("expected {\"slot\", \"transactions\", \"label\"}")
+                action = ScheduledAction(entry["slot"], entry.get("transactions", ()),
+                                         entry.get("label", ""))
+            except KeyError:
+                raise UsageError(f"--actions {path}: action {index}: slot: required") from None
+            except (TypeError, ValueError) as exc:
+                raise UsageError(f"--actions {path}: action {index}: {exc}") from None
+            if not start <= action.slot <= end:
+                raise UsageError(f"--actions {path}: action {index}: slot {action.slot} is "
+                                 f"outside the run's range {start}..={end}")
+            actions.append(action)
+        return actions
 
     def _discover(self) -> tuple[list[str], tuple[str, ...]]:
         """``--discover`` programs and ``--inject`` transactions, checked before anything is

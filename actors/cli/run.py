@@ -28,6 +28,7 @@ from protocol.simulator import Expected, LocalSimulator
 from ..decisions.pacer import DEFAULT_MAX_RUN_AHEAD, LostContinuePolicy
 from ..events import (
     AccountDiff,
+    ActionResult,
     ConnectionChanged,
     ContinueLost,
     DiscoveryBatch,
@@ -104,7 +105,7 @@ class Run:
         self.total = create.end_slot - create.start_slot + 1
         self.counts = {"events": 0, "slots": 0, "transactions": 0, "account_diffs": 0,
                        "errors": 0, "reconnects": 0, "duplicates_delivered": 0,
-                       "discoveries": 0, "pauses": 0}
+                       "discoveries": 0, "pauses": 0, "actions": 0}
         if resume is not None:  # the whole session: what the runs before journaled too
             history = resume.history
             self.counts.update(events=sum(history.values()), slots=history.get("Slot", 0),
@@ -112,7 +113,8 @@ class Run:
                                account_diffs=history.get("AccountDiff", 0),
                                errors=history.get("Error", 0),
                                discoveries=history.get("DiscoveryBatch", 0),
-                               pauses=history.get("Paused", 0))
+                               pauses=history.get("Paused", 0),
+                               actions=history.get("ActionResult", 0))
         # Items seen per slot, kept for the last DUPLICATE_HORIZON slots: a replayed
         # duplicate can only come from within the server's replay buffer.
         self.seen: dict[int, set[Any]] = {}
@@ -181,6 +183,8 @@ class Run:
                     session.subscribe_transactions(self.tx_addrs)
                 if self.diff_addrs:
                     session.subscribe_account_diffs(self.diff_addrs)
+                if self.create.actions:
+                    session.subscribe_actions()
                 if not self.tx_addrs and not self.diff_addrs and not self.quiet:
                     self.console.print("note: no --transactions and no --account-diffs: this "
                                        "run delivers slots and statuses only",
@@ -292,7 +296,8 @@ class Run:
             backtest_ws_url(self.url), info.session_id, info.rpc_endpoint,
             self.create.start_slot, self.create.end_slot, tuple(self.tx_addrs),
             tuple(self.diff_addrs), self.advance, self.embedded, dict(self.knobs),
-            tuple(f.program_executed for f in self.create.discoveries), self.inject))
+            tuple(f.program_executed for f in self.create.discoveries), self.inject,
+            bool(self.create.actions)))
 
     def _starting(self, change: ConnectionChanged) -> None:
         """Retries before the session exists, as they happen (terminal or pipe)."""
@@ -318,6 +323,8 @@ class Run:
             self.counts["discoveries"] += 1
         elif isinstance(event, Paused):
             self.counts["pauses"] += 1
+        elif isinstance(event, ActionResult):
+            self.counts["actions"] += 1
         elif isinstance(event, Transaction):
             self.counts["transactions"] += 1
             if self.expected is not None:
@@ -407,6 +414,7 @@ class Run:
             "transactions": self.counts["transactions"],
             "account_diffs": self.counts["account_diffs"], "events": self.counts["events"],
             "discoveries": self.counts["discoveries"], "pauses": self.counts["pauses"],
+            "actions": self.counts["actions"],
             "reconnects": counters.get("reconnects", {}),
             "replays_dropped": counters.get("replays_dropped", 0),
             "address_repeats_dropped": counters.get("address_repeats_dropped", 0),
@@ -449,6 +457,8 @@ class Run:
         table.add_row("blocks executed", f"{doc['blocks_executed']}{anchor}")
         table.add_row("transactions", str(self.counts["transactions"]))
         table.add_row("account diffs", str(self.counts["account_diffs"]))
+        if self.create.actions or self.counts["actions"]:
+            table.add_row("action results", str(self.counts["actions"]))
         if self.discover:
             table.add_row("discoveries", str(self.counts["discoveries"]))
             table.add_row("pauses", str(self.counts["pauses"]))

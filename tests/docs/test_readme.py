@@ -106,11 +106,11 @@ def test_code_cites_only_design_sections_that_exist() -> None:
 def test_the_readme_is_a_front_page() -> None:
     """At most 300 lines: what it is, the layout near the top, the two commands, one short
     example per front door (blocking, application actor, asyncio, handles), the
-    precise-stepping and the parallel ones, links."""
+    precise-stepping, parallel and actions ones, links."""
     assert len(README.splitlines()) <= 300
     assert README.index("## Layout") < README.index("## Two commands")
     examples = re.findall(r"```python\n(.*?)```", README, re.S)
-    assert len(examples) == 6 and len(FIRST_EXAMPLES) == 6
+    assert len(examples) == 7 and len(FIRST_EXAMPLES) == 6
     assert len(examples[0].strip().splitlines()) <= 15
     for link in re.findall(r"\]\(([^)#]+\.md)\)", README):
         assert (ROOT / link).exists(), link
