@@ -17,7 +17,16 @@ from collections import deque
 
 import attrs
 
-from ..events import DiscoveryBatch, Error, ManagedEvent, Paused, ReadyForContinue, Slot
+from ..events import (
+    Completed,
+    ContinueLost,
+    DiscoveryBatch,
+    Error,
+    ManagedEvent,
+    Paused,
+    ReadyForContinue,
+    Slot,
+)
 
 
 class DiscoveryTracker:
@@ -46,8 +55,10 @@ class DiscoveryTracker:
         elif isinstance(event, ReadyForContinue):
             self.paused_at, self.at_rest = None, True
             self._drop_passed()
-        elif isinstance(event, Error):
-            self.at_rest = True  # it answered the continue: the session did not move
+        elif isinstance(event, Error) or (isinstance(event, ContinueLost)
+                                          and not event.resent):
+            # It answered the continue (or handed it back): the session did not move.
+            self.at_rest = True
 
     @classmethod
     def resumed(cls, last_slot: int, paused_at: tuple[int, int | None] | None,
@@ -83,6 +94,13 @@ class DiscoveryTracker:
             # Paused right before it: reached (pausing there again would be refused).
             return (batch.slot, batch.batch_index) > (slot, index if index is not None else 0)
         return batch.slot > self.last_slot
+
+
+def ends_step(event: ManagedEvent) -> bool:
+    """The answer that ends a step of ``advance_to_discovery``: the pause, the end of the
+    range, an error answering the continue-to, or a continue-to handed back as lost."""
+    return isinstance(event, Paused | Completed | Error) or (
+        isinstance(event, ContinueLost) and not event.resent)
 
 
 @attrs.frozen

@@ -42,11 +42,10 @@ import pykka
 from protocol import ContinueParams, ContinueToParams, CreateSession
 
 from ..decisions.cursor import Cursor, check_cursor
-from ..decisions.stepping import DiscoveryStep
+from ..decisions.stepping import DiscoveryStep, ends_step
 from ..events import (
     Completed,
     ConnectionStatus,
-    Error,
     ManagedEvent,
     Paused,
     SessionInfo,
@@ -323,26 +322,28 @@ class AsyncBacktestSession:
         ``ManagedBacktestSession.advance_to_discovery``."""
         if isinstance(transactions, str | bytes):
             raise TypeError("transactions: expected a list of base64 strings, got one string")
-        txs = tuple(transactions)
+        txs = ContinueToParams(0, 0, transactions).transactions  # checked before any take
         core, events = self._core, []
-        core.apply_returned()
-        while not core.stepping.at_rest:
-            event = await self.next_event(timeout)
+        try:
+            core.apply_returned()
+            while not core.stepping.at_rest:
+                events.append(await self.next_event(timeout))
+                core.apply_returned()
+                if isinstance(events[-1], Completed):
+                    return DiscoveryStep(None, None, tuple(events))
+            discovery = core.stepping.next_discovery()
+            if discovery is None:
+                return DiscoveryStep(None, None, tuple(events))
+            await self._send(discovery.continue_to(txs), timeout)
+            while not ends_step(event := await self.next_event(timeout)):
+                events.append(event)
             events.append(event)
             core.apply_returned()
-            if isinstance(event, Completed):
-                return DiscoveryStep(None, None, tuple(events))
-        discovery = core.stepping.next_discovery()
-        if discovery is None:
-            return DiscoveryStep(None, None, tuple(events))
-        await self._send(discovery.continue_to(txs), timeout)
-        while True:
-            event = await self.next_event(timeout)
-            events.append(event)
-            if isinstance(event, Paused | Completed | Error):
-                core.apply_returned()
-                return DiscoveryStep(discovery, event if isinstance(event, Paused) else None,
-                                     tuple(events))
+            return DiscoveryStep(discovery, event if isinstance(event, Paused) else None,
+                                 tuple(events))
+        except BaseException:
+            core.give_back(events)  # nothing taken is lost: the next takes return them
+            raise
 
     async def _send(self, params: ContinueParams | ContinueToParams | None,
                     timeout: float | None) -> None:

@@ -23,12 +23,11 @@ from protocol.pubsub import StreamKind
 
 from ..decisions.cursor import Cursor, CursorTracker, check_cursor
 from ..decisions.pacer import DEFAULT_MAX_RUN_AHEAD, LostContinuePolicy
-from ..decisions.stepping import DiscoveryStep
+from ..decisions.stepping import DiscoveryStep, ends_step
 from ..events import (
     Completed,
     ConnectionChanged,
     ConnectionStatus,
-    Error,
     ManagedEvent,
     ManagedSessionError,
     Paused,
@@ -435,29 +434,31 @@ class ManagedBacktestSession:
         ``events``. No discovery ahead: the result is ``exhausted`` and nothing was
         sent (go on with ``send_continue``). ``timeout`` bounds each wait.
         """
-        txs = tuple(transactions) if not isinstance(transactions, str | bytes) else None
-        if txs is None:
+        if isinstance(transactions, str | bytes):
             raise TypeError("transactions: expected a list of base64 strings, got one string")
+        txs = ContinueToParams(0, 0, transactions).transactions  # checked before any take
         wait = check_timeout(timeout)
         core, events = self._core, []
-        core.apply_returned()
-        while not core.stepping.at_rest:
-            event = self.next_event(wait)
+        try:
+            core.apply_returned()
+            while not core.stepping.at_rest:
+                events.append(self.next_event(wait))
+                core.apply_returned()
+                if isinstance(events[-1], Completed):
+                    return DiscoveryStep(None, None, tuple(events))
+            discovery = core.stepping.next_discovery()
+            if discovery is None:
+                return DiscoveryStep(None, None, tuple(events))
+            self._send(discovery.continue_to(txs), timeout)
+            while not ends_step(event := self.next_event(wait)):
+                events.append(event)
             events.append(event)
             core.apply_returned()
-            if isinstance(event, Completed):
-                return DiscoveryStep(None, None, tuple(events))
-        discovery = core.stepping.next_discovery()
-        if discovery is None:
-            return DiscoveryStep(None, None, tuple(events))
-        self._send(discovery.continue_to(txs), timeout)
-        while True:
-            event = self.next_event(wait)
-            events.append(event)
-            if isinstance(event, Paused | Completed | Error):
-                core.apply_returned()
-                return DiscoveryStep(discovery, event if isinstance(event, Paused) else None,
-                                     tuple(events))
+            return DiscoveryStep(discovery, event if isinstance(event, Paused) else None,
+                                 tuple(events))
+        except BaseException:
+            core.give_back(events)  # nothing taken is lost: the next takes return them
+            raise
 
     def _send(self, params: ContinueParams | ContinueToParams | None,
               timeout: float | None) -> None:

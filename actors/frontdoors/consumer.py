@@ -36,7 +36,7 @@ from protocol import (
 )
 from protocol.pubsub import StreamKind
 
-from ..decisions.cursor import Cursor, CursorTracker, Delta, PendingContinue
+from ..decisions.cursor import Cursor, CursorTracker, Delta, PendingContinue, SeqDelta
 from ..decisions.pacer import DEFAULT_MAX_RUN_AHEAD, LostContinuePolicy
 from ..decisions.stepping import DiscoveryTracker
 from ..events import (
@@ -53,6 +53,9 @@ from ..runtime.timers import Scheduler
 from ..stats import SessionStats
 from ..supervision.config import DEFAULT_MAX_QUEUE, LINKS_PER_SESSION, SessionConfig
 from ..supervision.supervisor import SessionSupervisor
+
+# The delta of an event given back (``give_back``): it already moved the cursor.
+GIVEN_BACK: Any = SeqDelta(-1)
 
 # Extra time shutdown() allows beyond Timing.graceful_close for actors to end.
 SHUTDOWN_MARGIN = 1.0
@@ -341,8 +344,13 @@ class SessionCore:
     def apply_returned(self) -> None:
         """The event returned last counts in the cursor from now on."""
         returned, self._returned = self._returned, None
-        if returned is not None:
+        if returned is not None and returned[1] is not GIVEN_BACK:
             self.tracker.returned(*returned)
+
+    def give_back(self, events: list[ManagedEvent]) -> None:
+        """Events a step took and could not hand over (it raised: a timeout, a refused
+        send): the next takes return them first. They already count in the cursor."""
+        self.taken.extendleft((event, GIVEN_BACK) for event in reversed(events))
 
     def add_taken(self, batch: list[ManagedEvent]) -> None:
         """A take's batch arrived: its events wait here to be returned one by one."""

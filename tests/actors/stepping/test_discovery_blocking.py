@@ -3,6 +3,7 @@ batch, inject there, go on; exact against ``expected()``."""
 
 from __future__ import annotations
 
+import attrs
 import pytest
 
 import actors
@@ -17,6 +18,7 @@ from actors import (
     ManagedEvent,
     Paused,
     ReadyForContinue,
+    Slot,
     Transaction,
 )
 from protocol import ContinueParams, CreateSession
@@ -33,7 +35,8 @@ def _start(sim: LocalSimulator, programs: list[str], **kwargs: object
     first, _ = sim.available_range()
     create = CreateSession(first, first + SPAN,
                            discoveries=[DiscoveryFilter(p) for p in programs])
-    return ManagedBacktestSession.start(sim.url, DEFAULT_API_KEY, create, timing=FAST,
+    kwargs.setdefault("timing", FAST)
+    return ManagedBacktestSession.start(sim.url, DEFAULT_API_KEY, create,
                                         policy=QUICK_RETRY, **kwargs)  # type: ignore[arg-type]
 
 
@@ -138,3 +141,53 @@ def test_a_cursor_taken_at_a_pause_attaches_paused_at_the_same_batch(
             stats = sim.session_stats(session.session_info.session_id)
     assert pauses == expected.discoveries
     assert stats.blocks_executed == len(expected.slots) - 1
+
+
+def test_a_continue_to_handed_back_as_lost_ends_the_step_and_loses_nothing(
+        sim: LocalSimulator) -> None:
+    """on_lost_continue="raise": the ContinueLost ends the step (it was the answer), the
+    session rests, and the next step goes on (a hostile review saw it wait for ever)."""
+    from actors import ContinueLost
+
+    first, _ = sim.available_range()
+    program = sim.programs[-1]
+    expected = sim.expected(first, first + SPAN, discover=[program])
+    timing = attrs.evolve(FAST, continue_quiet=0.2)
+    with _start(sim, [program], timing=timing, on_lost_continue="raise") as session:
+        first_pause = session.advance_to_discovery(timeout=10).paused
+        sim.faults.lose_next_continue()
+        step = session.advance_to_discovery(timeout=10)
+        lost = [e for e in step.events if isinstance(e, ContinueLost)]
+        assert len(lost) == 1 and not lost[0].resent and step.paused is None
+        assert step.discovery is not None
+        again = session.advance_to_discovery(timeout=10)  # the same target, sent again
+        assert again.paused is not None and again.discovery == step.discovery
+    assert first_pause is not None
+    assert [(first_pause.slot, first_pause.batch_index),
+            (again.paused.slot, again.paused.batch_index)] == expected.discoveries[:2]
+
+
+def test_a_step_that_raises_gives_back_every_event_it_took(sim: LocalSimulator) -> None:
+    """Bad transactions are refused before anything is taken; a step cut by its timeout
+    leaves what it took for the next takes (the review saw 5 slots and a ready lost)."""
+    first, _ = sim.available_range()
+    with _start(sim, [sim.programs[-1]]) as session:
+        while not isinstance(session.next_event(timeout=10), ReadyForContinue):
+            pass
+        session.send_continue(ContinueParams(5), timeout=5)
+        with pytest.raises(ValueError, match=r"transactions\[0\]"):
+            session.advance_to_discovery(["not base64!!"], timeout=5)
+        taken = []
+        while not isinstance(event := session.next_event(timeout=10), ReadyForContinue):
+            taken.append(event)
+        assert [e.slot for e in taken if isinstance(e, Slot)] == sim.chain.produced_in(
+            first + 1, first + SPAN)[:5]
+        # A step cut short: its events come back, in order, before anything newer.
+        session.send_continue(ContinueParams(3), timeout=5)
+        with pytest.raises(TimeoutError):
+            session.advance_to_discovery(timeout=0)
+        back = []
+        while not isinstance(event := session.next_event(timeout=10), ReadyForContinue):
+            back.append(event)
+        assert [e.slot for e in back if isinstance(e, Slot)] == sim.chain.produced_in(
+            first + 1, first + SPAN)[5:8]
