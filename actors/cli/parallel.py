@@ -15,6 +15,7 @@ journal, over one new control socket, and goes on; one that completed stays done
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sys
 import threading
@@ -31,6 +32,7 @@ from protocol.codec import dump_document, load_document
 from protocol.simulator import LocalSimulator
 
 from ..decisions.cursor import Cursor
+from ..decisions.pacer import DEFAULT_MAX_RUN_AHEAD, LostContinuePolicy
 from ..events import ManagedSessionError
 from ..frontdoors.parallel import ManagedParallelSession, ParallelSubSession
 from .journal import JournalError, JournalState, read_journal
@@ -38,6 +40,7 @@ from .progress import PLAIN_PROGRESS_EVERY
 from .run import Run
 
 MANIFEST = "parallel.json"
+LOCK = "parallel.lock"
 MANIFEST_FORMAT = "backtest-actors-parallel"
 
 
@@ -52,13 +55,16 @@ class ParallelRun:
                  diff_addrs: list[str], advance: int, out_dir: str | None, concurrency: int,
                  seed: int, *, simulator: LocalSimulator | None = None, quiet: bool = False,
                  json_summary: bool = False, knobs: dict[str, float] | None = None,
-                 start_timeout: float | None = None, resume_dir: str | None = None) -> None:
+                 start_timeout: float | None = None, resume_dir: str | None = None,
+                 max_run_ahead: int = DEFAULT_MAX_RUN_AHEAD,
+                 on_lost_continue: LostContinuePolicy = "resend") -> None:
         self.console, self.url, self.api_key, self.create = console, url, api_key, create
         self.timing, self.policy, self.seed = timing, policy, seed
         self.tx_addrs, self.diff_addrs, self.advance = tx_addrs, diff_addrs, advance
         self.out_dir, self.concurrency, self.simulator = out_dir, concurrency, simulator
         self.quiet, self.json_summary, self.knobs = quiet, json_summary, knobs or {}
         self.start_timeout, self.resume_dir = start_timeout, resume_dir
+        self.max_run_ahead, self.on_lost_continue = max_run_ahead, on_lost_continue
         self.reports: dict[int, dict[str, Any]] = {}
         self.runs: dict[int, Run] = {}  # the sub-sessions being driven, for progress
         self._span = 0  # slots of every sub-session driven
@@ -68,6 +74,21 @@ class ParallelRun:
     # --- starting ------
 
     def run(self) -> int:
+        directory = self.resume_dir or self.out_dir
+        if directory is not None:
+            # One process at a time on a run's directory: a second resume would rewrite
+            # journals the first is writing.
+            try:
+                os.makedirs(directory, exist_ok=True)
+                self._dir_lock = open(Path(directory) / LOCK, "a")  # noqa: SIM115 - held to the end
+                fcntl.flock(self._dir_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                sys.stderr.write(f"backtest-actors run: {directory}: another process is "
+                                 f"running or resuming this parallel run\n")
+                return 1
+            except OSError as exc:
+                sys.stderr.write(f"backtest-actors run: {directory}: {exc}\n")
+                return 2
         try:
             parallel, subs, states = self._open()
         except (ManagedSessionError, JournalError, OSError, ValueError) as exc:
@@ -84,7 +105,9 @@ class ParallelRun:
     def _open(self) -> tuple[ManagedParallelSession, list[ParallelSubSession],
                              list[JournalState | None]]:
         common: dict[str, Any] = {"timing": self.timing, "policy": self.policy,
-                                  "start_timeout": self.start_timeout}
+                                  "start_timeout": self.start_timeout,
+                                  "max_run_ahead": self.max_run_ahead,
+                                  "on_lost_continue": self.on_lost_continue}
         if self.resume_dir is None:
             parallel = ManagedParallelSession.start(self.url, self.api_key, self.create,
                                                     **common)
@@ -192,7 +215,7 @@ class ParallelRun:
         out = None
         journal = self._journals.get(sub.info.session_id)
         if state is None and journal is not None:
-            out = open(journal, "w", encoding="utf-8")  # noqa: SIM115 - closed below
+            out = open(journal, "x", encoding="utf-8")  # noqa: SIM115 - never over another
         expected = None if self.simulator is None else self.simulator.expected(
             low, high, transactions=self.tx_addrs, account_diffs=self.diff_addrs)
         run = Run(self.console, self.url, self.api_key, CreateSession(low, high),

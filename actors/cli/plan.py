@@ -189,7 +189,8 @@ class RunPlan:
                            self._policy(), [], [], 1, None, args.concurrency, args.seed,
                            quiet=args.quiet or args.json, json_summary=args.json,
                            knobs=self.knobs(), start_timeout=args.startup_timeout,
-                           resume_dir=args.resume).run()
+                           resume_dir=args.resume, max_run_ahead=args.max_run_ahead,
+                           on_lost_continue=args.on_lost_continue).run()
 
     def execute(self) -> int:
         args = self.args
@@ -216,6 +217,12 @@ class RunPlan:
                 url, timing, policy = args.url, self._timing(), self._policy()
                 start, last = args.start_slot, None
             end = self._end(start, last)
+            if args.parallel:
+                # Not carried into the sub-sessions (yet): refused, never silently ignored.
+                for option, value in (("--discover", args.discover), ("--inject", args.inject),
+                                      ("--chaos", args.chaos), ("--actions", args.actions)):
+                    if value:
+                        raise UsageError(f"{option}: not with --parallel")
             discover, inject = self._discover()
             create = CreateSession(start, end,
                                    discoveries=[DiscoveryFilter(p) for p in discover],
@@ -238,7 +245,9 @@ class RunPlan:
                                    tx_addrs, diff_addrs, args.advance, args.out,
                                    args.concurrency, args.seed, simulator=simulator,
                                    quiet=args.quiet or args.json, json_summary=args.json,
-                                   knobs=self.knobs(), start_timeout=args.startup_timeout).run()
+                                   knobs=self.knobs(), start_timeout=args.startup_timeout,
+                                   max_run_ahead=args.max_run_ahead,
+                                   on_lost_continue=args.on_lost_continue).run()
             finally:
                 if simulator is not None:
                     simulator.close()

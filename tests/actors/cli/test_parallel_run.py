@@ -88,3 +88,38 @@ def test_parallel_run_killed_then_resumed_gives_exact_journals(
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
     _check_all(sim, out)
+
+
+@pytest.mark.parametrize("flag", [["--discover", "PROGRAM"], ["--chaos"],
+                                  ["--actions", "FILE"]])
+def test_flags_a_parallel_run_does_not_carry_are_refused(
+        sim: LocalSimulator, tmp_path: Path, flag: list[str]) -> None:
+    (tmp_path / "actions.json").write_text('[{"slot": 400000010, "transactions": ["AQID"]}]')
+    flag = [{"PROGRAM": sim.programs[0], "FILE": str(tmp_path / "actions.json")}.get(a, a)
+            for a in flag]
+    # --chaos exists only on the embedded simulator: asked of it, not of sim.
+    where = (["--parallel", "--slot-count", "100"] if flag == ["--chaos"]
+             else _args(sim, tmp_path / "run"))
+    result = subprocess.run([*CLI, *where, *flag], cwd=ROOT, env=ENV,
+                            text=True, capture_output=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert f"{flag[0]}: not with --parallel" in result.stderr
+    assert sim.session_ids() == []  # nothing was created
+
+
+def test_a_second_process_on_the_same_run_directory_is_refused(
+        sim: LocalSimulator, tmp_path: Path) -> None:
+    """Two resumes of one parallel run at once would rewrite each other's journals (a
+    hostile review lost whole journals that way): the directory is locked."""
+    import fcntl
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "parallel.json").write_text('{"format": "backtest-actors-parallel", "url": "ws://'
+                                       '127.0.0.1:9", "subSessions": []}')
+    with open(out / "parallel.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = subprocess.run([*CLI, "--resume", str(out), *KEY], cwd=ROOT, env=ENV,
+                                text=True, capture_output=True, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "another process is running or resuming this parallel run" in result.stderr
