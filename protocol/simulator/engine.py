@@ -272,6 +272,7 @@ class Session:
     pauses: int = 0
     # A sub-session of a parallel create: its responses go out as sessionEventV2.
     multiplexed: bool = False
+    last_executed: int = -1  # the newest whole block (the start slot before any)
     # Scheduled actions not run yet, by (slot, place in CreateSession.actions).
     actions_due: deque[tuple[int, ScheduledAction]] = attrs.field(factory=deque)
 
@@ -287,6 +288,7 @@ class Session:
                 "start_slot": create.start_slot, "end_slot": create.end_slot})
         session = cls(f"backtest_{uuid.uuid4()}", api_key, create, chain,
                       deque(chain.produced_in(create.start_slot + 1, create.end_slot)))
+        session.last_executed = create.start_slot
         session.actions_due.extend(sorted(enumerate(create.actions),
                                           key=lambda pair: (pair[1].slot, pair[0])))
         return session, None
@@ -407,12 +409,18 @@ class Session:
         refusal = self.check_continue()
         if refusal is not None:
             return refusal
-        target = (params.slot, params.batch_index)
-        here = (self.pending_slots[0], self.position_batch)
-        if target < here or target == self.paused_at:
+        # Where the session rests, as its client was told: paused before a batch, or
+        # right after the last executed block (whatever slots without a block follow).
+        if self.paused_at is not None:
+            behind = (params.slot, params.batch_index) <= self.paused_at
+            here = f"paused at slot {self.paused_at[0]} batch {self.paused_at[1]}"
+        else:
+            behind = params.slot <= self.last_executed
+            here = f"after slot {self.last_executed}"
+        if behind:
             return BacktestError("invalidRequest", {"error": (
                 f"continueTo: target slot {params.slot} batch {params.batch_index} is not "
-                f"ahead of the session's position (slot {here[0]} batch {here[1]})")})
+                f"ahead of the session's position ({here})")})
         if params.slot > self.create.end_slot:
             return BacktestError("invalidRequest", {"error": (
                 f"continueTo: slot {params.slot} is past the session's end slot "
@@ -503,6 +511,7 @@ class Session:
         self.pending_slots.popleft()
         self.open_slot, self.position_batch = None, 0
         self.blocks_executed += 1
+        self.last_executed = slot
         actions_from = len(executed.actions)
         while self.actions_due and (self.actions_due[0][1].slot <= slot
                                     or not self.pending_slots):

@@ -159,3 +159,23 @@ def test_notification_indices_follow_execution_order_with_injections() -> None:
     assert indices == list(range(len(executed.entries)))
     injected_at = next(i for i, (_, index) in enumerate(executed.entries) if index is None)
     assert injected_at == chain.batches(slot)[1].start  # right before batch 1
+
+
+def test_a_continue_to_a_slot_without_a_block_is_judged_from_where_the_client_rests() -> None:
+    """Resting right after the block before a skipped slot S, ``continueTo(S, 0)`` is
+    ahead (nothing runs; it pauses at S), as the client's own check says; it was refused
+    against the next block's slot, a position the client was never told (hostile review)."""
+    chain = Chain(seed=3, slots=400)
+    skipped = next(s for s in range(START + 2, END) if s not in chain.produced_set
+                   and s - 1 in chain.produced_set)
+    session = _open(chain, ())
+    run = _Run(chain.addresses[0])
+    run.take(session.startup())
+    run.take(session.run_continue(ContinueParams(len(chain.produced_in(START + 1, skipped)))))
+    assert session.last_executed == skipped - 1
+    params = ContinueToParams(skipped, 0)
+    assert session.check_continue_to(params) is None
+    assert isinstance(run.take(session.run_continue_to(params)), Paused)
+    assert run.pauses == [(skipped, 0)]
+    assert "not ahead" in session.check_continue_to(params).fields["error"]  # type: ignore[union-attr]
+    assert session.check_continue_to(ContinueToParams(skipped - 1, 0)) is not None
