@@ -164,6 +164,9 @@ class ManagedParallelSession:
         has the parallel session or another key owns it.
         """
         cursors = [check_cursor(c) for c in cursors]
+        ids = [c.session_id for c in cursors]
+        if len(set(ids)) != len(ids):
+            raise ValueError("cursors: the same sub-session twice (one front door each)")
         options = SessionOptions.of(locals())
         control_url = backtest_ws_url(url)
         attach = AttachParallel(control_session_id, {

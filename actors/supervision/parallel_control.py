@@ -70,6 +70,14 @@ class SubEvents:
 
 
 @attrs.frozen
+class SubSessionsAttached:
+    """A re-attach was accepted: the sub-sessions the server still has (live)."""
+
+    generation: int
+    session_ids: tuple[str, ...]
+
+
+@attrs.frozen
 class LinkRefused:
     """A top-level ``error`` while Up (a request for an unknown or closed sub-session):
     it names no sub-session, so the hub logs it; nothing else is affected."""
@@ -190,6 +198,7 @@ class ParallelControlActor(LinkActor):
             self.report(SubSessionsCreated(self.generation, msg, dict(self._endpoints)))
             self.mark_up()
         elif isinstance(msg, ParallelAttached) and self._attach is not None:
+            self.report(SubSessionsAttached(self.generation, msg.session_ids))
             self._resume_sent = self._write(Resume())
             self.expect_handshake_answer()
         elif isinstance(msg, Success) and self._resume_sent:

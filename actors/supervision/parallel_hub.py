@@ -49,6 +49,7 @@ from .parallel_control import (
     LinkRefused,
     ParallelControlActor,
     SubEvents,
+    SubSessionsAttached,
     SubSessionsCreated,
     WriteFor,
     WrittenFor,
@@ -138,6 +139,7 @@ class ParallelHub(pykka.ThreadingActor):
         self._waiting: dict[str, list[tuple[int | None, Response]]] = {}
         self._known: set[str] = set()  # the sub-sessions the create named
         self._closed: set[str] = set()  # sub-sessions over (completed, closed, failed)
+        self._gone: set[str] = set()  # sub-sessions the server said it no longer has
         self._stopping: StopHub | None = None
         self._failed: str | None = None
         if attach is not None:  # resumed: every sub-session from the seq its cursor has
@@ -255,6 +257,19 @@ class ParallelHub(pykka.ThreadingActor):
             self._up = False
             self._finish_stop()
 
+    def _on_attached(self, message: SubSessionsAttached) -> None:
+        """The server's list after a re-attach: a sub-session it no longer has (closed,
+        failed, expired) can never answer; its port is told so, for good."""
+        if not self._current(message.generation):
+            return
+        for session_id in sorted(self._known - set(message.session_ids) - self._closed):
+            self._closed.add(session_id)
+            self._gone.add(session_id)
+            port = self._ports.pop(session_id, None)
+            if port is not None:
+                tell_unless_gone(port, SharedLost(f"sub-session {session_id} no longer exists "
+                                                  f"on the server", terminal=True))
+
     def _on_refused(self, message: LinkRefused) -> None:
         self.stats["refusals"] += 1
         self._log.warning("the server refused a sub-session request: %s", message.error)
@@ -289,6 +304,11 @@ class ParallelHub(pykka.ThreadingActor):
                 self._waiting.setdefault(session_id, []).extend(items)
 
     def _on_register(self, message: Register) -> None:
+        if message.session_id in self._gone:
+            tell_unless_gone(message.port, SharedLost(
+                f"sub-session {message.session_id} no longer exists on the server",
+                terminal=True))
+            return
         self._ports[message.session_id] = message.port
         held = self._waiting.pop(message.session_id, [])
         after = -1 if message.last_seq is None else message.last_seq
@@ -358,6 +378,7 @@ _HANDLERS: dict[type, Any] = {
     RestartLink: ParallelHub._on_restart,
     SubEvents: ParallelHub._on_events,
     LinkRefused: ParallelHub._on_refused,
+    SubSessionsAttached: ParallelHub._on_attached,
     FramesMalformed: ParallelHub._on_malformed,
     LinkFlow: lambda self, m: None,
     Register: ParallelHub._on_register,

@@ -1124,8 +1124,9 @@ class SimulatorServer:
             if member.expiry is not None:
                 member.expiry.cancel()
                 member.expiry = None
-        peer.write([encode_response(ParallelAttached(group.id, tuple(group.members),
-                                                     tuple(None for _ in group.members))),
+        peer.write([encode_response(ParallelAttached(group.id,
+                                                     tuple(m.session.id for m in live),
+                                                     tuple(None for _ in live))),
                     *(frame for m in live for frame in m.session.replay_after(
                         request.last_sequences.get(m.session.id)))])
         peer.session_id = group.id

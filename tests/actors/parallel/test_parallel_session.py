@@ -192,3 +192,39 @@ def test_asyncio_parallel_session_is_exact_per_sub_session(sim: LocalSimulator) 
     assert len(runs) == 2
     for (low, high), events in runs:
         check_exact(events, sim.expected(low, high, transactions=[address]))
+
+
+def test_attaching_a_sub_session_the_server_no_longer_has_fails_at_once(
+        sim: LocalSimulator) -> None:
+    """A hostile review got a front door that never answered: the server's list after a
+    re-attach now tells which sub-sessions are gone, and an attach to one fails."""
+    from actors import ManagedSessionError
+
+    first, _ = sim.available_range()
+    with no_leaks(FAST.graceful_close + 2):
+        parallel = ManagedParallelSession.start(sim.url, DEFAULT_API_KEY,
+                                                CreateSession(first, first + 499),
+                                                timing=FAST, policy=QUICK_RETRY)
+        control_id = parallel.control_session_id
+        subs = parallel.take_sub_sessions()
+        cursors = [sub.cursor() for sub in subs]
+        subs[0].shutdown()  # closed on the server
+        parallel.shutdown(detach=True)  # the other stays
+        with pytest.raises(ValueError, match="the same sub-session twice"):
+            ManagedParallelSession.attach(sim.url, DEFAULT_API_KEY, control_id,
+                                          [cursors[1], cursors[1]], timing=FAST,
+                                          policy=QUICK_RETRY)
+        with pytest.raises(ManagedSessionError, match="no longer exists on the server") as info:
+            ManagedParallelSession.attach(sim.url, DEFAULT_API_KEY, control_id, cursors[:1],
+                                          timing=FAST, policy=QUICK_RETRY, start_timeout=10)
+        assert info.value.kind == "attach"
+        # The live one still attaches, and runs to its end.
+        again = ManagedParallelSession.attach(sim.url, DEFAULT_API_KEY, control_id,
+                                              cursors[1:], timing=FAST, policy=QUICK_RETRY)
+        with again:
+            (sub,) = again.take_sub_sessions()
+            events = drive_all([sub], [])[sub.info.session_id]
+    low, high = sub.range
+    assert isinstance(events[-1], Completed)
+    assert [e.slot for e in events if type(e).__name__ == "Slot"] == sim.expected(
+        low, high).slots
