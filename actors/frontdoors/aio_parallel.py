@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from protocol import CreateSession
+from protocol import ContinueParams, ContinueToParams, CreateSession
 
-from ..events import SessionInfo
+from ..events import ManagedEvent, ManagedSessionError, SessionInfo
 from .aio import AsyncBacktestSession, _off_loop
-from .parallel import ManagedParallelSession, ParallelSubSession
+from .parallel import ManagedParallelSession, ParallelSubSession, ranged
 
 
 class AsyncParallelSubSession(AsyncBacktestSession):
@@ -31,6 +31,20 @@ class AsyncParallelSubSession(AsyncBacktestSession):
     def info(self) -> SessionInfo:
         """Its identity: ``session_id`` and the ``rpc_endpoint`` of its PubSub streams."""
         return self.session_info
+
+    async def next_event(self, timeout: float | None = None) -> ManagedEvent:
+        """As the asyncio front door's; a failure names this sub-session's range."""
+        try:
+            return await super().next_event(timeout)
+        except ManagedSessionError as exc:
+            raise ranged(exc, self.range) from exc
+
+    async def _send(self, params: ContinueParams | ContinueToParams | None,
+                    timeout: float | None) -> None:
+        try:
+            await super()._send(params, timeout)
+        except ManagedSessionError as exc:
+            raise ranged(exc, self.range) from exc
 
 
 class AsyncParallelSession:

@@ -31,6 +31,8 @@ import pykka
 
 from protocol import (
     AttachParallel,
+    ContinueParams,
+    ContinueToParams,
     CreateSession,
     ReconnectPolicy,
     Timing,
@@ -47,6 +49,17 @@ from ..supervision.config import DEFAULT_MAX_QUEUE
 from ..supervision.parallel_hub import HubStats, ParallelHub, StopHub
 from .blocking import ManagedBacktestSession
 from .consumer import SHUTDOWN_MARGIN, SessionCore, SessionOptions
+
+
+def ranged(error: ManagedSessionError, slots: tuple[int, int]) -> ManagedSessionError:
+    """``error`` naming the sub-session's range (``slots a..=b: ...``), once; the same
+    type (an ``InvalidArgument`` stays one)."""
+    prefix = f"slots {slots[0]}..={slots[1]}: "
+    if error.reason.startswith(prefix):
+        return error
+    out = ManagedSessionError.__new__(type(error))
+    ManagedSessionError.__init__(out, error.kind, prefix + error.reason)
+    return out
 
 
 class ParallelSubSession(ManagedBacktestSession):
@@ -76,11 +89,14 @@ class ParallelSubSession(ManagedBacktestSession):
         try:
             return super().next_event(timeout)
         except ManagedSessionError as exc:
-            low, high = self.range
-            if exc.reason.startswith(f"slots {low}..={high}: "):
-                raise
-            error = ManagedSessionError(exc.kind, f"slots {low}..={high}: {exc.reason}")
-            raise error from exc
+            raise ranged(exc, self.range) from exc
+
+    def _send(self, params: ContinueParams | ContinueToParams | None,
+              timeout: float | None) -> None:
+        try:
+            super()._send(params, timeout)
+        except ManagedSessionError as exc:
+            raise ranged(exc, self.range) from exc
 
     @property
     def info(self) -> SessionInfo:

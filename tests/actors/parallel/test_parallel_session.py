@@ -112,6 +112,9 @@ def test_a_sub_session_that_fails_for_good_fails_alone_with_its_range(
         doomed = subs[1]
         sim.faults.fail_session(doomed.info.session_id)
         events, errors = _drive_collecting(subs)
+        # Every call on it names its range, not only next_event (hostile review, repro 06).
+        with pytest.raises(ManagedSessionError, match=rf"slots {doomed.range[0]}\.\.="):
+            doomed.send_continue(ContinueParams(), timeout=5)
     assert list(errors) == [doomed.info.session_id]
     error = errors[doomed.info.session_id]
     low, high = doomed.range
