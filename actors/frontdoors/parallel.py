@@ -242,7 +242,10 @@ class ManagedParallelSession:
 
     def stats(self) -> dict[str, Any]:
         """The shared link's counters: restarts, events routed, refusals, ..."""
-        return dict(self._hub.ask(HubStats(), block=True, timeout=10.0))
+        try:
+            return dict(self._hub.ask(HubStats(), block=True, timeout=10.0))
+        except pykka.ActorDeadError:
+            raise ManagedSessionError("closed", "parallel session shut down") from None
 
     def shutdown(self, *, detach: bool = False) -> None:
         """Close every sub-session, then the shared control (``detach``: leave them on

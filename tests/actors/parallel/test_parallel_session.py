@@ -66,6 +66,9 @@ def test_a_parallel_range_runs_exact_per_sub_session_over_one_control_socket(
             events = drive_all(subs, addresses)
             ids = [s.info.session_id for s in subs]
     assert sim.upgrade_requests()["control"] - before == 1  # one control socket for all
+    from actors import ManagedSessionError
+    with pytest.raises(ManagedSessionError, match="closed"):
+        parallel.stats()  # a typed error after shutdown, not pykka's
     for sub, session_id in zip(subs, ids, strict=True):
         low, high = sub.range
         check_exact(events[session_id], sim.expected(low, high, transactions=addresses,
