@@ -14,8 +14,11 @@ door and the command line.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 
 import attrs
+
+from protocol import ContinueToParams
 
 from ..events import (
     Completed,
@@ -119,3 +122,46 @@ class DiscoveryStep:
     def exhausted(self) -> bool:
         """No discovery was left ahead of the session (the reference's ``Completed``)."""
         return self.discovery is None
+
+
+class StepInProgress:
+    """One ``advance_to_discovery``, for every front door: it takes the events, feeds
+    them here, and sends what :meth:`request` says; the sync and asyncio loops differ
+    only in how they wait.
+
+    Until the session rests, events are taken; at rest, the next announced batch is
+    the continue-to to send (none: the step is ``exhausted``); then events are taken
+    until its answer (:func:`ends_step`). ``events`` holds everything taken, so a
+    front door whose wait is cut short can give them back.
+    """
+
+    def __init__(self, stepping: DiscoveryTracker, transactions: Iterable[str]) -> None:
+        if isinstance(transactions, str | bytes):
+            raise TypeError("transactions: expected a list of base64 strings, got one string")
+        # Checked before any event is taken: a bad one must not cost the application events.
+        self._transactions = ContinueToParams(0, 0, transactions).transactions
+        self._stepping = stepping
+        self._discovery: DiscoveryBatch | None = None
+        self.events: list[ManagedEvent] = []
+        self.result: DiscoveryStep | None = None
+
+    def request(self) -> ContinueToParams | None:
+        """The continue-to to send now (asked once), or None: take another event (or the
+        step is over: :attr:`result`)."""
+        if self.result is not None or self._discovery is not None or not self._stepping.at_rest:
+            return None
+        self._discovery = self._stepping.next_discovery()
+        if self._discovery is None:
+            self.result = DiscoveryStep(None, None, tuple(self.events))
+            return None
+        return self._discovery.continue_to(self._transactions)
+
+    def feed(self, event: ManagedEvent) -> None:
+        """An event the front door took (and applied to the tracker)."""
+        self.events.append(event)
+        if self._discovery is None and isinstance(event, Completed):
+            self.result = DiscoveryStep(None, None, tuple(self.events))
+        elif self._discovery is not None and ends_step(event):
+            self.result = DiscoveryStep(self._discovery,
+                                        event if isinstance(event, Paused) else None,
+                                        tuple(self.events))

@@ -42,12 +42,11 @@ import pykka
 from protocol import ContinueParams, ContinueToParams, CreateSession
 
 from ..decisions.cursor import Cursor, check_cursor
-from ..decisions.stepping import DiscoveryStep, ends_step
+from ..decisions.stepping import DiscoveryStep, StepInProgress
 from ..events import (
     Completed,
     ConnectionStatus,
     ManagedEvent,
-    Paused,
     SessionInfo,
 )
 from ..requests import SubscribeStream, TakeEvents
@@ -320,29 +319,20 @@ class AsyncBacktestSession:
                                    timeout: float | None = None) -> DiscoveryStep:
         """Pause right before the next discovered batch, or say there is none; see
         ``ManagedBacktestSession.advance_to_discovery``."""
-        if isinstance(transactions, str | bytes):
-            raise TypeError("transactions: expected a list of base64 strings, got one string")
-        txs = ContinueToParams(0, 0, transactions).transactions  # checked before any take
-        core, events = self._core, []
+        step = StepInProgress(self._core.stepping, transactions)  # arguments checked
+        core = self._core
         try:
             core.apply_returned()
-            while not core.stepping.at_rest:
-                events.append(await self.next_event(timeout))
-                core.apply_returned()
-                if isinstance(events[-1], Completed):
-                    return DiscoveryStep(None, None, tuple(events))
-            discovery = core.stepping.next_discovery()
-            if discovery is None:
-                return DiscoveryStep(None, None, tuple(events))
-            await self._send(discovery.continue_to(txs), timeout)
-            while not ends_step(event := await self.next_event(timeout)):
-                events.append(event)
-            events.append(event)
-            core.apply_returned()
-            return DiscoveryStep(discovery, event if isinstance(event, Paused) else None,
-                                 tuple(events))
+            while step.result is None:
+                request = step.request()
+                if request is not None:
+                    await self._send(request, timeout)
+                elif step.result is None:
+                    step.feed(await self.next_event(timeout))
+                    core.apply_returned()
+            return step.result
         except BaseException:
-            core.give_back(events)  # nothing taken is lost: the next takes return them
+            core.give_back(step.events)  # nothing taken is lost: the next takes return them
             raise
 
     async def _send(self, params: ContinueParams | ContinueToParams | None,

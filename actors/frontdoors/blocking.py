@@ -23,14 +23,13 @@ from protocol.pubsub import StreamKind
 
 from ..decisions.cursor import Cursor, CursorTracker, check_cursor
 from ..decisions.pacer import DEFAULT_MAX_RUN_AHEAD, LostContinuePolicy
-from ..decisions.stepping import DiscoveryStep, ends_step
+from ..decisions.stepping import DiscoveryStep, StepInProgress
 from ..events import (
     Completed,
     ConnectionChanged,
     ConnectionStatus,
     ManagedEvent,
     ManagedSessionError,
-    Paused,
     SessionInfo,
 )
 from ..requests import CancelTake, SubscribeStream, TakeEvents, UnsubscribeStream
@@ -434,30 +433,21 @@ class ManagedBacktestSession:
         ``events``. No discovery ahead: the result is ``exhausted`` and nothing was
         sent (go on with ``send_continue``). ``timeout`` bounds each wait.
         """
-        if isinstance(transactions, str | bytes):
-            raise TypeError("transactions: expected a list of base64 strings, got one string")
-        txs = ContinueToParams(0, 0, transactions).transactions  # checked before any take
+        step = StepInProgress(self._core.stepping, transactions)  # arguments checked
         wait = check_timeout(timeout)
-        core, events = self._core, []
+        core = self._core
         try:
             core.apply_returned()
-            while not core.stepping.at_rest:
-                events.append(self.next_event(wait))
-                core.apply_returned()
-                if isinstance(events[-1], Completed):
-                    return DiscoveryStep(None, None, tuple(events))
-            discovery = core.stepping.next_discovery()
-            if discovery is None:
-                return DiscoveryStep(None, None, tuple(events))
-            self._send(discovery.continue_to(txs), timeout)
-            while not ends_step(event := self.next_event(wait)):
-                events.append(event)
-            events.append(event)
-            core.apply_returned()
-            return DiscoveryStep(discovery, event if isinstance(event, Paused) else None,
-                                 tuple(events))
+            while step.result is None:
+                request = step.request()
+                if request is not None:
+                    self._send(request, timeout)
+                elif step.result is None:
+                    step.feed(self.next_event(wait))
+                    core.apply_returned()
+            return step.result
         except BaseException:
-            core.give_back(events)  # nothing taken is lost: the next takes return them
+            core.give_back(step.events)  # nothing taken is lost: the next takes return them
             raise
 
     def _send(self, params: ContinueParams | ContinueToParams | None,

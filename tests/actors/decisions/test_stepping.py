@@ -35,3 +35,39 @@ def test_an_error_answer_is_a_rest_where_the_session_was() -> None:
     tracker.continued()
     tracker.seen(Error(BacktestError("invalidRequest")))
     assert tracker.at_rest and tracker.paused_at == (50, 2)
+
+
+def test_a_step_takes_to_rest_sends_once_and_ends_on_the_answer() -> None:
+    import pytest
+
+    from actors.decisions.stepping import StepInProgress
+    from actors.events import Completed, ContinueLost
+    from protocol import ContinueToParams
+
+    tracker = DiscoveryTracker()
+    with pytest.raises(ValueError, match=r"transactions\[0\]"):
+        StepInProgress(tracker, ["not base64!"])
+    step = StepInProgress(tracker, ["AQID"])
+    assert step.request() is None  # not at rest yet: take events
+    for event in (Slot(10), DiscoveryBatch(12, 1), ReadyForContinue()):
+        step.feed(event)
+        tracker.seen(event)
+    assert step.request() == ContinueToParams(12, 1, ("AQID",))
+    tracker.continued()
+    assert step.request() is None and step.result is None  # sent once
+    step.feed(Slot(11))
+    lost = ContinueLost(ContinueToParams(12, 1), resent=False)
+    step.feed(lost)
+    assert step.result is not None and step.result.paused is None
+    assert step.result.events[-1] == lost and len(step.result.events) == 5
+    # Handed back as lost: the batch is still ahead, so the next step aims at it again.
+    assert StepInProgress(tracker, ()).request() == ContinueToParams(12, 1)
+    # No discovery at rest: exhausted, nothing to send.
+    quiet = DiscoveryTracker()
+    for event in (Slot(20), ReadyForContinue()):
+        quiet.seen(event)
+    other = StepInProgress(quiet, ())
+    assert other.request() is None and other.result is not None and other.result.exhausted
+    done = StepInProgress(DiscoveryTracker(), ())
+    done.feed(Completed())
+    assert done.result is not None and done.result.exhausted
