@@ -353,6 +353,18 @@ class ContinuePacer:
             self.reply = None     # if the chunk is written again later
         return True
 
+    def refused_on_the_wire(self, generation: int) -> AnyContinue | None:
+        """The control link of ``generation`` was closed by the server with 1009 (a frame
+        too big) after the chunk in flight was written on it: the server refused that
+        frame, so it never ran, and written again it would only be refused again. The
+        continue ends here; its params are returned for the application's error."""
+        if (self.state != "outstanding" or self._written_at[0] != generation
+                or self.params is None):
+            return None
+        params = self.params
+        self._finish()
+        return params
+
     def control_resumed(self, generation: int) -> bool:
         """The control link is Up on ``generation`` with its attach replay complete.
         True when a chunk written on an older connection is still unanswered: the

@@ -22,7 +22,7 @@ from typing import Any
 
 import pykka
 
-from protocol import Attach, ContinueToParams, pubsub_url
+from protocol import Attach, BacktestError, ContinueToParams, pubsub_url
 
 from ..decisions.children import Children, GiveUp, StayClosed
 from ..decisions.outbox import Outbox, fail_reply
@@ -72,6 +72,9 @@ from .control import (
 from .link_actor import ChildClosed, ChildLost, ChildUp, CloseLink, FramesMalformed, Grant, LinkFlow
 from .reminders import QuietCheck, RestartChild, ShutdownDeadline, UptimeCheck
 from .subscription import Barrier, BarrierReached, StreamItems, SubscriptionActor
+
+# How a link reports the server's "message too big" close (runtime/connection.py).
+TOO_BIG = "(code 1009)"
 
 
 def tell_unless_gone(ref: pykka.ActorRef[Any], message: Any) -> bool:
@@ -294,6 +297,16 @@ class SessionSupervisor(FailSafeActor):
 
     def _on_child_lost(self, message: ChildLost) -> None:
         name = message.name
+        if name == CONTROL and TOO_BIG in message.reason and self._children.current(
+                name, message.generation):
+            refused = self._pacer.refused_on_the_wire(message.generation)
+            if refused is not None:
+                self._log.warning("the server refused the continue as too big (1009); it "
+                                  "never ran and is not written again")
+                self._outbox.put(None, Error(BacktestError("requestTooLarge", {
+                    "request": type(refused).__name__, "close_code": 1009,
+                    "reason": "the server closed the control connection as the frame was "
+                              "too big: it never ran; send fewer or smaller transactions"})))
         if not self._link_ended(name, message.generation) or self._failure is not None:
             return
         decision = self._children.lost(

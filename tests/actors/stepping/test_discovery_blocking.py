@@ -3,6 +3,8 @@ batch, inject there, go on; exact against ``expected()``."""
 
 from __future__ import annotations
 
+import base64
+
 import attrs
 import pytest
 
@@ -191,3 +193,23 @@ def test_a_step_that_raises_gives_back_every_event_it_took(sim: LocalSimulator) 
             back.append(event)
         assert [e.slot for e in back if isinstance(e, Slot)] == sim.chain.produced_in(
             first + 1, first + SPAN)[5:8]
+
+
+def test_a_continue_to_the_server_refuses_as_too_big_ends_with_an_error_not_retries(
+        sim: LocalSimulator) -> None:
+    """Over the server's frame limit (1 MiB here) the server closes with 1009: the
+    continue-to never ran, so it is not written again (the review saw ten resends and the
+    session fail); the step ends with an Error and the session goes on."""
+    from actors import Error
+
+    big = [base64.b64encode(bytes(1500)).decode()] * 1500  # about 3 MB of transactions
+    with _start(sim, [sim.programs[-1]]) as session:
+        assert session.advance_to_discovery(timeout=10).paused is not None
+        step = session.advance_to_discovery(big, timeout=10)
+        errors = [e for e in step.events if isinstance(e, Error)]
+        assert step.paused is None and len(errors) == 1
+        assert errors[0].error.kind == "requestTooLarge"
+        stats = session.stats()
+        assert stats["continues_resent"] == 0 and stats["reconnects"]["control"] == 1
+        after = session.advance_to_discovery(timeout=10)  # the same target, smaller: runs
+        assert after.paused is not None and after.discovery == step.discovery
