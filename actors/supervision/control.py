@@ -19,6 +19,7 @@ import attrs
 
 from protocol import (
     Attach,
+    AttachParallel,
     BacktestError,
     Close,
     ContinueParams,
@@ -119,8 +120,8 @@ class CloseDeadline:
 
 
 class ControlActor(LinkActor):
-    def __init__(self, *, create: CreateSession, attach: Attach | None, api_key: str,
-                 **kwargs: Any) -> None:
+    def __init__(self, *, create: CreateSession, attach: Attach | AttachParallel | None,
+                 api_key: str, **kwargs: Any) -> None:
         super().__init__(name=CONTROL, headers={"X-API-Key": api_key}, **kwargs)
         self._create = create
         self._attach = attach

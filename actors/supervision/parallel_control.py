@@ -26,7 +26,6 @@ import pykka
 from protocol import (
     AttachParallel,
     BacktestError,
-    Close,
     CloseSession,
     ContinueParams,
     ContinueSession,
@@ -40,14 +39,11 @@ from protocol import (
     SessionEvent,
     SessionsCreated,
     Success,
-    decode_response,
-    encode_request,
 )
-from protocol.messages import Request, Response
+from protocol.messages import Response
 
-from ..events import CONTROL
 from ..runtime.connection import Pong
-from .link_actor import LinkActor
+from .control import ControlActor
 
 # --- what the link reports to the hub -------------------------------------------------
 
@@ -107,30 +103,15 @@ class WriteFor:
     reply_to: pykka.ActorRef[Any] = attrs.field(eq=False)
 
 
-@attrs.frozen
-class CloseDeadline:
-    pass
+class ParallelControlActor(ControlActor):
+    """A control link (the connect, the create-or-attach write, the graceful close and
+    the create-written rule are :class:`ControlActor`'s) whose answers are the
+    parallel ones and whose events are routed, not delivered."""
 
-
-class ParallelControlActor(LinkActor):
     def __init__(self, *, create: CreateSession, attach: AttachParallel | None,
                  api_key: str, **kwargs: Any) -> None:
-        super().__init__(name=CONTROL, headers={"X-API-Key": api_key}, **kwargs)
-        self._create = create
-        self._attach = attach
-        self._resume_sent = False
-        self._create_written = False
+        super().__init__(create=create, attach=attach, api_key=api_key, **kwargs)
         self._endpoints: dict[str, str] = {}
-
-    def decode(self, frame: bytes) -> Any:
-        return decode_response(frame)
-
-    def on_opened(self) -> None:
-        if self._attach is None:
-            self._create_written = self._write(self._create)
-        else:
-            self._write(self._attach)
-        self.expect_handshake_answer()
 
     def on_items(self, items: list[Any]) -> None:
         events: list[tuple[str, int | None, Response]] = []
@@ -169,19 +150,8 @@ class ParallelControlActor(LinkActor):
                                                  written or self.phase == "up"))
             except pykka.ActorDeadError:
                 pass
-        elif isinstance(message, CloseDeadline):
-            if self.phase == "closing":
-                self.finish_close()
         else:
-            super().on_command(message)
-
-    def close(self) -> None:
-        """Graceful close of every sub-session: ``closeBacktestSession``, its ``success``."""
-        if self.phase != "up" or not self._write(Close()):
-            self.finish_close()
-            return
-        self.start_closing()
-        self.schedule(self.timing.graceful_close, CloseDeadline())
+            super().on_command(message)  # the close deadline, the link's own
 
     # --- internals ------
 
@@ -207,18 +177,3 @@ class ParallelControlActor(LinkActor):
                 self.report(SubEvents(self.generation, list(events)))
                 events.clear()
             self.mark_up()
-
-    def _write(self, request: Request) -> bool:
-        try:
-            self.conn.send(encode_request(request))
-            return True
-        except Exception as exc:  # noqa: BLE001 - the reader reports the broken socket
-            self.log.info("write of %s failed: %s", type(request).__name__, exc)
-            return False
-
-    def lost(self, reason: str, *, terminal: bool = False, request_written: bool = False,
-             hopeless_at_start: bool = False) -> None:
-        # The create, once written, is never written again (it could create twice).
-        super().lost(reason, terminal=terminal,
-                     request_written=request_written or self._create_written,
-                     hopeless_at_start=hopeless_at_start)

@@ -980,23 +980,7 @@ class SimulatorServer:
             peer.write_frame(refusal_frame(refusal))
             return state
         if isinstance(request, ContinueParams | ContinueToParams):
-            if self._take_lost_continue(session.id):
-                peer.drop()
-                return state
-            if self._fail_if_asked(state):
-                return state
-            if isinstance(request, ContinueParams):
-                refusal = session.check_continue()
-            else:
-                refusal = session.check_continue_to(request)
-            if refusal is not None:
-                peer.write_frame(error_frame(session, refusal))
-            else:
-                self._spawn(self._run(state, session.run_continue(request)
-                                      if isinstance(request, ContinueParams)
-                                      else session.run_continue_to(request)))
-                # Accepted, not yet answered: the answers are what a drop here loses.
-                self._fire_triggers(session.id, "continue", session.continues_received)
+            self._continue(peer, state, request)
         elif isinstance(request, Resume):
             peer.write_frame(encode_response(Success()))
         elif isinstance(request, Close):
@@ -1170,24 +1154,30 @@ class SimulatorServer:
             peer.write_frame(encode_response(SessionEvent(session.id, None, Success())))
             self._remove(member, "closed by client")
             return group
+        self._continue(peer, member, request.params)
+        return group
+
+    def _continue(self, peer: Peer, state: SessionState,
+                  params: ContinueParams | ContinueToParams) -> None:
+        """A continue or continue-to from the session's owner (single or sub-session)."""
+        session = state.session
         if self._take_lost_continue(session.id):
             peer.drop()
-            return group
-        if self._fail_if_asked(member):
-            return group
-        params = request.params
+            return
+        if self._fail_if_asked(state):
+            return
         if isinstance(params, ContinueParams):
             refusal = session.check_continue()
         else:
             refusal = session.check_continue_to(params)
         if refusal is not None:
             peer.write_frame(error_frame(session, refusal))
-            return group
-        self._spawn(self._run(member, session.run_continue(params)
+            return
+        self._spawn(self._run(state, session.run_continue(params)
                               if isinstance(params, ContinueParams)
                               else session.run_continue_to(params)))
+        # Accepted, not yet answered: the answers are what a drop here loses.
         self._fire_triggers(session.id, "continue", session.continues_received)
-        return group
 
     def _lose_owner(self, state: SessionState, peer: Peer, reason: str) -> None:
         """``peer`` no longer owns ``state``'s session (if it did): orphan the session."""

@@ -21,11 +21,12 @@ from tests.support.harness import FAST, QUICK_RETRY, check_exact, no_leaks, wait
 pytestmark = pytest.mark.backtest_simulator(seed=31, slots=1100, parallel_split=250)
 
 
-def drive_all(subs: list[ParallelSubSession], addresses: list[str]
-              ) -> dict[str, list[ManagedEvent]]:
-    """Each sub-session on a thread of its own, as an application would."""
+def drive_collecting(subs: list[ParallelSubSession], advance: int = 3
+                     ) -> tuple[dict[str, list[ManagedEvent]], dict[str, BaseException]]:
+    """Each sub-session on a thread of its own, as an application would; the events
+    and the error of each."""
     events: dict[str, list[ManagedEvent]] = {}
-    errors: list[BaseException] = []
+    errors: dict[str, BaseException] = {}
 
     def drive(sub: ParallelSubSession) -> None:
         mine = events[sub.info.session_id] = []
@@ -33,17 +34,22 @@ def drive_all(subs: list[ParallelSubSession], addresses: list[str]
             for event in sub:
                 mine.append(event)
                 if isinstance(event, ReadyForContinue):
-                    sub.send_continue(ContinueParams(advance_count=3), timeout=20)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
-            errors.append(exc)
+                    sub.send_continue(ContinueParams(advance_count=advance), timeout=30)
+        except BaseException as exc:  # noqa: BLE001 - the test looks at it
+            errors[sub.info.session_id] = exc
 
     threads = [threading.Thread(target=drive, args=(sub,)) for sub in subs]
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(timeout=60)
+        thread.join(timeout=90)
+    assert not any(t.is_alive() for t in threads), "a sub-session hung"
+    return events, errors
+
+
+def drive_all(subs: list[ParallelSubSession]) -> dict[str, list[ManagedEvent]]:
+    events, errors = drive_collecting(subs)
     assert not errors, errors
-    assert not any(t.is_alive() for t in threads)
     return events
 
 
@@ -63,7 +69,7 @@ def test_a_parallel_range_runs_exact_per_sub_session_over_one_control_socket(
             for sub in subs:
                 sub.subscribe_transactions(addresses)
                 sub.subscribe_account_diffs(addresses)
-            events = drive_all(subs, addresses)
+            events = drive_all(subs)
             ids = [s.info.session_id for s in subs]
     assert sim.upgrade_requests()["control"] - before == 1  # one control socket for all
     from actors import ManagedSessionError
@@ -78,30 +84,6 @@ def test_a_parallel_range_runs_exact_per_sub_session_over_one_control_socket(
         assert stats.blocks_executed == len(sim.expected(low, high).slots) - 1
 
 
-def _drive_collecting(subs: list[ParallelSubSession]
-                      ) -> tuple[dict[str, list[ManagedEvent]], dict[str, BaseException]]:
-    events: dict[str, list[ManagedEvent]] = {}
-    errors: dict[str, BaseException] = {}
-
-    def drive(sub: ParallelSubSession) -> None:
-        mine = events[sub.info.session_id] = []
-        try:
-            for event in sub:
-                mine.append(event)
-                if isinstance(event, ReadyForContinue):
-                    sub.send_continue(ContinueParams(advance_count=2), timeout=30)
-        except BaseException as exc:  # noqa: BLE001 - the test looks at it
-            errors[sub.info.session_id] = exc
-
-    threads = [threading.Thread(target=drive, args=(sub,)) for sub in subs]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=90)
-    assert not any(t.is_alive() for t in threads), "a sub-session hung"
-    return events, errors
-
-
 def test_a_sub_session_that_fails_for_good_fails_alone_with_its_range(
         sim: LocalSimulator) -> None:
     from actors import ManagedSessionError
@@ -114,7 +96,7 @@ def test_a_sub_session_that_fails_for_good_fails_alone_with_its_range(
         subs = parallel.take_sub_sessions()
         doomed = subs[1]
         sim.faults.fail_session(doomed.info.session_id)
-        events, errors = _drive_collecting(subs)
+        events, errors = drive_collecting(subs, advance=2)
         # Every call on it names its range, not only next_event (hostile review, repro 06).
         with pytest.raises(ManagedSessionError, match=rf"slots {doomed.range[0]}\.\.="):
             doomed.send_continue(ContinueParams(), timeout=5)
@@ -148,10 +130,10 @@ def test_frames_for_unknown_or_closed_sub_sessions_are_dropped_not_fatal(
                                                        "event": {"method": "readyForContinue"}}}))
 
         stray("backtest_never-named")
-        first_done = drive_all(subs[:1], [])
+        first_done = drive_all(subs[:1])
         wait_for(lambda: parallel.stats()["sub_sessions_closed"] == 1, 5, "sub-session 0 closed")
         stray(subs[0].info.session_id)  # over and closed: nothing may reach it
-        rest = drive_all(subs[1:], [])
+        rest = drive_all(subs[1:])
         wait_for(lambda: parallel.stats()["events_dropped"] >= 2, 5, "both strays dropped")
         stats = parallel.stats()
     assert stats["events_dropped"] == 2
@@ -229,7 +211,7 @@ def test_attaching_a_sub_session_the_server_no_longer_has_fails_at_once(
                                               cursors[1:], timing=FAST, policy=QUICK_RETRY)
         with again:
             (sub,) = again.take_sub_sessions()
-            events = drive_all([sub], [])[sub.info.session_id]
+            events = drive_all([sub])[sub.info.session_id]
     low, high = sub.range
     assert isinstance(events[-1], Completed)
     assert [e.slot for e in events if type(e).__name__ == "Slot"] == sim.expected(
