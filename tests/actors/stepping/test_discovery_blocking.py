@@ -203,7 +203,10 @@ def test_a_continue_to_the_server_refuses_as_too_big_ends_with_an_error_not_retr
     from actors import Error
 
     big = [base64.b64encode(bytes(1500)).decode()] * 1500  # about 3 MB of transactions
-    with _start(sim, [sim.programs[-1]]) as session:
+    # The reconnects are counted exactly: a keepalive longer than FAST's, which a busy
+    # machine can miss.
+    timing = attrs.evolve(FAST, keepalive_interval=0.5, keepalive_deadline=5.0)
+    with _start(sim, [sim.programs[-1]], timing=timing) as session:
         assert session.advance_to_discovery(timeout=10).paused is not None
         step = session.advance_to_discovery(big, timeout=10)
         errors = [e for e in step.events if isinstance(e, Error)]
