@@ -357,7 +357,10 @@ class ManagedBacktestSession:
                 raise
             else:
                 core.add_taken(batch)
-        return core.next_taken()
+        try:
+            return core.next_taken()
+        except IndexError:  # another consumer thread took the last one meanwhile
+            return self.next_event(timeout)
 
     def _withdraw(self, reply: pykka.ThreadingFuture[list[ManagedEvent]]
                   ) -> tuple[bool, BaseException | None]:

@@ -359,12 +359,13 @@ class SessionCore:
     def next_taken(self) -> ManagedEvent:
         """Return the first taken event; it moves the cursor at the next call.
 
-        No call between removing the event and returning it, so an asynchronous
-        exception (a signal handler's) cannot land between the two: CPython runs
-        them at calls and backward jumps, not at subscripts or returns.
+        One C-level ``popleft`` removes it: an asynchronous exception (a signal
+        handler's) cannot land between removing and returning (CPython runs them at
+        Python calls and backward jumps), and two consumer threads never get the same
+        event (reading ``[0]`` then deleting it gave one event twice and lost the next).
+        ``IndexError`` when another consumer took the last one meanwhile.
         """
-        pair = self.taken[0]
-        del self.taken[0]
+        pair = self.taken.popleft()
         self._returned = pair
         return pair[0]
 
