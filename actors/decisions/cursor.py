@@ -279,6 +279,11 @@ def _get(obj: dict[str, Any], name: str, kind: type, path: str = "", *,
 # --- the tracker -------------------------------------------------------------------------
 
 
+# Returned items noted before they are applied in bulk (bounds the list for a caller
+# that never reads the cursor: a listener session, a journal being read).
+SETTLE_EVERY = 256
+
+
 class _StreamTrack:
     __slots__ = ("addresses", "slot", "keys")
 
@@ -306,6 +311,13 @@ class CursorTracker:
         self.stepping = DiscoveryTracker()
         self._streams: dict[str, _StreamTrack] = {}
         self._removed: set[str] = set()  # unsubscribed: its late items move nothing
+        # Items returned and not yet applied to their stream: an item's delta is only
+        # read by cursor(), so it is noted with one C call per event (the consumer's
+        # hot path) and applied in bulk when anything reads or changes the streams.
+        self._items_returned: list[ItemDelta] = []
+        # For a caller that settles on its own at least every SETTLE_EVERY items (the
+        # blocking and asyncio front doors: once per taken batch).
+        self.item_returned = self._items_returned.append
         if resumed is not None:
             self.last_seq, self.pending = resumed.last_seq, resumed.pending_continue
             self.stepping = DiscoveryTracker.resumed(resumed.last_slot, resumed.paused_at,
@@ -315,12 +327,14 @@ class CursorTracker:
                                                    s.boundary_keys)
 
     def subscribed(self, stream: str, addresses: tuple[str, ...]) -> None:
+        self.settle_items()
         self._removed.discard(stream)
         if stream not in self._streams:
             self._streams[stream] = _StreamTrack(addresses)
 
     def unsubscribed(self, stream: str) -> None:
         """The stream was closed: a resume does not subscribe it again."""
+        self.settle_items()
         self._streams.pop(stream, None)
         self._removed.add(stream)
 
@@ -352,21 +366,35 @@ class CursorTracker:
             self._item(delta)
 
     def _item(self, delta: ItemDelta) -> None:
-        stream_name, _, slot, key = delta
-        stream = self._streams.get(stream_name)
-        if stream is None:
-            if stream_name in self._removed:
-                return
-            stream = self._streams[stream_name] = _StreamTrack((delta.address,))
-        if slot > stream.slot:
-            stream.slot, stream.keys = slot, {key}
-        elif slot == stream.slot:
-            stream.keys.add(key)
+        items = self._items_returned
+        items.append(delta)
+        if len(items) >= SETTLE_EVERY:
+            self.settle_items()
+
+    def settle_items(self) -> None:
+        """Apply the items returned since the last call to their streams, in order."""
+        items = self._items_returned
+        if not items:
+            return
+        streams, stream, current = self._streams, None, None
+        for stream_name, address, slot, key in items:
+            if stream_name != current:
+                current, stream = stream_name, streams.get(stream_name)
+                if stream is None and stream_name not in self._removed:
+                    stream = streams[stream_name] = _StreamTrack((address,))
+            if stream is None:
+                continue  # unsubscribed: its late items move nothing
+            if slot > stream.slot:
+                stream.slot, stream.keys = slot, {key}
+            elif slot == stream.slot:
+                stream.keys.add(key)
+        items.clear()
 
     def cursor(self, info: SessionInfo, pending: PendingContinue | None = None) -> Cursor:
         """The cursor now; ``pending`` overrides the tracked continue (a listener's
         comes from the pacer, which sees each answer as it is told)."""
         pending = pending or self.pending
+        self.settle_items()
         streams = {}
         for name, s in self._streams.items():
             replay = s.slot if s.slot >= 0 else self.start_slot

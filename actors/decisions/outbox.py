@@ -42,6 +42,7 @@ from ..events import (
     ManagedSessionError,
     SessionFailed,
     StreamEvent,
+    Transaction,
 )
 from .cursor import Cursor, CursorTracker, Delta, ItemDelta, SeqDelta, item_key
 
@@ -252,7 +253,8 @@ class Outbox:
             slot = event.slot
             if slot > last_slot.get(address, -1):
                 last_slot[address] = slot
-            key = item_key(event)
+            # item_key, inlined: a call per notification cost more than the test
+            key = event.signature if type(event) is Transaction else item_key(event)
             index = indexes.get(address)
             if index is None:
                 index = stream.index(address)
@@ -370,13 +372,14 @@ class Outbox:
         batch.deltas = deltas
         returned: dict[str, int] = {}
         queue = self._queue
+        popleft, add_event, add_delta = queue.popleft, batch.append, deltas.append
         for _ in range(min(limit, len(queue))):
-            source, event, delta = queue.popleft()
+            source, event, delta = entry = popleft()
             if isinstance(event, _FailureMarker):
-                queue.appendleft((source, event, delta))
+                queue.appendleft(entry)
                 break  # the next take gets the error, after these events
-            batch.append(event)
-            deltas.append(delta)
+            add_event(event)
+            add_delta(delta)
             if source is not None:
                 returned[source] = returned.get(source, 0) + 1
         for source, count in returned.items():

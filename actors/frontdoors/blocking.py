@@ -329,9 +329,9 @@ class ManagedBacktestSession:
         """
         wait = check_timeout(timeout)
         core = self._core
-        core.apply_returned()
         taken = core.taken
         if not taken:
+            core.apply_returned()  # next_taken() does it when an event is at hand
             if core.listener_mode:
                 raise ValueError("next_event: this session tells its events to its listener "
                                  "actor; nothing would ever come here")

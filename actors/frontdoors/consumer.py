@@ -36,7 +36,14 @@ from protocol import (
 )
 from protocol.pubsub import StreamKind
 
-from ..decisions.cursor import Cursor, CursorTracker, Delta, PendingContinue, SeqDelta
+from ..decisions.cursor import (
+    Cursor,
+    CursorTracker,
+    Delta,
+    ItemDelta,
+    PendingContinue,
+    SeqDelta,
+)
 from ..decisions.pacer import DEFAULT_MAX_RUN_AHEAD, LostContinuePolicy
 from ..decisions.stepping import DiscoveryTracker
 from ..events import (
@@ -344,8 +351,12 @@ class SessionCore:
     def apply_returned(self) -> None:
         """The event returned last counts in the cursor from now on."""
         returned, self._returned = self._returned, None
-        if returned is not None and returned[1] is not GIVEN_BACK:
-            self.tracker.returned(*returned)
+        if returned is not None:
+            delta = returned[1]
+            if type(delta) is ItemDelta:
+                self.tracker.item_returned(delta)  # settled once per batch (add_taken)
+            elif delta is not GIVEN_BACK:
+                self.tracker.returned(*returned)
 
     def give_back(self, events: list[ManagedEvent]) -> None:
         """Events a step took and could not hand over (it raised: a timeout, a refused
@@ -354,6 +365,7 @@ class SessionCore:
 
     def add_taken(self, batch: list[ManagedEvent]) -> None:
         """A take's batch arrived: its events wait here to be returned one by one."""
+        self.tracker.settle_items()  # the items of the batches before, in bulk
         self.taken.extend(with_deltas(batch))
 
     def next_taken(self) -> ManagedEvent:
@@ -365,6 +377,8 @@ class SessionCore:
         event (reading ``[0]`` then deleting it gave one event twice and lost the next).
         ``IndexError`` when another consumer took the last one meanwhile.
         """
+        if self._returned is not None:
+            self.apply_returned()
         pair = self.taken.popleft()
         self._returned = pair
         return pair[0]

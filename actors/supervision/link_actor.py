@@ -25,6 +25,7 @@ that to find a lost barrier pong without guessing a time for it.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 import attrs
@@ -171,8 +172,9 @@ class LinkActor(SimpleInboxActor):
 
     # --- hooks for the concrete links ------
 
-    def decode(self, frame: bytes) -> Any:
-        raise NotImplementedError
+    # The codec function of this link's frames, run on the reader thread once per
+    # frame: a plain function (a staticmethod), so no method frame wraps it.
+    decode: Callable[[bytes], Any]
 
     def on_opened(self) -> None:
         raise NotImplementedError

@@ -215,8 +215,9 @@ class SubscriptionActor(LinkActor):
         self._lent = 0  # credits lent to the reader while the replay is held
         self._barriers: dict[bytes, _Outstanding] = {}
 
-    def decode(self, frame: bytes) -> Any:
-        return decode_pubsub(frame)
+    # The codec's function itself, not a method calling it: the reader thread
+    # calls it once per frame.
+    decode = staticmethod(decode_pubsub)
 
     def on_opened(self) -> None:
         for request_id, address in enumerate(self._addresses, 1):
@@ -235,13 +236,16 @@ class SubscriptionActor(LinkActor):
         out: list[tuple[str, StreamEvent]] = []
         malformed: list[Exception] = []
         consumed = 0
+        by_subscription, matched = self._by_subscription, self._matched
         for item in items:
-            if isinstance(item, TransactionNotification | AccountDiffNotification):
-                address = self._by_subscription.get(item.subscription)
+            # Exact types (the codec builds no subclass): nearly every item is one.
+            kind = type(item)
+            if kind is TransactionNotification or kind is AccountDiffNotification:
+                address = by_subscription.get(item.subscription)
                 if address is None:
                     consumed += 1  # a subscription this link did not make
                 else:
-                    out.append((address, _to_event(item, address, self._matched)))
+                    out.append((address, _to_event(item, address, matched)))
             elif isinstance(item, ActionResultNotification):
                 address = self._by_subscription.get(item.subscription)
                 if address is None:
