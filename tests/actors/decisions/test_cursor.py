@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from actors.decisions.cursor import (
+    SETTLE_EVERY,
     Cursor,
     CursorError,
     CursorTracker,
@@ -61,6 +62,45 @@ def test_an_unsubscribed_stream_is_not_resumed_and_its_late_items_move_nothing()
     tracker.unsubscribed("account_diffs")
     tracker.apply(ItemDelta("account_diffs", "A", 150, ("sig", "A")))
     assert tracker.cursor(INFO).streams == {}
+
+
+def test_items_noted_in_bulk_land_in_order_and_stay_bounded() -> None:
+    """The consumer notes a returned item with one call (``item_returned``) and the
+    tracker applies them later in bulk: a cursor read at any point sees exactly the
+    items returned so far, and the tracker never holds more than SETTLE_EVERY unapplied."""
+    tracker = CursorTracker("ws://h/backtest", CREATE)
+    tracker.subscribed("transactions", ("A",))
+    tracker.subscribed("account_diffs", ("A",))
+    for n in range(3 * SETTLE_EVERY + 5):
+        slot = 100 + n // 100
+        tracker.returned(Transaction(slot=slot, signature=f"s{n}"),
+                         ItemDelta("transactions", "A", slot, f"s{n}"))
+        tracker.item_returned(ItemDelta("account_diffs", "A", slot, (f"s{n}", "A")))
+        if n == 150:  # mid-slot 101: exactly the 51 keys of 101 returned so far
+            mid = tracker.cursor(INFO).streams
+            assert mid["transactions"].boundary_slot == 101
+            assert mid["transactions"].boundary_keys == {f"s{k}" for k in range(100, 151)}
+            assert mid["account_diffs"].boundary_keys == {
+                (f"s{k}", "A") for k in range(100, 151)}
+        assert len(tracker._items_returned) <= 2 * SETTLE_EVERY  # noqa: SLF001
+    streams = tracker.cursor(INFO).streams
+    last = 3 * SETTLE_EVERY + 4
+    keys = {f"s{k}" for k in range(last - last % 100, last + 1)}
+    assert streams["transactions"].boundary_slot == 100 + last // 100
+    assert streams["transactions"].boundary_keys == keys
+    assert streams["account_diffs"].boundary_keys == {(k, "A") for k in keys}
+
+
+def test_items_noted_before_an_unsubscribe_do_not_reach_a_later_subscribe() -> None:
+    tracker = CursorTracker("ws://h/backtest", CREATE)
+    tracker.subscribed("transactions", ("A",))
+    tracker.item_returned(ItemDelta("transactions", "A", 150, "old"))
+    tracker.unsubscribed("transactions")
+    tracker.item_returned(ItemDelta("transactions", "A", 160, "late"))  # moves nothing
+    tracker.subscribed("transactions", ("B",))
+    stream = tracker.cursor(INFO).streams["transactions"]
+    assert stream.addresses == ("B",) and stream.boundary_slot == -1
+    assert stream.boundary_keys == frozenset()
 
 
 def test_a_cursor_survives_json_and_a_resumed_tracker_carries_it_on() -> None:
