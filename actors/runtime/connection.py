@@ -444,14 +444,26 @@ class Connection:
             if not self._eof and not self._frames.ready():
                 self._read_socket()
             allowance = min(credits, MAX_BATCH)
+            frames, decode = self._frames, self._decode
             while data_frames < allowance and len(batch) < MAX_BATCH:
-                message = self._frames.next()
+                # Nearly every frame: whole data messages, a read's worth per call.
+                payloads = frames.data_messages(min(allowance - data_frames,
+                                                    MAX_BATCH - len(batch)))
+                if payloads:
+                    for payload in payloads:
+                        try:
+                            batch.append(decode(payload))
+                        except ProtocolError as exc:
+                            batch.append(exc)
+                    data_frames += len(payloads)
+                    continue
+                message = frames.next()
                 if message is None:
                     break
                 opcode, payload = message
                 if opcode == OP_TEXT or opcode == OP_BINARY:
                     try:
-                        batch.append(self._decode(payload))
+                        batch.append(decode(payload))
                     except ProtocolError as exc:
                         batch.append(exc)
                     data_frames += 1

@@ -77,6 +77,61 @@ def test_any_stream_cut_anywhere_reads_back_as_written(
     assert read_all(FrameReader(2**20), wire, cuts) == expected
 
 
+def read_all_in_runs(reader: FrameReader, data: bytes, cuts: list[int],
+                     limits: list[int]) -> list[tuple[str | int, bytes]]:
+    """As the client's reader takes them: runs of data messages, then one frame."""
+    out: list[tuple[str | int, bytes]] = []
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    turn = 0
+    for start, end in zip(points, points[1:], strict=False):
+        reader.feed(data[start:end])
+        while True:
+            limit = limits[turn % len(limits)] if limits else 512
+            turn += 1
+            run = reader.data_messages(limit)
+            assert len(run) <= limit
+            out += [("data", payload) for payload in run]
+            if run:
+                continue
+            if (message := reader.next()) is None:
+                break
+            opcode, payload = message
+            out.append(("data" if opcode in (OP_TEXT, OP_BINARY) else opcode, payload))
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_message, max_size=8), st.lists(st.integers(0, 10**6), max_size=30),
+       st.lists(st.integers(0, 5), max_size=4))
+def test_runs_of_data_messages_read_back_as_written(
+        messages: list[tuple[int, bytes, int, list[tuple[int, bytes]]]],
+        cuts: list[int], limits: list[int]) -> None:
+    """data_messages() and next() taking turns give what next() alone gives, with
+    every control frame in its place and no run longer than asked."""
+    wire = b""
+    for opcode, payload, parts, controls in messages:
+        step = max(1, -(-len(payload) // parts))
+        pieces = [payload[i:i + step] for i in range(0, len(payload), step)] or [b""]
+        for n, piece in enumerate(pieces):
+            wire += frame(opcode if n == 0 else OP_CONTINUATION, piece,
+                          fin=n == len(pieces) - 1)
+            if n == 0:
+                for control in controls:
+                    wire += frame(*control)
+    alone = [("data" if op in (OP_TEXT, OP_BINARY) else op, p)
+             for op, p in read_all(FrameReader(2**20), wire, cuts)]
+    assert read_all_in_runs(FrameReader(2**20), wire, cuts, limits) == alone
+
+
+def test_a_run_of_data_messages_stops_at_an_oversized_frame_and_next_refuses_it() -> None:
+    reader = FrameReader(100)
+    reader.feed(frame(OP_TEXT, b"a" * 50) + frame(OP_TEXT, b"b" * 101) + frame(OP_TEXT, b"c"))
+    assert reader.data_messages(10) == [b"a" * 50]
+    assert reader.data_messages(10) == []
+    with pytest.raises(FrameTooLarge):
+        reader.next()
+
+
 def test_lengths_at_each_encoding_boundary() -> None:
     for size in (0, 1, 125, 126, 127, 65535, 65536, 70_000):
         payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
