@@ -78,6 +78,9 @@ def check_timeout(timeout: object) -> float | None:
     """
     if timeout is None:
         return None
+    kind = type(timeout)
+    if (kind is float or kind is int) and 0 <= timeout <= threading.TIMEOUT_MAX:
+        return float(timeout)  # the common case, in one test: this runs once per event
     # Exact types first: this runs once per event.
     if type(timeout) is not float and type(timeout) is not int and (
             isinstance(timeout, bool) or not isinstance(timeout, int | float)):
