@@ -70,6 +70,9 @@ SHUTDOWN_MARGIN = 1.0
 ASK_TIMEOUT = 10.0
 
 
+MAX_WAIT = threading.TIMEOUT_MAX  # the platform's longest wait (about 292 years)
+
+
 def check_timeout(timeout: object) -> float | None:
     """A wait bound in seconds, or None; checked before any take or continue is handed over.
 
@@ -79,8 +82,9 @@ def check_timeout(timeout: object) -> float | None:
     if timeout is None:
         return None
     kind = type(timeout)
-    if (kind is float or kind is int) and 0 <= timeout <= threading.TIMEOUT_MAX:
-        return float(timeout)  # the common case, in one test: this runs once per event
+    # The common case first, in two tests: this runs once per event.
+    if (kind is float or kind is int) and 0 <= (number := cast(float, timeout)) <= MAX_WAIT:
+        return float(number)
     # Exact types first: this runs once per event.
     if type(timeout) is not float and type(timeout) is not int and (
             isinstance(timeout, bool) or not isinstance(timeout, int | float)):
