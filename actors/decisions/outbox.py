@@ -246,9 +246,14 @@ class Outbox:
         by_slot = stream.by_slot
         # The hot path (every notification): an item nobody waits for goes
         # straight to the queue; held and peak are counted once per batch.
-        queue, queued = self._queue, 0
+        queue = self._queue
+        queued_before = len(queue)
         to_queue = self._listener is None
         dropped = replays = 0
+        # The slot being filled and its key list, the newest slot: kept in locals
+        # (items come in slot order, so a slot's list is looked up once, not per item).
+        keys_slot, max_slot = -1, stream.max_slot
+        keys: list[Any] = []  # slots are >= 0: replaced at the first item
         for address, event in items:
             slot = event.slot
             if slot > last_slot.get(address, -1):
@@ -272,19 +277,19 @@ class Outbox:
                     seen_keys[key] = (*came_for, index)
                 continue
             seen_keys[key] = index
-            keys = by_slot.get(slot)
-            if keys is None:
-                by_slot[slot] = [key]
-            else:
-                keys.append(key)
-            if slot > stream.max_slot:
-                stream.max_slot = slot
+            if slot != keys_slot:
+                keys_slot = slot
+                keys = by_slot.setdefault(slot, [])  # once per slot of a batch
+                if slot > max_slot:
+                    max_slot = slot
+            keys.append(key)
             delta = new_delta(ItemDelta, (name, address, slot, key))
             if to_queue:
                 queue.append((name, event, delta))
-                queued += 1
             else:
                 self.put(name, event, delta)
+        stream.max_slot = max_slot
+        queued = len(queue) - queued_before if to_queue else 0
         if queued:
             self._held[name] = self._held.get(name, 0) + queued
             self.stats["peak_held"] = max(self.stats["peak_held"], len(queue))
