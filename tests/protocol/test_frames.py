@@ -53,11 +53,11 @@ _message = st.tuples(st.sampled_from([OP_TEXT, OP_BINARY]),
                                         st.binary(max_size=125)), max_size=2))
 
 
-@settings(max_examples=150, deadline=None)
-@given(st.lists(_message, max_size=8), st.lists(st.integers(0, 10**6), max_size=30))
-def test_any_stream_cut_anywhere_reads_back_as_written(
-        messages: list[tuple[int, bytes, int, list[tuple[int, bytes]]]],
-        cuts: list[int]) -> None:
+Message = tuple[int, bytes, int, list[tuple[int, bytes]]]
+
+
+def stream_of(messages: list[Message]) -> tuple[bytes, list[tuple[int, bytes]]]:
+    """The wire bytes of ``messages`` and what a reader must give back, in order."""
     wire = b""
     expected: list[tuple[int, bytes]] = []
     for opcode, payload, parts, controls in messages:
@@ -74,6 +74,14 @@ def test_any_stream_cut_anywhere_reads_back_as_written(
         expected.append((opcode, payload))  # complete at its last fragment
         if len(pieces) == 1:
             expected += controls
+    return wire, expected
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_message, max_size=8), st.lists(st.integers(0, 10**6), max_size=30))
+def test_any_stream_cut_anywhere_reads_back_as_written(messages: list[Message],
+                                                       cuts: list[int]) -> None:
+    wire, expected = stream_of(messages)
     assert read_all(FrameReader(2**20), wire, cuts) == expected
 
 
@@ -104,23 +112,12 @@ def read_all_in_runs(reader: FrameReader, data: bytes, cuts: list[int],
 @given(st.lists(_message, max_size=8), st.lists(st.integers(0, 10**6), max_size=30),
        st.lists(st.integers(0, 5), max_size=4))
 def test_runs_of_data_messages_read_back_as_written(
-        messages: list[tuple[int, bytes, int, list[tuple[int, bytes]]]],
-        cuts: list[int], limits: list[int]) -> None:
-    """data_messages() and next() taking turns give what next() alone gives, with
+        messages: list[Message], cuts: list[int], limits: list[int]) -> None:
+    """data_messages() and next() taking turns give back what was written, with
     every control frame in its place and no run longer than asked."""
-    wire = b""
-    for opcode, payload, parts, controls in messages:
-        step = max(1, -(-len(payload) // parts))
-        pieces = [payload[i:i + step] for i in range(0, len(payload), step)] or [b""]
-        for n, piece in enumerate(pieces):
-            wire += frame(opcode if n == 0 else OP_CONTINUATION, piece,
-                          fin=n == len(pieces) - 1)
-            if n == 0:
-                for control in controls:
-                    wire += frame(*control)
-    alone = [("data" if op in (OP_TEXT, OP_BINARY) else op, p)
-             for op, p in read_all(FrameReader(2**20), wire, cuts)]
-    assert read_all_in_runs(FrameReader(2**20), wire, cuts, limits) == alone
+    wire, expected = stream_of(messages)
+    assert read_all_in_runs(FrameReader(2**20), wire, cuts, limits) == [
+        ("data" if op in (OP_TEXT, OP_BINARY) else op, p) for op, p in expected]
 
 
 def test_a_run_of_data_messages_stops_at_an_oversized_frame_and_next_refuses_it() -> None:
