@@ -1,6 +1,6 @@
 """Two checkouts of this library, one managed session each, against one blast server.
 
-    python scripts/bench_ab.py OLD_DIR NEW_DIR [--rounds 6] [--runs 3]
+    python scripts/bench_ab.py OLD_DIR NEW_DIR [--pairs 6] [--runs 3]
 
     (e.g. ``git worktree add /tmp/old HEAD~1`` for OLD_DIR)
 
@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("old")
     parser.add_argument("new")
-    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--pairs", type=int, default=6,
+                        help="turns of both checkouts (the order turns each time)")
     parser.add_argument("--runs", type=int, default=3, help="timed sessions per process")
     parser.add_argument("--client", nargs=2, metavar=("ROOT", "URL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     roots = {"old": str(Path(args.old).resolve()), "new": str(Path(args.new).resolve())}
     results: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in roots}
     with blast_process(SLOTS, 2500) as url:
-        for i in range(args.rounds):
+        for i in range(args.pairs):
             for name in (list(roots) if i % 2 == 0 else list(roots)[::-1]):
                 out = subprocess.run(
                     [sys.executable, __file__, args.old, args.new, "--runs", str(args.runs),
