@@ -128,20 +128,9 @@ class FrameReader:
         while True:
             if self._chunks:
                 return None  # still short: feed() joins once the frame is whole
+            # Any frame, with every header check (the common shape is taken in
+            # runs by data_messages(), in a few byte reads).
             buf, pos = self._buf, self._pos
-            if len(buf) - pos >= 4 and not self._fragment_opcode:
-                # The common case, checked in a few byte reads: a whole text or
-                # binary message in one unmasked frame under 64 KiB, no RSV bits.
-                first, length = buf[pos], buf[pos + 1]
-                if first == 0x81 or first == 0x82:
-                    start = pos + 2
-                    if length == 126:
-                        length, start = (buf[pos + 2] << 8) | buf[pos + 3], pos + 4
-                    stop = start + length
-                    if length < 126 or start == pos + 4:
-                        if stop <= len(buf) and length <= self._max_size:
-                            self._pos = stop
-                            return first & 0x0F, buf[start:stop]
             bounds = self._frame_bounds()
             if bounds is None:
                 return None

@@ -86,7 +86,7 @@ def check_timeout(timeout: object) -> float | None:
     # (No typing.cast here: it is a Python call at run time.)
     if (kind is float or kind is int) and 0 <= timeout <= MAX_WAIT:  # type: ignore[operator]
         return float(timeout)  # type: ignore[arg-type]
-    # Exact types first: this runs once per event.
+    # Anything else: say what is wrong with it.
     if type(timeout) is not float and type(timeout) is not int and (
             isinstance(timeout, bool) or not isinstance(timeout, int | float)):
         raise TypeError(f"timeout: expected seconds (int or float) or None, got "
