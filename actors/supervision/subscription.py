@@ -154,7 +154,6 @@ class _Matcher:
         return matched
 
 
-_new = object.__new__
 _TX_TWIN = twin(Transaction)
 _DIFF_TWIN = twin(AccountDiff)
 
@@ -171,7 +170,7 @@ def _to_event(item: TransactionNotification | AccountDiffNotification, address: 
     """
     out: Any
     if isinstance(item, TransactionNotification):
-        out = _new(_TX_TWIN)
+        out = _TX_TWIN()
         out.slot = item.slot
         out.signature = item.signature
         out.transaction = item.transaction
@@ -180,7 +179,7 @@ def _to_event(item: TransactionNotification | AccountDiffNotification, address: 
         out.matched = matched(item.transaction, address, item.signature)
         out.__class__ = Transaction
         return out  # type: ignore[no-any-return]
-    out = _new(_DIFF_TWIN)
+    out = _DIFF_TWIN()
     out.slot = item.slot
     out.account = item.account
     out.signature = item.signature
