@@ -35,6 +35,7 @@ full count. Replay reaches back only as far as the server's 100-slot buffer.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
 import attrs
@@ -284,6 +285,13 @@ def _get(obj: dict[str, Any], name: str, kind: type, path: str = "", *,
 SETTLE_EVERY = 256
 
 
+_NO_SLOT = 2**64  # above every slot (u64): an unsubscribed stream's items move nothing
+
+
+def _ignore(_: ItemKey) -> None:
+    pass
+
+
 class _StreamTrack:
     __slots__ = ("addresses", "slot", "keys")
 
@@ -291,7 +299,9 @@ class _StreamTrack:
                  keys: frozenset[ItemKey] = frozenset()) -> None:
         self.addresses = addresses
         self.slot = slot
-        self.keys: set[ItemKey] = set(keys)
+        # A list, not a set: the outbox delivers each item once, so appending is
+        # enough, and costs less per item than a set insertion (cursor() makes the set).
+        self.keys: list[ItemKey] = list(keys)
 
 
 class CursorTracker:
@@ -372,22 +382,39 @@ class CursorTracker:
             self.settle_items()
 
     def settle_items(self) -> None:
-        """Apply the items returned since the last call to their streams, in order."""
+        """Apply the items returned since the last call to their streams, in order.
+
+        Runs over every item the application takes: the stream's newest slot and
+        its key list are kept in locals while the items stay on one stream (nearly
+        always), and written back when the stream changes and at the end.
+        """
         items = self._items_returned
         if not items:
             return
-        streams, stream, current = self._streams, None, None
+        streams, removed = self._streams, self._removed
+        current: str | None = None
+        stream: _StreamTrack | None = None
+        slot_now = -1
+        append: Callable[[ItemKey], None] = _ignore
         for stream_name, address, slot, key in items:
             if stream_name != current:
+                if stream is not None:
+                    stream.slot = slot_now
                 current, stream = stream_name, streams.get(stream_name)
-                if stream is None and stream_name not in self._removed:
+                if stream is None and stream_name not in removed:
                     stream = streams[stream_name] = _StreamTrack((address,))
-            if stream is None:
-                continue  # unsubscribed: its late items move nothing
-            if slot > stream.slot:
-                stream.slot, stream.keys = slot, {key}
-            elif slot == stream.slot:
-                stream.keys.add(key)
+                if stream is None:  # unsubscribed: its late items move nothing
+                    slot_now, append = _NO_SLOT, _ignore
+                else:
+                    slot_now, append = stream.slot, stream.keys.append
+            if slot == slot_now:
+                append(key)
+            elif slot > slot_now:
+                assert stream is not None  # _NO_SLOT is above any slot
+                slot_now, stream.keys = slot, [key]
+                append = stream.keys.append
+        if stream is not None:
+            stream.slot = slot_now
         items.clear()
 
     def cursor(self, info: SessionInfo, pending: PendingContinue | None = None) -> Cursor:

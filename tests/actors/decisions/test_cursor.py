@@ -4,6 +4,8 @@ application has seen (no session, no socket)."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from actors.decisions.cursor import (
     SETTLE_EVERY,
@@ -130,3 +132,36 @@ def test_a_document_that_is_not_a_cursor_names_the_field(text: str, field: str) 
 def test_check_cursor_rejects_anything_else_by_type() -> None:
     with pytest.raises(TypeError, match="cursor: expected Cursor, got dict"):
         check_cursor({})
+
+
+@given(st.lists(st.tuples(st.sampled_from(["transactions", "account_diffs", "gone"]),
+                          st.integers(100, 104), st.integers(0, 9)), max_size=60),
+       st.integers(1, 8))
+def test_items_settled_in_bulk_give_the_cursor_of_items_applied_one_by_one(
+        items: list[tuple[str, int, int]], every: int) -> None:
+    """Streams interleaved, late items, an unsubscribed stream: settling a run of
+    items at once (locals kept per stream) ends where applying each alone ends."""
+    bulk, single = (CursorTracker("ws://h/backtest", CREATE) for _ in range(2))
+    for tracker in (bulk, single):
+        for name in ("transactions", "account_diffs", "gone"):
+            tracker.subscribed(name, ("A",))
+        tracker.unsubscribed("gone")
+    for n, (name, slot, key) in enumerate(items):
+        delta = ItemDelta(name, "A", slot, f"k{key}")
+        bulk.item_returned(delta)
+        if n % every == 0:
+            bulk.settle_items()
+        single.apply(delta)
+        single.settle_items()
+    assert bulk.cursor(INFO) == single.cursor(INFO)
+    expected = {}
+    for name, slot, key in items:  # the model: the newest slot and its keys
+        if name != "gone":
+            top, keys = expected.get(name, (-1, set()))
+            if slot > top:
+                expected[name] = (slot, {f"k{key}"})
+            elif slot == top:
+                keys.add(f"k{key}")
+    streams = bulk.cursor(INFO).streams
+    assert {name: (s.boundary_slot, set(s.boundary_keys)) for name, s in streams.items()
+            if s.boundary_slot >= 0} == expected
