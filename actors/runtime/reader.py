@@ -156,12 +156,13 @@ class SharedReader:
             self._wake_w.close()
 
     def _drain_wake(self) -> None:
-        # Read the byte(s) first, then clear the flag: a poke that comes after the
+        # Read the byte first, then clear the flag: a poke that comes after the
         # clear writes a new byte, so the next select() wakes for it; one that
-        # comes before is already in _pokes, which are taken after this.
+        # comes before is already in _pokes, which are taken after this. One recv:
+        # the flag lets at most one byte be in flight, so a second call would only
+        # raise BlockingIOError (an exception per wake-up, on the reader's thread).
         try:
-            while self._wake_r.recv(4096):
-                pass
+            self._wake_r.recv(4096)
         except (BlockingIOError, OSError):
             pass
         with SharedReader._lock:
