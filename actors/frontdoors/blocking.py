@@ -12,6 +12,7 @@ future, and the facade waits on that future.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -316,7 +317,9 @@ class ManagedBacktestSession:
     def next_event(self, timeout: float | None = None) -> ManagedEvent:
         """The next event; ``TimeoutError`` if none within ``timeout`` seconds.
 
-        Meant for one consumer thread (events are handed over in batches).
+        Several consumer threads may share a session: one of them takes a batch at
+        a time, the others wait for it, and every event goes to exactly one thread, in
+        the session's order (Completed after every other event).
 
         Raises ``ManagedSessionError`` once the session cannot go on (after every
         event that came before the failure was returned).
@@ -335,32 +338,48 @@ class ManagedBacktestSession:
             if core.listener_mode:
                 raise ValueError("next_event: this session tells its events to its listener "
                                  "actor; nothing would ever come here")
-            reply: pykka.ThreadingFuture[list[ManagedEvent]] = pykka.ThreadingFuture()
+            started = time.monotonic()
+            # One take at a time (see SessionCore.take_lock); a thread that waited here
+            # for another's take usually finds its batch and takes nothing itself.
+            if not core.take_lock.acquire(timeout=-1 if wait is None else wait):
+                raise TimeoutError(f"no event within {timeout}s")
             try:
-                # Inside the try: an interrupt that lands just after the take was
-                # handed over must withdraw it too (a take never handed over is
-                # withdrawn as well: CancelTake finds nothing, nothing ever fills it).
-                core.tell(TakeEvents(reply, TAKE_BATCH))
-                batch: list[ManagedEvent] = reply.get(timeout=wait)
-            except pykka.Timeout:
-                withdrawn, interrupt = self._withdraw(reply)
-                if interrupt is not None:
-                    raise interrupt from None
-                if withdrawn:
-                    raise TimeoutError(f"no event within {timeout}s") from None
                 if not taken:
-                    reply.get(timeout=0)  # answered with the session's error: raise it
-            except ManagedSessionError:
-                raise  # the session's own answer: it stays, every later take gets it
-            except BaseException:
-                self._withdraw(reply)  # a second interrupt meanwhile: this one is raised
-                raise
-            else:
-                core.add_taken(batch)
+                    self._take(None if wait is None
+                               else max(0.0, wait - (time.monotonic() - started)), timeout)
+            finally:
+                core.take_lock.release()
         try:
             return core.next_taken()
         except IndexError:  # another consumer thread took the last one meanwhile
             return self.next_event(timeout)
+
+    def _take(self, wait: float | None, timeout: float | None) -> None:
+        """Ask for a batch and add it to the taken events (the caller holds the take lock)."""
+        core = self._core
+        taken = core.taken
+        reply: pykka.ThreadingFuture[list[ManagedEvent]] = pykka.ThreadingFuture()
+        try:
+            # Inside the try: an interrupt that lands just after the take was
+            # handed over must withdraw it too (a take never handed over is
+            # withdrawn as well: CancelTake finds nothing, nothing ever fills it).
+            core.tell(TakeEvents(reply, TAKE_BATCH))
+            batch: list[ManagedEvent] = reply.get(timeout=wait)
+        except pykka.Timeout:
+            withdrawn, interrupt = self._withdraw(reply)
+            if interrupt is not None:
+                raise interrupt from None
+            if withdrawn:
+                raise TimeoutError(f"no event within {timeout}s") from None
+            if not taken:
+                reply.get(timeout=0)  # answered with the session's error: raise it
+        except ManagedSessionError:
+            raise  # the session's own answer: it stays, every later take gets it
+        except BaseException:
+            self._withdraw(reply)  # a second interrupt meanwhile: this one is raised
+            raise
+        else:
+            core.add_taken(batch)
 
     def _withdraw(self, reply: pykka.ThreadingFuture[list[ManagedEvent]]
                   ) -> tuple[bool, BaseException | None]:

@@ -230,6 +230,13 @@ class SessionCore:
         self.tracker = tracker or CursorTracker("", CreateSession(0, 0))
         # Taken from the supervisor in batches; bounded by TAKE_BATCH, counted in max_queue.
         self.taken: deque[tuple[ManagedEvent, Delta | None]] = deque()
+        # Held by the consumer thread whose take is out, from asking to adding its batch:
+        # one take at a time, as the asyncio door keeps it. With two takes out, the
+        # thread of the later one could add its batch first, and a Completed in it
+        # came out while the events of the batch before were still to be added.
+        # Reentrant: an interrupt landing between acquire and try leaves it with its
+        # own thread, which can still take (other threads' waits stay bounded).
+        self.take_lock = threading.RLock()
         # The last event returned, its delta not yet applied: applied by the next call
         # that reads the cursor (no call between removing an event and returning it).
         self._returned: tuple[ManagedEvent, Delta | None] | None = None

@@ -28,6 +28,7 @@ from actors import (
     Transaction,
 )
 from actors.runtime.connection import Connection
+from actors.supervision.config import TAKE_BATCH
 from protocol import ContinueParams, CreateSession, ReconnectPolicy
 from protocol.simulator import LocalSimulator
 from tests.support.harness import FAST, drive, no_leaks, start, wait_for
@@ -300,13 +301,20 @@ def test_calls_after_shutdown_raise_closed_at_once(sim: LocalSimulator) -> None:
     session.shutdown()  # idempotent
 
 
-def test_two_consumer_threads_share_the_events_exactly_once(sim: LocalSimulator) -> None:
+@pytest.mark.backtest_simulator(seed=29, slots=400)
+@pytest.mark.parametrize("consumers", [2, 6])
+def test_consumer_threads_share_the_events_exactly_once_and_in_order(
+        sim: LocalSimulator, consumers: int) -> None:
+    """Every event once, and Completed after every other: the threads' takes are
+    one at a time, so a batch never lands in front of the one answered before it
+    (a thread that took the later batch could add it first, and Completed came out
+    with events of the batch before it still queued: they were never returned)."""
     first, _ = sim.available_range()
-    end = first + 60
+    end = first + 60 * consumers
     addresses = list(sim.addresses[:2])
     expected = sim.expected(first, end, transactions=addresses)
     session = start(sim, first, end)
-    got: list[list[object]] = [[], []]
+    got: list[list[object]] = [[] for _ in range(consumers)]
     done = threading.Event()
 
     def consume(mine: list[object]) -> None:
@@ -333,11 +341,51 @@ def test_two_consumer_threads_share_the_events_exactly_once(sim: LocalSimulator)
         assert done.is_set()
     finally:
         session.shutdown()
-    events = got[0] + got[1]
+    events = [event for mine in got for event in mine]
     signatures = [e.signature for e in events if isinstance(e, Transaction)]
     assert sorted(signatures) == sorted(expected.signatures)
     assert len(signatures) == len(set(signatures))
     assert sorted(e.slot for e in events if isinstance(e, Slot)) == expected.slots
+
+
+@pytest.mark.backtest_simulator(seed=29, slots=400)
+def test_threads_asking_at_once_get_the_events_in_the_sessions_order(
+        sim: LocalSimulator) -> None:
+    """Two threads ask for the next event at the same moment, more than a batch queued:
+    each gets one, and every later event comes in the session's order. With a take
+    out per thread, both were answered at once and the thread of the second batch
+    could add it first: the events of the first then came after it (a slot went
+    backwards) and a Completed could come out before them."""
+    first, _ = sim.available_range()
+    for trial in range(6):
+        session = start(sim, first + 50 * trial, first + 50 * trial + 50)
+        try:
+            session.subscribe_transactions(sim.addresses[:4])
+            next_of(session, ReadyForContinue)
+            session.send_continue(ContinueParams(advance_count=50), timeout=10)
+            # More than a batch queued: two takes out at once would both be answered.
+            wait_for(lambda: session.stats().held > TAKE_BATCH, 10,  # noqa: B023
+                     "more than a batch queued")
+            barrier = threading.Barrier(2)
+            firsts: list[object] = []
+
+            def ask() -> None:
+                barrier.wait(5)  # noqa: B023
+                firsts.append(session.next_event(timeout=5))  # noqa: B023
+
+            threads = [threading.Thread(target=ask) for _ in range(2)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(10)
+            assert len(firsts) == 2
+            rest = drive(session)
+        finally:
+            session.shutdown()
+        for kind in (Slot, Transaction):  # each stream in its order (not across them)
+            slots = [e.slot for e in rest if isinstance(e, kind)]
+            assert slots == sorted(slots), f"trial {trial}: a {kind.__name__} went backwards"
+        assert isinstance(rest[-1], Completed)
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
