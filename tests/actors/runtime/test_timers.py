@@ -163,8 +163,12 @@ def test_a_cancel_never_lets_a_far_timer_fire() -> None:
     recorder = Recorder.start()
     try:
         with no_leaks(3.0):
+            # Far: due after the cancels are surely done (on a loaded 2-core machine six
+            # threads took over 0.3 s to cancel 3000), so any that fires is a defect.
+            far = 2.0
+            started = time.monotonic()
             lease = Scheduler()
-            handles = [lease.schedule(0.3, recorder, i) for i in range(3000)]
+            handles = [lease.schedule(far, recorder, i) for i in range(3000)]
             barrier = threading.Barrier(6)
 
             def cancel(part: list[Any]) -> None:
@@ -182,9 +186,12 @@ def test_a_cancel_never_lets_a_far_timer_fire() -> None:
             assert lease.pending == 0
             size, dead, counted = _heap_truth(lease._core)
             assert size <= timers._COMPACT_MIN * 4 and counted == dead == size
+            cancelled_in = time.monotonic() - started
+            assert cancelled_in < far, f"3000 cancels took {cancelled_in:.2f}s"
             late = Scheduler()  # another lease, so stop() does not clear the heap
-            marker = late.schedule(0.4, recorder, "marker")
-            wait_for(lambda: "marker" in recorder.ask("get"), 3, "the marker")
+            # Due just after the far timers were: had one survived, it fired first.
+            marker = late.schedule(far + 0.1 - cancelled_in, recorder, "marker")
+            wait_for(lambda: "marker" in recorder.ask("get"), far + 3, "the marker")
             assert recorder.ask("get") == ["marker"]
             assert not marker.pending
             lease.stop()
