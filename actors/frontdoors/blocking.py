@@ -341,14 +341,17 @@ class ManagedBacktestSession:
             started = time.monotonic()
             # One take at a time (see SessionCore.take_lock); a thread that waited here
             # for another's take usually finds its batch and takes nothing itself.
-            if not core.take_lock.acquire(timeout=-1 if wait is None else wait):
-                raise TimeoutError(f"no event within {timeout}s")
             try:
+                # Inside the try, released if held: an interrupt that lands as the
+                # lock is taken (CPython runs signal handlers right after a call) must
+                # not leave it held, with every other consumer waiting.
+                if not core.acquire_take(wait):
+                    raise TimeoutError(f"no event within {timeout}s")
                 if not taken:
                     self._take(None if wait is None
                                else max(0.0, wait - (time.monotonic() - started)), timeout)
             finally:
-                core.take_lock.release()
+                core.release_take()
         try:
             return core.next_taken()
         except IndexError:  # another consumer thread took the last one meanwhile

@@ -68,6 +68,8 @@ GIVEN_BACK: Any = SeqDelta(-1)
 SHUTDOWN_MARGIN = 1.0
 # The supervisor answers an ask at once (it never blocks); this bounds a bug.
 ASK_TIMEOUT = 10.0
+# How often a consumer waiting for another's take looks whether the session was shut down.
+TAKE_LOCK_SLICE = 0.25
 
 
 MAX_WAIT = threading.TIMEOUT_MAX  # the platform's longest wait (about 292 years)
@@ -234,8 +236,9 @@ class SessionCore:
         # one take at a time, as the asyncio door keeps it. With two takes out, the
         # thread of the later one could add its batch first, and a Completed in it
         # came out while the events of the batch before were still to be added.
-        # Reentrant: an interrupt landing between acquire and try leaves it with its
-        # own thread, which can still take (other threads' waits stay bounded).
+        # An RLock: it can say whether this thread holds it (``_is_owned``, as
+        # threading.Condition asks it), so an interrupt never leaves it held.
+        # Taken and released through acquire_take() and release_take().
         self.take_lock = threading.RLock()
         # The last event returned, its delta not yet applied: applied by the next call
         # that reads the cursor (no call between removing an event and returning it).
@@ -397,6 +400,31 @@ class SessionCore:
         pair = self.taken.popleft()
         self._returned = pair
         return pair[0]
+
+    def acquire_take(self, wait: float | None) -> bool:
+        """Wait for the take lock, at most ``wait`` seconds (None: as long as the
+        session lives); False when the time ran out.
+
+        Taken in slices: a shut-down session raises ``closed`` within one, so a lock
+        left held by a thread that died or was interrupted at the wrong instant never
+        keeps another consumer waiting past the session.
+        """
+        deadline = None if wait is None else time.monotonic() + wait
+        while True:
+            if self._closed:
+                raise ManagedSessionError("closed", "session shut down")
+            left = TAKE_LOCK_SLICE if deadline is None else min(
+                TAKE_LOCK_SLICE, max(0.0, deadline - time.monotonic()))
+            if self.take_lock.acquire(timeout=left):
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+
+    def release_take(self) -> None:
+        """Release the take lock if this thread holds it (asking the lock, so an
+        interrupt between acquiring and noting it cannot leave it held)."""
+        if self.take_lock._is_owned():  # type: ignore[attr-defined]  # (not in the stubs)
+            self.take_lock.release()
 
     # --- continues ------
 

@@ -3,6 +3,7 @@ take is withdrawn, or its batch is kept for the next call."""
 
 from __future__ import annotations
 
+import inspect
 import random
 import signal
 import sys
@@ -22,11 +23,13 @@ from actors import (
     ConnectionChanged,
     ManagedBacktestSession,
     ManagedEvent,
+    ManagedSessionError,
     ReadyForContinue,
     SessionInfo,
     Slot,
     Transaction,
 )
+from actors.frontdoors.consumer import SessionCore
 from actors.runtime.timers import Scheduler
 from actors.supervision.supervisor import CancelTake, Shutdown, TakeEvents
 from protocol import ContinueParams
@@ -324,3 +327,102 @@ def test_second_interrupt_during_the_withdrawal_keeps_the_filled_batch() -> None
             assert [session.next_event(timeout=0) for _ in events] == events
     finally:
         signal.signal(signal.SIGUSR1, previous)
+
+
+_ACQUIRE = SessionCore.acquire_take.__code__
+_ACQUIRE_LINE = next(n for n, line in enumerate(inspect.getsourcelines(SessionCore.acquire_take)[0],
+                                                 _ACQUIRE.co_firstlineno)
+                     if "take_lock.acquire(" in line)
+
+
+def _at_take_lock(thread: threading.Thread) -> bool:
+    """``thread`` is blocked taking the take lock."""
+    frame = sys._current_frames().get(thread.ident or 0)
+    while frame is not None:
+        if frame.f_code is _ACQUIRE and frame.f_lineno == _ACQUIRE_LINE:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _consume_until_closed(session: ManagedBacktestSession, got: list[ManagedEvent]) -> None:
+    while True:
+        try:
+            got.append(session.next_event())  # no timeout: as long as the session lives
+        except ManagedSessionError:
+            return
+
+
+@pytest.mark.timeout(30, method="thread")
+def test_an_interrupt_as_the_take_lock_is_taken_leaves_it_free(sim: LocalSimulator) -> None:
+    """Ctrl-C landing just as the main thread gets the take lock (signal handlers run
+    right after a call returns): the lock is released, the other consumer thread
+    goes on taking events, and it ends at shutdown."""
+    first, _ = sim.available_range()
+    session = start(sim, first, first + 20)
+    core = session._core  # noqa: SLF001 - the lock the handler looks at
+    main = threading.main_thread()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if core.take_lock._is_owned():  # only once main holds it
+            raise Interrupted
+
+    previous = signal.signal(signal.SIGUSR1, handler)
+    got: list[ManagedEvent] = []
+    other = threading.Thread(target=_consume_until_closed, args=(session, got), daemon=True)
+    try:
+        while not isinstance(session.next_event(timeout=5), ReadyForContinue):
+            pass
+        other.start()  # holds the lock, waiting for a take: nothing more comes yet
+        wait_for(lambda: not core.take_lock.acquire(blocking=False) or core.take_lock.release(),
+                 5, "the other consumer holding the take lock")
+
+        def interrupt_then_continue() -> None:
+            wait_for(lambda: _at_take_lock(main), 5, "the main thread waiting for the lock")
+            # To this thread, not to main: main is not woken from its wait and runs the
+            # handler at the first check after it has the lock.
+            signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)
+            session.send_continue(ContinueParams(advance_count=5), timeout=5)
+
+        threading.Thread(target=interrupt_then_continue, daemon=True).start()
+        with pytest.raises(Interrupted):
+            session.next_event(timeout=10)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert not core.take_lock._is_owned()
+    wait_for(lambda: any(isinstance(e, Slot) for e in got), 5, "the other thread taking events")
+    session.shutdown()
+    other.join(5)
+    assert not other.is_alive()
+
+
+@pytest.mark.timeout(30, method="thread")
+def test_a_take_lock_never_released_keeps_no_consumer_past_shutdown(
+        sim: LocalSimulator) -> None:
+    """Whatever holds the take lock for good (here a thread that never lets it go), a
+    consumer waiting for it with no timeout ends when the session is shut down."""
+    first, _ = sim.available_range()
+    session = start(sim, first, first + 5)
+    core = session._core  # noqa: SLF001
+    held, end = threading.Event(), threading.Event()
+
+    def hold() -> None:  # alive while it holds it: a dead thread's ident can be reused
+        with core.take_lock:
+            held.set()
+            end.wait(20)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    assert held.wait(5)
+    got: list[ManagedEvent] = []
+    waiter = threading.Thread(target=_consume_until_closed, args=(session, got), daemon=True)
+    waiter.start()
+    wait_for(lambda: _at_take_lock(waiter), 5, "the consumer waiting for the lock")
+    began = time.monotonic()
+    session.shutdown()
+    waiter.join(5)
+    assert not waiter.is_alive()
+    assert time.monotonic() - began < 1 + FAST.graceful_close
+    assert got == []
+    end.set()
+    holder.join(5)
