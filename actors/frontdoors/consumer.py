@@ -58,7 +58,7 @@ from ..requests import GetCursor, GetStats, GetStatus, SendContinue, Shutdown, S
 from ..runtime.connection import DEFAULT_MAX_FRAME_SIZE
 from ..runtime.timers import Scheduler
 from ..stats import SessionStats
-from ..supervision.config import DEFAULT_MAX_QUEUE, LINKS_PER_SESSION, SessionConfig
+from ..supervision.config import DEFAULT_MAX_QUEUE, SessionConfig
 from ..supervision.supervisor import SessionSupervisor
 
 # The delta of an event given back (``give_back``): it already moved the cursor.
@@ -68,6 +68,11 @@ GIVEN_BACK: Any = SeqDelta(-1)
 SHUTDOWN_MARGIN = 1.0
 # The supervisor answers an ask at once (it never blocks); this bounds a bug.
 ASK_TIMEOUT = 10.0
+# The smallest max_queue accepted. Each link's window of undelivered frames is max_queue
+# less a take batch, shared by three links; below 4 frames a window stalls start(): with
+# 22 and less the session was never created ("no handshake answer"), from 23 up it
+# starts. Refused up front instead, with margin.
+MIN_MAX_QUEUE = 32
 # How often a consumer waiting for another's take looks whether the session was shut down.
 TAKE_LOCK_SLICE = 0.25
 
@@ -164,7 +169,7 @@ class SessionOptions:
     max_frame_size: int = attrs.field(default=DEFAULT_MAX_FRAME_SIZE,
                                       validator=_int_at_least(1024))
     max_queue: int = attrs.field(default=DEFAULT_MAX_QUEUE,
-                                 validator=_int_at_least(LINKS_PER_SESSION))
+                                 validator=_int_at_least(MIN_MAX_QUEUE))
     max_run_ahead: int = attrs.field(default=DEFAULT_MAX_RUN_AHEAD,
                                      validator=_int_at_least(1))
     on_lost_continue: LostContinuePolicy = attrs.field(default="resend",

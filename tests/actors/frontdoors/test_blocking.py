@@ -33,6 +33,7 @@ from actors import (
     UnsubscribeStream,
     Up,
 )
+from actors.frontdoors.consumer import MIN_MAX_QUEUE
 from protocol import BacktestError, ContinueParams, CreateSession, ReconnectPolicy, Timing
 from protocol.simulator import LocalSimulator
 from tests.support import ROOT
@@ -210,6 +211,10 @@ def test_bad_arguments_are_rejected_before_connecting(sim: LocalSimulator) -> No
         ManagedBacktestSession.start("http://x", "k", CreateSession(first, first + 5))
     with pytest.raises(ValueError, match="^max_queue"):
         start(sim, first, first + 5, max_queue=0)
+    # Too small to start (each link's window under 4 frames): refused, not a session
+    # that fails its creation with "no handshake answer".
+    with pytest.raises(ValueError, match=f"^max_queue: expected an integer >= {MIN_MAX_QUEUE}"):
+        start(sim, first, first + 5, max_queue=MIN_MAX_QUEUE - 1)
     assert sim.upgrade_requests() == {}
     session = start(sim, first, first + 5)
     try:
@@ -223,6 +228,21 @@ def test_bad_arguments_are_rejected_before_connecting(sim: LocalSimulator) -> No
             session.send_continue({"advance_count": 1})  # type: ignore[arg-type]
     finally:
         session.shutdown()
+
+
+def test_the_smallest_queue_accepted_runs_a_session_exactly(sim: LocalSimulator) -> None:
+    first, _ = sim.available_range()
+    addresses = list(sim.addresses[:2])
+    expected = sim.expected(first, first + 30, transactions=addresses)
+    session = start(sim, first, first + 30, max_queue=MIN_MAX_QUEUE)
+    try:
+        session.subscribe_transactions(addresses)
+        events = drive(session)
+    finally:
+        session.shutdown()
+    signatures = [e.signature for e in events if isinstance(e, Transaction)]
+    assert sorted(signatures) == sorted(expected.signatures)
+    assert len(signatures) == len(set(signatures))
 
 
 def test_malformed_frame_is_logged_counted_and_survived(sim: LocalSimulator,

@@ -47,7 +47,7 @@ def test_the_check_finds_a_reach_in(tmp_path: Path) -> None:
     ({"listener": object()}, TypeError, "listener: expected a pykka.ActorRef or None"),
     ({"sslopt": {1: 2}}, TypeError, "sslopt: expected str keys"),
     ({"max_frame_size": 10}, ValueError, "max_frame_size: expected an integer >= 1024"),
-    ({"max_queue": True}, ValueError, "max_queue: expected an integer >= 3, got True"),
+    ({"max_queue": True}, ValueError, "max_queue: expected an integer >= 32, got True"),
     ({"max_run_ahead": 0}, ValueError, "max_run_ahead: expected an integer >= 1, got 0"),
     ({"on_lost_continue": "retry"}, ValueError, "on_lost_continue: expected 'resend' or"),
 ])
