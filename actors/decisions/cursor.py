@@ -387,10 +387,16 @@ class CursorTracker:
         Runs over every item the application takes: the stream's newest slot and
         its key list are kept in locals while the items stay on one stream (nearly
         always), and written back when the stream changes and at the end.
+
+        The items are a snapshot, removed afterwards by count (both single C calls):
+        another consumer thread's ``item_returned`` landing meanwhile is kept for the
+        next call, not cleared unseen.
         """
-        items = self._items_returned
-        if not items:
+        returned = self._items_returned
+        count = len(returned)
+        if not count:
             return
+        items = returned[:count]
         streams, removed = self._streams, self._removed
         current: str | None = None
         stream: _StreamTrack | None = None
@@ -415,7 +421,7 @@ class CursorTracker:
                 append = stream.keys.append
         if stream is not None:
             stream.slot = slot_now
-        items.clear()
+        del returned[:count]
 
     def cursor(self, info: SessionInfo, pending: PendingContinue | None = None) -> Cursor:
         """The cursor now; ``pending`` overrides the tracked continue (a listener's

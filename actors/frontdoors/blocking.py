@@ -333,6 +333,7 @@ class ManagedBacktestSession:
         wait = check_timeout(timeout)
         core = self._core
         taken = core.taken
+        started = None  # set when this call waits: a retry gets only what is left
         if not taken:
             core.apply_returned()  # next_taken() does it when an event is at hand
             if core.listener_mode:
@@ -355,7 +356,9 @@ class ManagedBacktestSession:
         try:
             return core.next_taken()
         except IndexError:  # another consumer thread took the last one meanwhile
-            return self.next_event(timeout)
+            if started is None or wait is None:
+                return self.next_event(timeout)
+            return self.next_event(max(0.0, wait - (time.monotonic() - started)))
 
     def _take(self, wait: float | None, timeout: float | None) -> None:
         """Ask for a batch and add it to the taken events (the caller holds the take lock)."""
