@@ -345,10 +345,13 @@ def _at_take_lock(thread: threading.Thread) -> bool:
     return False
 
 
-def _consume_until_closed(session: ManagedBacktestSession, got: list[ManagedEvent]) -> None:
+def _consume_until_closed(session: ManagedBacktestSession, got: list[ManagedEvent],
+                          timeout: float | None = None) -> None:
     while True:
         try:
-            got.append(session.next_event())  # no timeout: as long as the session lives
+            got.append(session.next_event(timeout))  # None: as long as the session lives
+        except TimeoutError:
+            continue
         except ManagedSessionError:
             return
 
@@ -363,13 +366,24 @@ def test_an_interrupt_as_the_take_lock_is_taken_leaves_it_free(sim: LocalSimulat
     core = session._core  # noqa: SLF001 - the lock the handler looks at
     main = threading.main_thread()
 
+    got: list[ManagedEvent] = []
+    # Short waits: it lets the lock go between them (locks are not fair, and a thread
+    # waiting for ever holds it as long as no event comes), so main gets it in time.
+    other = threading.Thread(target=_consume_until_closed, args=(session, got, 0.1),
+                             daemon=True)
+    stop = threading.Event()
+
     def handler(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            return
         if core.take_lock._is_owned():  # only once main holds it
+            stop.set()
             raise Interrupted
+        # Main waits for the lock in slices and ran the handler after one that ended
+        # without it: ask again, so it runs right after the acquire that gets it.
+        signal.pthread_kill(other.ident or 0, signal.SIGUSR1)
 
     previous = signal.signal(signal.SIGUSR1, handler)
-    got: list[ManagedEvent] = []
-    other = threading.Thread(target=_consume_until_closed, args=(session, got), daemon=True)
     try:
         while not isinstance(session.next_event(timeout=5), ReadyForContinue):
             pass
@@ -388,6 +402,8 @@ def test_an_interrupt_as_the_take_lock_is_taken_leaves_it_free(sim: LocalSimulat
         with pytest.raises(Interrupted):
             session.next_event(timeout=10)
     finally:
+        stop.set()
+        time.sleep(0)  # a signal still pending runs the handler (now a no-op) here
         signal.signal(signal.SIGUSR1, previous)
     assert not core.take_lock._is_owned()
     wait_for(lambda: any(isinstance(e, Slot) for e in got), 5, "the other thread taking events")
